@@ -1,0 +1,56 @@
+//! `cairn`: the agent and its command-line tools.
+//!
+//! Today it carries the storage tools; the agent (`cairn agent`) arrives with the servers
+//! issue, the catalog and the interfaces after it.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod debug;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Cairn: service discovery and configuration"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Inspect Cairn's on-disk files.
+    #[command(subcommand)]
+    Debug(DebugCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum DebugCommand {
+    /// Check a Raft log directory without changing it: segments, index range, metadata and
+    /// health. Exits 0 when the log would open cleanly, 1 when it is damaged.
+    LogCheck {
+        /// The log directory (e.g. DATA_DIR/raft/log).
+        dir: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a snapshot file: header, checksums and archive validation.
+    SnapshotCheck {
+        /// The snapshot file (`snap-*.snap`).
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Debug(DebugCommand::LogCheck { dir, json }) => debug::log_check(&dir, json),
+        Command::Debug(DebugCommand::SnapshotCheck { file }) => debug::snapshot_check(&file),
+    }
+}

@@ -1,0 +1,87 @@
+//! Group commit for callers on several threads (tools, tests, benchmarks).
+//!
+//! Each caller appends under a short lock and waits for durability. Whoever finds no sync
+//! running becomes the syncer: it prepares a sync covering everything written so far, runs
+//! the fdatasync without holding the lock, and wakes everyone it covered. Appends that
+//! arrive during a sync are covered by the next one, so N concurrent writers share
+//! fdatasyncs instead of paying one each. (On glommio the agent does the same on one core
+//! with [`SegmentLog::prepare_sync`] and an io_uring fdatasync, without a lock.)
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use crate::error::Result;
+use crate::log::{NewEntry, SegmentLog};
+
+#[derive(Debug)]
+struct State {
+    log: SegmentLog,
+    /// A thread is running an fdatasync right now.
+    syncing: bool,
+}
+
+/// A [`SegmentLog`] shared by threads that each want their appends durable.
+#[derive(Debug)]
+pub struct GroupCommitLog {
+    state: Mutex<State>,
+    synced: Condvar,
+}
+
+impl GroupCommitLog {
+    pub fn new(log: SegmentLog) -> GroupCommitLog {
+        GroupCommitLog {
+            state: Mutex::new(State {
+                log,
+                syncing: false,
+            }),
+            synced: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the log half-updated in a way this
+        // type relies on (the syncer flag is reset below), so keep going.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends `entries` and returns once they are durable, with the index after them.
+    pub fn append_durable(&self, entries: &[NewEntry<'_>]) -> Result<u64> {
+        let mut st = self.lock();
+        st.log.append(entries)?;
+        let mine = st.log.next_index();
+        loop {
+            if st.log.durable_end() >= mine {
+                return Ok(mine);
+            }
+            if st.syncing {
+                st = self.synced.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            let Some(pending) = st.log.prepare_sync()? else {
+                continue;
+            };
+            st.syncing = true;
+            drop(st);
+            pending.run();
+            st = self.lock();
+            st.log.complete_sync(pending);
+            st.syncing = false;
+            self.synced.notify_all();
+        }
+    }
+
+    /// Runs `f` on the log once no sync is running (for reads, truncation, purge).
+    pub fn with_log<R>(&self, f: impl FnOnce(&mut SegmentLog) -> R) -> R {
+        let mut st = self.lock();
+        while st.syncing {
+            st = self.synced.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        f(&mut st.log)
+    }
+
+    pub fn into_inner(self) -> SegmentLog {
+        self.state
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .log
+    }
+}
