@@ -53,6 +53,7 @@ pub fn log_check(dir: &Path, json: bool) -> ExitCode {
                 "torn_tail": torn,
                 "leftover_temp_files": report.removed_temp_files,
                 "unremoved_purged_segments": report.removed_purged_segments,
+                "leftover_segments": report.removed_leftover_segments,
             })
         );
         return ExitCode::SUCCESS;
@@ -110,6 +111,13 @@ pub fn log_check(dir: &Path, json: bool) -> ExitCode {
         println!(
             "  leftover temp files: {} (removed at the next open)",
             report.removed_temp_files
+        );
+    }
+    if report.removed_leftover_segments > 0 {
+        println!(
+            "  leftover segments of an interrupted roll-over or truncation: {} (removed at the \
+             next open)",
+            report.removed_leftover_segments
         );
     }
     if report.removed_purged_segments > 0 {

@@ -7,6 +7,7 @@
 //! fdatasyncs instead of paying one each. (On glommio the agent does the same on one core
 //! with [`SegmentLog::prepare_sync`] and an io_uring fdatasync, without a lock.)
 
+use std::ops::Range;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use crate::error::Result;
@@ -48,6 +49,30 @@ impl GroupCommitLog {
         let mut st = self.lock();
         st.log.append(entries)?;
         let mine = st.log.next_index();
+        self.wait_durable(st, mine)
+    }
+
+    /// Appends `payloads` as the next entries with `term`, and returns the index range
+    /// they got once they are durable. Writers that do not pick indexes themselves use this.
+    pub fn append_next_durable(&self, term: u64, payloads: &[&[u8]]) -> Result<Range<u64>> {
+        let mut st = self.lock();
+        let first = st.log.next_index();
+        let entries: Vec<NewEntry<'_>> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| NewEntry {
+                term,
+                index: first + i as u64,
+                payload: p,
+            })
+            .collect();
+        st.log.append(&entries)?;
+        let end = st.log.next_index();
+        self.wait_durable(st, end)?;
+        Ok(first..end)
+    }
+
+    fn wait_durable<'a>(&'a self, mut st: MutexGuard<'a, State>, mine: u64) -> Result<u64> {
         loop {
             if st.log.durable_end() >= mine {
                 return Ok(mine);

@@ -78,6 +78,9 @@ pub struct OpenReport {
     pub removed_purged_segments: usize,
     /// Leftover temp files of interrupted segment creations or metadata writes.
     pub removed_temp_files: usize,
+    /// Segments newer than the newest one the metadata names: leftovers of an interrupted
+    /// roll-over or truncation.
+    pub removed_leftover_segments: usize,
 }
 
 /// A sync prepared by [`SegmentLog::prepare_sync`]: run it anywhere (it only needs the
@@ -181,7 +184,51 @@ impl SegmentLog {
             }
         }
         firsts.sort_unstable();
-        let meta = Meta::load(&dir)?;
+        let stored = Meta::load(&dir)?;
+        let mut meta = stored.unwrap_or_default();
+
+        // Segments newer than the newest one the metadata names are leftovers of an
+        // interrupted roll-over (still empty) or truncation (already cut from the log).
+        let newest = meta.last_segment;
+        let leftovers: Vec<u64> = firsts
+            .iter()
+            .copied()
+            .filter(|f| newest.is_none_or(|l| *f > l))
+            .collect();
+        firsts.retain(|f| newest.is_some_and(|l| *f <= l));
+        for f in leftovers {
+            let path = dir.join(crate::segment::segment_file_name(f));
+            if stored.is_none() {
+                // No metadata at all: only an interrupted first roll-over leaves a segment
+                // behind, and it is empty. Records mean the metadata file was lost.
+                let (seg, _) = Segment::open(&path, None, 0, true, false)?;
+                if !seg.is_empty() {
+                    return Err(StorageError::CorruptMeta {
+                        path: dir.join(META_FILE),
+                        reason: format!(
+                            "the file is missing but segment {} holds entries: the vote and \
+                             the list of segments are lost, refusing to guess them",
+                            path.display()
+                        ),
+                    });
+                }
+            }
+            if repair {
+                fs::remove_file(&path).ctx("remove leftover segment", &path)?;
+            }
+            report.removed_leftover_segments += 1;
+        }
+        if let Some(l) = newest {
+            if firsts.last() != Some(&l) {
+                return Err(StorageError::Corrupt {
+                    path: dir.join(crate::segment::segment_file_name(l)),
+                    offset: 0,
+                    reason: "segment file is missing: the metadata names it as the newest \
+                             segment, so entries that may have been acknowledged are gone"
+                        .to_string(),
+                });
+            }
+        }
         let purged_end = meta.last_purged.map(|p| p.index + 1);
 
         // A purge persists `last_purged` before deleting files; finish one a crash cut short.
@@ -207,19 +254,27 @@ impl SegmentLog {
             }
             segments.push(seg);
         }
-        if repair && (report.removed_purged_segments > 0 || report.removed_temp_files > 0) {
+        if repair
+            && (report.removed_purged_segments > 0
+                || report.removed_temp_files > 0
+                || report.removed_leftover_segments > 0)
+        {
             fsutil::fsync_dir(&dir)?;
         }
 
-        if let (Some(pe), Some(first)) = (purged_end, segments.first()) {
-            if first.first_index() > pe {
+        if let Some(first) = segments.first() {
+            let start = purged_end.unwrap_or(0);
+            if first.first_index() > start {
+                let why = match purged_end {
+                    Some(pe) => format!("the log was purged up to index {}", pe - 1),
+                    None => "the log was never purged, so it starts at index 0".to_string(),
+                };
                 return Err(StorageError::Corrupt {
                     path: first.path.clone(),
                     offset: 0,
                     reason: format!(
-                        "the log was purged up to index {}, but the first segment starts at \
-                         {}: entries in between are missing",
-                        pe - 1,
+                        "{why}, but the first segment starts at {}: entries before it are \
+                         missing",
                         first.first_index()
                     ),
                 });
@@ -241,6 +296,10 @@ impl SegmentLog {
             removal?;
             if repair && segments.len() != before {
                 report.removed_purged_segments += before - segments.len();
+                if segments.is_empty() {
+                    meta.last_segment = None;
+                    meta.store(&dir)?;
+                }
                 fsutil::fsync_dir(&dir)?;
             }
         }
@@ -345,11 +404,9 @@ impl SegmentLog {
         let Some(first) = entries.first() else {
             return Ok(());
         };
-        // A log that never held an entry (nothing appended, nothing purged) may start at any
-        // index; otherwise the next entry continues the log.
-        let never_used =
-            self.meta.last_purged.is_none() && self.segments.iter().all(|s| s.is_empty());
-        if first.index != self.next_index && !never_used {
+        // The log continues without a gap. A log that was never purged starts at index 0,
+        // so a lost first segment is detectable at open.
+        if first.index != self.next_index {
             return Err(StorageError::Invalid(format!(
                 "append at index {} but the next index is {}",
                 first.index, self.next_index
@@ -434,25 +491,26 @@ impl SegmentLog {
     /// first, so only the last segment ever holds unsynced bytes.
     fn roll_over(&mut self, first_index: u64) -> Result<()> {
         if let Some(seg) = self.segments.last_mut() {
-            if seg.is_empty() && seg.first_index() == first_index {
-                // An empty segment at the right index (e.g. after a crash right after it was
-                // created) is reused as it is.
+            if seg.is_empty() {
+                // An empty last segment always starts at the next index (appends are
+                // contiguous); it is where the entry goes.
+                debug_assert_eq!(seg.first_index(), first_index);
                 return Ok(());
             }
             if seg.dirty {
                 fsutil::sync_data_or_die(&seg.file, &seg.path);
                 seg.dirty = false;
             }
-            if seg.is_empty() {
-                // The log restarts at a different index (e.g. after a purge beyond its end):
-                // the empty segment holds nothing.
-                let seg = self.segments.pop().expect("checked");
-                fs::remove_file(&seg.path).ctx("remove empty segment", &seg.path)?;
-            }
         }
         // Only the sealed segment held unsynced entries: everything appended is durable now.
         self.durable_end = self.next_index;
         let seg = Segment::create(&self.dir, first_index, self.opts.segment_size)?;
+        // Name the new segment in the metadata before writing to it, so that losing it
+        // later is detected; a crash before this leaves an empty leftover, removed at open.
+        let mut meta = self.meta;
+        meta.last_segment = Some(first_index);
+        meta.store(&self.dir)?;
+        self.meta = meta;
         self.segments.push(seg);
         Ok(())
     }
@@ -555,6 +613,20 @@ impl SegmentLog {
         }
         self.sync()?;
         self.generation += 1;
+        let keep = self
+            .segments
+            .iter()
+            .rposition(|s| s.first_index() <= index)
+            .map(|i| i + 1)
+            .unwrap_or(0);
+        if keep < self.segments.len() {
+            // First make the metadata name the new newest segment: from then on, newer
+            // segments are leftovers that open removes, so a crash mid-way leaves a prefix.
+            let mut meta = self.meta;
+            meta.last_segment = keep.checked_sub(1).map(|i| self.segments[i].first_index());
+            meta.store(&self.dir)?;
+            self.meta = meta;
+        }
         let mut removed = false;
         while let Some(seg) = self.segments.last() {
             if seg.first_index() <= index {
@@ -590,11 +662,14 @@ impl SegmentLog {
                 return Ok(());
             }
         }
+        let pe = upto.index + 1;
         let mut meta = self.meta;
         meta.last_purged = Some(upto);
+        if self.segments.last().is_none_or(|s| s.end_index() <= pe) {
+            meta.last_segment = None;
+        }
         meta.store(&self.dir)?;
         self.meta = meta;
-        let pe = upto.index + 1;
         let mut removed = false;
         while let Some(seg) = self.segments.first() {
             let wholly = seg.end_index() <= pe;

@@ -10,7 +10,7 @@ use crate::LogId;
 
 const META_MAGIC: &[u8; 8] = b"CAIRNMTA";
 const META_VERSION: u32 = 1;
-const META_LEN: usize = 80;
+const META_LEN: usize = 88;
 pub(crate) const META_FILE: &str = "meta";
 
 /// A Raft vote: the term, the candidate voted for, and whether a quorum granted it.
@@ -27,6 +27,10 @@ pub struct Meta {
     pub vote: Option<Vote>,
     pub committed: Option<LogId>,
     pub last_purged: Option<LogId>,
+    /// First index of the newest segment file. That file exists, and none newer does
+    /// (newer ones are leftovers of an interrupted roll-over or truncation). `None`: no
+    /// segment exists. This is what makes the loss of a whole segment file detectable.
+    pub last_segment: Option<u64>,
 }
 
 impl Meta {
@@ -51,9 +55,13 @@ impl Meta {
             b[56..64].copy_from_slice(&p.term.to_le_bytes());
             b[64..72].copy_from_slice(&p.index.to_le_bytes());
         }
+        if let Some(l) = self.last_segment {
+            flags |= 8;
+            b[72..80].copy_from_slice(&l.to_le_bytes());
+        }
         b[12..16].copy_from_slice(&flags.to_le_bytes());
-        let crc = crc32fast::hash(&b[..72]);
-        b[72..76].copy_from_slice(&crc.to_le_bytes());
+        let crc = crc32fast::hash(&b[..80]);
+        b[80..84].copy_from_slice(&crc.to_le_bytes());
         b
     }
 
@@ -70,7 +78,7 @@ impl Meta {
         }
         let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4"));
         let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8"));
-        if crc32fast::hash(&b[..72]) != u32_at(72) {
+        if crc32fast::hash(&b[..80]) != u32_at(80) {
             return Err(bad("checksum mismatch"));
         }
         if u32_at(8) != META_VERSION {
@@ -91,14 +99,16 @@ impl Meta {
                 term: u64_at(56),
                 index: u64_at(64),
             }),
+            last_segment: (flags & 8 != 0).then(|| u64_at(72)),
         })
     }
 
-    pub(crate) fn load(dir: &Path) -> Result<Meta> {
+    /// The stored metadata, or `None` when the file does not exist.
+    pub(crate) fn load(dir: &Path) -> Result<Option<Meta>> {
         let path = dir.join(META_FILE);
         match std::fs::read(&path) {
-            Ok(b) => Meta::decode(&b, &path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Meta::default()),
+            Ok(b) => Meta::decode(&b, &path).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).ctx("read", path),
         }
     }
