@@ -150,3 +150,104 @@ pub fn snapshot_check(file: &Path) -> ExitCode {
         }
     }
 }
+
+/// Measures fdatasync latency and durable append throughput on the disk holding `dir`.
+pub fn disk_check(dir: &Path, samples: usize, segment_size: u64, keep: bool) -> ExitCode {
+    let work = dir.join(format!("cairn-disk-check-{}", std::process::id()));
+    let result = run_disk_check(&work, samples, segment_size);
+    if keep {
+        println!(
+            "log kept in {} (try: cairn debug log-check {}/log)",
+            work.display(),
+            work.display()
+        );
+    } else {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cairn: disk-check in {}: {e}", work.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_disk_check(
+    work: &Path,
+    samples: usize,
+    segment_size: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use std::os::unix::fs::FileExt;
+    use std::time::{Duration, Instant};
+
+    std::fs::create_dir_all(work)?;
+    let pct = |v: &mut Vec<Duration>, p: f64| {
+        v.sort();
+        v[((v.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e6
+    };
+
+    // The floor: what the device and file system give one 4 KiB durable write.
+    let floor_path = work.join("floor.bin");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&floor_path)?;
+    f.write_all_at(&vec![0u8; 1 << 20], 0)?;
+    f.sync_all()?;
+    let block = vec![0x42u8; 4096];
+    let mut lat = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let t = Instant::now();
+        f.write_all_at(&block, 0)?;
+        f.sync_data()?;
+        lat.push(t.elapsed());
+    }
+    drop(f);
+    std::fs::remove_file(&floor_path)?;
+    let floor_p50 = pct(&mut lat, 0.5);
+    println!("disk check in {} ({samples} samples each)", work.display());
+    println!(
+        "  raw 4 KiB pwrite + fdatasync:      p50 {floor_p50:>7.0} us   p99 {:>7.0} us",
+        pct(&mut lat, 0.99)
+    );
+
+    let mut log = SegmentLog::open(work.join("log"), cairn_storage::LogOptions { segment_size })?;
+    let payload = vec![0x5au8; 256];
+    for batch in [1usize, 16, 256] {
+        let mut lat = Vec::with_capacity(samples);
+        let mut total = Duration::ZERO;
+        for _ in 0..samples {
+            let next = log.next_index();
+            let entries: Vec<cairn_storage::NewEntry<'_>> = (0..batch as u64)
+                .map(|i| cairn_storage::NewEntry {
+                    term: 1,
+                    index: next + i,
+                    payload: &payload,
+                })
+                .collect();
+            let t = Instant::now();
+            log.append(&entries)?;
+            log.sync()?;
+            let d = t.elapsed();
+            total += d;
+            lat.push(d);
+        }
+        let eps = (batch * samples) as f64 / total.as_secs_f64();
+        println!(
+            "  log append, batch {batch:>3} x 256 B:     p50 {:>7.0} us   p99 {:>7.0} us   {eps:>9.0} entries/s",
+            pct(&mut lat, 0.5),
+            pct(&mut lat, 0.99)
+        );
+    }
+    let advice = if floor_p50 > 2000.0 {
+        "slow: a durable write takes over 2 ms; Raft commits will be slow (use local SSD/NVMe)"
+    } else if floor_p50 > 500.0 {
+        "fair: usable, but commit latency will be dominated by the disk"
+    } else {
+        "good for a Cairn server"
+    };
+    println!("  verdict: {advice}");
+    Ok(())
+}

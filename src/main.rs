@@ -45,6 +45,23 @@ enum DebugCommand {
         /// The snapshot file (`snap-*.snap`).
         file: PathBuf,
     },
+    /// Measure whether a disk is fast enough for a Cairn server's Raft log: the raw
+    /// fdatasync floor, then durable appends through the segment log at several batch
+    /// sizes. Writes only inside a fresh directory under --dir and removes it afterwards.
+    DiskCheck {
+        /// Directory on the disk to measure (a subdirectory is created and removed).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Durable appends measured per batch size.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(10..=1_000_000))]
+        samples: u32,
+        /// Segment size in bytes for the log under test.
+        #[arg(long, default_value_t = cairn_storage::DEFAULT_SEGMENT_SIZE)]
+        segment_size: u64,
+        /// Keep the log directory afterwards (and print where it is) for `log-check`.
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -52,5 +69,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Debug(DebugCommand::LogCheck { dir, json }) => debug::log_check(&dir, json),
         Command::Debug(DebugCommand::SnapshotCheck { file }) => debug::snapshot_check(&file),
+        Command::Debug(DebugCommand::DiskCheck {
+            dir,
+            samples,
+            segment_size,
+            keep,
+        }) => debug::disk_check(&dir, samples as usize, segment_size, keep),
     }
 }

@@ -107,3 +107,22 @@ fn snapshot_check_accepts_a_good_file_and_refuses_a_damaged_one() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("header checksum mismatch"), "{out}");
 }
+
+#[test]
+fn disk_check_measures_and_cleans_up_after_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (code, out, err) = cairn(&["debug", "disk-check", "--dir", d, "--samples", "10"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("raw 4 KiB pwrite + fdatasync"), "{out}");
+    assert!(out.contains("batch 256"), "{out}");
+    assert!(out.contains("verdict"), "{out}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "left files behind");
+}
+
+#[test]
+fn disk_check_rejects_out_of_range_samples() {
+    let (code, _, err) = cairn(&["debug", "disk-check", "--samples", "3"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--samples"), "{err}");
+}
