@@ -117,7 +117,11 @@ fn disk_check_measures_and_cleans_up_after_itself() {
     assert!(out.contains("raw 4 KiB pwrite + fdatasync"), "{out}");
     assert!(out.contains("batch 256"), "{out}");
     assert!(out.contains("verdict"), "{out}");
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "left files behind");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "left files behind"
+    );
 }
 
 #[test]
