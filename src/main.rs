@@ -29,6 +29,8 @@ enum Command {
     Debug(DebugCommand),
 }
 
+// The variants are named after the subcommands (`log-check`, `disk-check`, ...).
+#[allow(clippy::enum_variant_names)]
 #[derive(Subcommand, Debug)]
 enum DebugCommand {
     /// Check a Raft log directory without changing it: segments, index range, metadata and
