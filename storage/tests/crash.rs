@@ -155,6 +155,7 @@ fn verify(dir: &Path, w: &Written, what: &str) -> bool {
         }
         Err(e) => {
             let msg = e.to_string();
+            eprintln!("{what}: refused: {msg}");
             match &e {
                 StorageError::Corrupt { path, .. } => {
                     assert!(
