@@ -1,0 +1,11 @@
+//! The Cairn agent as a library: the pieces the `cairn` binary is built from.
+//!
+//! - [`kv`]: the KV state machine with Consul's semantics (indexes, check-and-set,
+//!   transactions, tombstones, blocking-query wake-ups), partitioned into shards so each
+//!   core owns one.
+//!
+//! The Raft integration, the server and client roles and the interfaces arrive with their
+//! issues; see ARCHITECTURE.md.
+#![forbid(unsafe_code)]
+
+pub mod kv;
