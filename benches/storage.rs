@@ -134,7 +134,7 @@ fn snapshot_image(keys: usize) -> StateImage {
     StateImage {
         kv: (0..keys)
             .map(|i| {
-                let key = format!("config/service-{:04}/key-{i:08}", i % 1000);
+                let key = format!("config/service-{:04}/key-{i:08}", i % 1000).into_bytes();
                 (
                     key.clone(),
                     KvRecord {
@@ -152,6 +152,8 @@ fn snapshot_image(keys: usize) -> StateImage {
             .into_values()
             .collect(),
         nodes: Vec::new(),
+        tombstones: Vec::new(),
+        kv_index: keys as u64,
         membership: Vec::new(),
     }
 }
@@ -251,7 +253,7 @@ fn goals() {
     for _ in 0..5 {
         let t = Instant::now();
         let s = Snapshot::<StateImage>::open(&path).unwrap();
-        let r = s.state().get("config/service-0500/key-00500500").unwrap();
+        let r = s.state().get(b"config/service-0500/key-00500500").unwrap();
         black_box(r.modify_index);
         opens.push(t.elapsed());
     }

@@ -328,3 +328,38 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_snapshot_round_trip_restores_every_entry_tombstone_and_index_without_copying() {
+    use cairn_storage::snapshot::{write_snapshot, Snapshot};
+    use cairn_storage::state::StateImage;
+    let mut kv = ShardedKv::new(4);
+    for i in 0..200u64 {
+        applied(
+            &mut kv,
+            i + 1,
+            set(&format!("k/{i:03}"), &format!("value {i}")),
+        );
+    }
+    applied(&mut kv, 201, KvCommand::DeleteTree { prefix: b("k/1") });
+    let (entries, tombstones, kv_index) = kv.to_image();
+    assert_eq!(tombstones.len(), 100);
+    let image = StateImage {
+        kv: entries,
+        tombstones,
+        kv_index,
+        ..StateImage::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_snapshot(dir.path(), None, &image, 2).unwrap();
+    let snap = Snapshot::<StateImage>::open(&path).unwrap();
+    let backing = snap.archive_bytes();
+    let restored = ShardedKv::from_archived(snap.state(), &backing, 3);
+    assert_eq!(restored.list(b"").entries, kv.list(b"").entries);
+    assert_eq!(restored.list(b"k/1").index, 201, "tombstones survive");
+    assert_eq!(restored.index(), 201);
+    let (e, _) = restored.get(b"k/042");
+    let v = &e.unwrap().value;
+    let range = backing.as_ptr() as usize..backing.as_ptr() as usize + backing.len();
+    assert!(range.contains(&(v.as_ptr() as usize)), "value was copied");
+}

@@ -17,6 +17,7 @@
 //! When nothing under the read ever changed, the shard's own index (its last write) is
 //! used, and like Consul an index is never reported below 1.
 
+mod image;
 mod shard;
 mod txn;
 

@@ -6,10 +6,11 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-/// One key of the KV store.
+/// One key of the KV store. Keys are bytes: the binary RPC carries any bytes, the HTTP
+/// API carries UTF-8 paths.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct KvRecord {
-    pub key: String,
+    pub key: Vec<u8>,
     pub value: Vec<u8>,
     pub create_index: u64,
     pub modify_index: u64,
@@ -26,11 +27,22 @@ pub struct NodeRecord {
     pub datacenter: String,
 }
 
+/// A deleted key remembered so that reads covering it keep the delete's index until the
+/// tombstone is reaped.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct TombstoneRecord {
+    pub key: Vec<u8>,
+    pub delete_index: u64,
+}
+
 /// The whole state machine as a snapshot holds it. `kv` is sorted by key, so a key is found
 /// by binary search in the archive without deserializing anything.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct StateImage {
     pub kv: Vec<KvRecord>,
+    pub tombstones: Vec<TombstoneRecord>,
+    /// Index of the last KV write.
+    pub kv_index: u64,
     pub nodes: Vec<NodeRecord>,
     /// The Raft membership at the snapshot's last included entry, encoded by the server.
     pub membership: Vec<u8>,
@@ -38,9 +50,9 @@ pub struct StateImage {
 
 impl ArchivedStateImage {
     /// Looks up a key in place.
-    pub fn get(&self, key: &str) -> Option<&ArchivedKvRecord> {
+    pub fn get(&self, key: &[u8]) -> Option<&ArchivedKvRecord> {
         let kv = self.kv.as_slice();
-        kv.binary_search_by(|r| r.key.as_str().cmp(key))
+        kv.binary_search_by(|r| r.key.as_slice().cmp(key))
             .ok()
             .map(|i| &kv[i])
     }

@@ -11,7 +11,7 @@ fn image(keys: usize) -> StateImage {
     StateImage {
         kv: (0..keys)
             .map(|i| KvRecord {
-                key: format!("service/web/{i:08}"),
+                key: format!("service/web/{i:08}").into_bytes(),
                 value: format!("value-{i}").into_bytes(),
                 create_index: i as u64 + 1,
                 modify_index: i as u64 * 2 + 1,
@@ -25,6 +25,11 @@ fn image(keys: usize) -> StateImage {
             address: "127.0.0.1".into(),
             datacenter: "dc1".into(),
         }],
+        tombstones: vec![cairn_storage::state::TombstoneRecord {
+            key: b"gone".to_vec(),
+            delete_index: 77,
+        }],
+        kv_index: 4242,
         membership: vec![1, 2, 3],
     }
 }
@@ -42,11 +47,11 @@ fn a_snapshot_round_trips_and_is_read_in_place() {
     assert_eq!(snap.last_included(), Some(last));
     let st = snap.state();
     assert_eq!(st.kv.len(), 1000);
-    let r = st.get("service/web/00000500").expect("key present");
+    let r = st.get(b"service/web/00000500").expect("key present");
     assert_eq!(r.value.as_slice(), b"value-500");
     assert_eq!(r.modify_index, 1001);
     assert_eq!(r.session.as_ref().map(|s| s.as_str()), Some("session-500"));
-    assert!(st.get("service/web/zzz").is_none());
+    assert!(st.get(b"service/web/zzz").is_none());
     let back: StateImage =
         rkyv::deserialize::<StateImage, rkyv::rancor::Error>(snap.state()).unwrap();
     assert_eq!(back, img);
