@@ -251,3 +251,28 @@ fn run_disk_check(
     println!("  verdict: {advice}");
     Ok(())
 }
+
+/// Prints the preflight findings; fails if any check fails.
+pub fn preflight(cores: Option<usize>) -> ExitCode {
+    use cairn::preflight::{evaluate, gather, Level};
+    let cores = cores.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let findings = evaluate(&gather(cores));
+    println!("preflight for a Cairn agent on {cores} cores");
+    for f in &findings {
+        let tag = match f.level {
+            Level::Ok => "ok  ",
+            Level::Warn => "WARN",
+            Level::Fail => "FAIL",
+        };
+        println!("  [{tag}] {:<26} {}", f.what, f.detail);
+    }
+    if findings.iter().any(|f| f.level == Level::Fail) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -3,9 +3,12 @@
 //! - [`kv`]: the KV state machine with Consul's semantics (indexes, check-and-set,
 //!   transactions, tombstones, blocking-query wake-ups), partitioned into shards so each
 //!   core owns one.
+//! - [`preflight`]: checks a machine's limits and kernel settings against what an agent
+//!   needs (`cairn debug preflight`).
 //!
 //! The Raft integration, the server and client roles and the interfaces arrive with their
 //! issues; see ARCHITECTURE.md.
 #![forbid(unsafe_code)]
 
 pub mod kv;
+pub mod preflight;

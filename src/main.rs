@@ -47,6 +47,13 @@ enum DebugCommand {
         /// The snapshot file (`snap-*.snap`).
         file: PathBuf,
     },
+    /// Check this machine's limits and kernel settings against what a Cairn agent needs
+    /// (profiles to fix them are in tuning/). Exits 1 if a check fails.
+    Preflight {
+        /// Cores the agent will use.
+        #[arg(long)]
+        cores: Option<usize>,
+    },
     /// Measure whether a disk is fast enough for a Cairn server's Raft log: the raw
     /// fdatasync floor, then durable appends through the segment log at several batch
     /// sizes. Writes only inside a fresh directory under --dir and removes it afterwards.
@@ -71,6 +78,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Debug(DebugCommand::LogCheck { dir, json }) => debug::log_check(&dir, json),
         Command::Debug(DebugCommand::SnapshotCheck { file }) => debug::snapshot_check(&file),
+        Command::Debug(DebugCommand::Preflight { cores }) => debug::preflight(cores),
         Command::Debug(DebugCommand::DiskCheck {
             dir,
             samples,

@@ -130,3 +130,13 @@ fn disk_check_rejects_out_of_range_samples() {
     assert_eq!(code, 2);
     assert!(err.contains("--samples"), "{err}");
 }
+
+#[test]
+fn preflight_reports_every_check_and_exits_by_the_worst_finding() {
+    let (code, out, _) = cairn(&["debug", "preflight", "--cores", "1"]);
+    assert!(code == 0 || code == 1, "{out}");
+    for what in ["RLIMIT_MEMLOCK", "RLIMIT_NOFILE", "kernel"] {
+        assert!(out.contains(what), "{out}");
+    }
+    assert_eq!(code == 1, out.contains("[FAIL]"), "{out}");
+}
