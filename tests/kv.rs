@@ -363,3 +363,50 @@ fn a_snapshot_round_trip_restores_every_entry_tombstone_and_index_without_copyin
     let range = backing.as_ptr() as usize..backing.as_ptr() as usize + backing.len();
     assert!(range.contains(&(v.as_ptr() as usize)), "value was copied");
 }
+
+// ---- the command's binary form -----------------------------------------------------------
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_command_decodes_to_itself(cmd in command()) {
+        let enc = cmd.encode();
+        prop_assert_eq!(KvCommand::decode(&enc).unwrap(), cmd);
+    }
+
+    #[test]
+    fn random_or_cut_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200), cmd in command(), cut in 0usize..64) {
+        let _ = KvCommand::decode(&Bytes::from(bytes));
+        let enc = cmd.encode();
+        if cut < enc.len() {
+            prop_assert!(KvCommand::decode(&enc.slice(..cut)).is_err());
+        }
+    }
+}
+
+#[test]
+fn decoded_keys_and_values_are_slices_of_the_entry() {
+    let cmd = set("some/key", "a value that should not be copied");
+    let enc = cmd.encode();
+    let KvCommand::Set { value, .. } = KvCommand::decode(&enc).unwrap() else {
+        unreachable!()
+    };
+    let r = enc.as_ptr() as usize..enc.as_ptr() as usize + enc.len();
+    assert!(r.contains(&(value.as_ptr() as usize)));
+}
+
+#[test]
+fn a_foreign_version_or_trailing_bytes_are_refused() {
+    let mut enc = set("k", "v").encode().to_vec();
+    enc.push(0);
+    assert_eq!(
+        KvCommand::decode(&Bytes::from(enc.clone())),
+        Err(cairn::kv::DecodeError::Trailing(1))
+    );
+    enc[0] = 9;
+    assert_eq!(
+        KvCommand::decode(&Bytes::from(enc)),
+        Err(cairn::kv::DecodeError::Version(9))
+    );
+}

@@ -17,10 +17,12 @@
 //! When nothing under the read ever changed, the shard's own index (its last write) is
 //! used, and like Consul an index is never reported below 1.
 
+mod codec;
 mod image;
 mod shard;
 mod txn;
 
+pub use codec::DecodeError;
 pub use shard::{KvEntry, KvShard, ListResult, WatchId, WatchTarget};
 pub use txn::{TxnError, TxnOp, TxnResult};
 
