@@ -24,7 +24,7 @@ mod txn;
 
 pub use codec::DecodeError;
 pub use shard::{KvEntry, KvShard, ListResult, WatchId, WatchTarget};
-pub use txn::{TxnError, TxnOp, TxnResult};
+pub use txn::{combine as combine_txn, split as split_txn, TxnError, TxnOp, TxnPart, TxnResult};
 
 use bytes::Bytes;
 

@@ -7,7 +7,8 @@
 use bytes::Bytes;
 
 use super::{
-    check_key, check_prefix, check_value, shard_of, KvEntry, KvLimitError, ShardedKv, WatchId,
+    check_key, check_prefix, check_value, shard_of, KvEntry, KvLimitError, KvShard, ShardedKv,
+    WatchId,
 };
 
 /// One operation of a transaction (Consul's KV verbs).
@@ -85,13 +86,23 @@ pub struct TxnError {
     pub what: String,
 }
 
-/// What to put back if the transaction aborts.
+/// What to put back in a shard if the transaction aborts.
+#[derive(Debug, Clone)]
 struct Undo {
-    shard: usize,
     key: Bytes,
     entry: Option<KvEntry>,
     tombstone: Option<u64>,
     shard_index: u64,
+}
+
+/// One shard's evaluation of its part of a transaction: results and errors tagged with op
+/// positions, and what to undo if the transaction aborts. While a part is prepared and not
+/// yet committed or aborted, the shard must serve no reads (the agent defers them).
+#[derive(Debug, Clone, Default)]
+pub struct TxnPart {
+    pub results: Vec<(usize, TxnResult)>,
+    pub errors: Vec<TxnError>,
+    undo: Vec<Undo>,
 }
 
 fn show(key: &[u8]) -> String {
@@ -103,104 +114,185 @@ fn blank(mut e: KvEntry) -> KvEntry {
     e
 }
 
+/// Splits a transaction into per-shard parts: each op goes to the shard owning its key;
+/// get-tree and delete-tree go to every shard. Positions are kept, so evaluating each part
+/// in order is the same as evaluating the whole transaction in order: ops on different
+/// shards never touch the same key.
+pub fn split(ops: &[TxnOp], shards: usize) -> Vec<Vec<(usize, TxnOp)>> {
+    let mut parts = vec![Vec::new(); shards];
+    for (i, op) in ops.iter().enumerate() {
+        match op {
+            TxnOp::GetTree { .. } | TxnOp::DeleteTree { .. } => {
+                for p in parts.iter_mut() {
+                    p.push((i, op.clone()));
+                }
+            }
+            TxnOp::Set { key, .. }
+            | TxnOp::Cas { key, .. }
+            | TxnOp::Get { key }
+            | TxnOp::CheckIndex { key, .. }
+            | TxnOp::CheckNotExists { key }
+            | TxnOp::Delete { key }
+            | TxnOp::DeleteCas { key, .. } => parts[shard_of(key, shards)].push((i, op.clone())),
+        }
+    }
+    parts
+}
+
+/// Combines the parts' outcomes: results in op order (a get-tree's entries in key order),
+/// or every error in op order if any op failed.
+pub fn combine(parts: Vec<TxnPart>) -> Result<Vec<TxnResult>, Vec<TxnError>> {
+    let mut results = Vec::new();
+    let mut errors = Vec::new();
+    for p in parts {
+        results.extend(p.results);
+        errors.extend(p.errors);
+    }
+    if !errors.is_empty() {
+        errors.sort_by_key(|e| e.op_index);
+        return Err(errors);
+    }
+    results.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.key.cmp(&b.1.key)));
+    Ok(results.into_iter().map(|(_, r)| r).collect())
+}
+
+impl KvShard {
+    /// Applies this shard's part of a transaction at `index`, tentatively: follow with
+    /// [`KvShard::txn_abort`] if any part of the transaction failed.
+    pub fn txn_prepare(
+        &mut self,
+        index: u64,
+        ops: &[(usize, TxnOp)],
+        woken: &mut Vec<WatchId>,
+    ) -> TxnPart {
+        let mut part = TxnPart::default();
+        for (i, op) in ops {
+            let i = *i;
+            let fail = |what: String| TxnError { op_index: i, what };
+            match op {
+                TxnOp::Set { key, value, flags } => {
+                    self.save(key, &mut part.undo);
+                    let e = self.set(index, key, value, *flags, woken);
+                    part.results.push((i, blank(e)));
+                }
+                TxnOp::Cas {
+                    key,
+                    value,
+                    flags,
+                    index: expect,
+                } => {
+                    if self.cas_matches(key, *expect) {
+                        self.save(key, &mut part.undo);
+                        let e = self.set(index, key, value, *flags, woken);
+                        part.results.push((i, blank(e)));
+                    } else {
+                        part.errors.push(fail(format!(
+                            "failed to set key {:?}, index is stale",
+                            show(key)
+                        )));
+                    }
+                }
+                TxnOp::Get { key } => match self.get(key).0 {
+                    Some(e) => part.results.push((i, e.clone())),
+                    None => part
+                        .errors
+                        .push(fail(format!("key {:?} doesn't exist", show(key)))),
+                },
+                TxnOp::GetTree { prefix } => {
+                    let (entries, _) = self.list_part(prefix);
+                    part.results.extend(entries.into_iter().map(|e| (i, e)));
+                }
+                TxnOp::CheckIndex { key, index: expect } => match self.get(key).0 {
+                    Some(e) if e.modify_index == *expect => {
+                        part.results.push((i, blank(e.clone())))
+                    }
+                    Some(e) => part.errors.push(fail(format!(
+                        "current modify index {} != {expect}",
+                        e.modify_index
+                    ))),
+                    None => part
+                        .errors
+                        .push(fail(format!("key {:?} doesn't exist", show(key)))),
+                },
+                TxnOp::CheckNotExists { key } => {
+                    if self.get(key).0.is_some() {
+                        part.errors
+                            .push(fail(format!("key {:?} exists", show(key))));
+                    }
+                }
+                TxnOp::Delete { key } => {
+                    self.save(key, &mut part.undo);
+                    self.delete(index, key, woken);
+                }
+                TxnOp::DeleteCas { key, index: expect } => {
+                    self.save(key, &mut part.undo);
+                    if !self.delete_cas(index, key, *expect, woken) {
+                        part.errors.push(fail(format!(
+                            "failed to delete key {:?}, index is stale",
+                            show(key)
+                        )));
+                    }
+                }
+                TxnOp::DeleteTree { prefix } => {
+                    for key in self.keys_under(prefix) {
+                        self.save(&key, &mut part.undo);
+                        self.delete(index, &key, woken);
+                    }
+                }
+            }
+        }
+        part
+    }
+
+    /// Undoes a prepared part, newest change first, so each key ends as it was. Watches
+    /// woken by the tentative writes stay woken: a spurious wake-up only makes the waiter
+    /// look again.
+    pub fn txn_abort(&mut self, part: TxnPart) {
+        for u in part.undo.into_iter().rev() {
+            self.restore(&u.key, u.entry, u.tombstone, u.shard_index);
+        }
+    }
+
+    fn save(&self, key: &Bytes, undo: &mut Vec<Undo>) {
+        let (entry, tombstone) = self.raw(key);
+        undo.push(Undo {
+            key: key.clone(),
+            entry,
+            tombstone,
+            shard_index: self.index(),
+        });
+    }
+}
+
+/// The whole transaction on a [`ShardedKv`]: split, prepare every part, abort all if any
+/// failed. The agent does the same with one part per core.
 pub(super) fn apply(
     kv: &mut ShardedKv,
     index: u64,
     ops: &[TxnOp],
     woken: &mut Vec<WatchId>,
 ) -> Result<Vec<TxnResult>, Vec<TxnError>> {
-    let n = kv.shard_count();
-    let mut undo: Vec<Undo> = Vec::new();
-    let mut results = Vec::new();
-    let mut errors = Vec::new();
-    let save = |kv: &ShardedKv, shard: usize, key: &Bytes, undo: &mut Vec<Undo>| {
-        let (entry, tombstone) = kv.shard(shard).raw(key);
-        undo.push(Undo {
-            shard,
-            key: key.clone(),
-            entry,
-            tombstone,
-            shard_index: kv.shard(shard).index(),
-        });
-    };
-    for (i, op) in ops.iter().enumerate() {
-        let fail = |what: String| TxnError { op_index: i, what };
-        match op {
-            TxnOp::Set { key, value, flags } => {
-                let s = shard_of(key, n);
-                save(kv, s, key, &mut undo);
-                let e = kv.shard_mut(s).set(index, key, value, *flags, woken);
-                results.push(blank(e));
-            }
-            TxnOp::Cas {
-                key,
-                value,
-                flags,
-                index: expect,
-            } => {
-                let s = shard_of(key, n);
-                if kv.shard(s).cas_matches(key, *expect) {
-                    save(kv, s, key, &mut undo);
-                    let e = kv.shard_mut(s).set(index, key, value, *flags, woken);
-                    results.push(blank(e));
-                } else {
-                    errors.push(fail(format!(
-                        "failed to set key {:?}, index is stale",
-                        show(key)
-                    )));
-                }
-            }
-            TxnOp::Get { key } => match kv.get(key).0 {
-                Some(e) => results.push(e.clone()),
-                None => errors.push(fail(format!("key {:?} doesn't exist", show(key)))),
-            },
-            TxnOp::GetTree { prefix } => results.extend(kv.list(prefix).entries),
-            TxnOp::CheckIndex { key, index: expect } => match kv.get(key).0 {
-                Some(e) if e.modify_index == *expect => results.push(blank(e.clone())),
-                Some(e) => errors.push(fail(format!(
-                    "current modify index {} != {expect}",
-                    e.modify_index
-                ))),
-                None => errors.push(fail(format!("key {:?} doesn't exist", show(key)))),
-            },
-            TxnOp::CheckNotExists { key } => {
-                if kv.get(key).0.is_some() {
-                    errors.push(fail(format!("key {:?} exists", show(key))));
-                }
-            }
-            TxnOp::Delete { key } => {
-                let s = shard_of(key, n);
-                save(kv, s, key, &mut undo);
-                kv.shard_mut(s).delete(index, key, woken);
-            }
-            TxnOp::DeleteCas { key, index: expect } => {
-                let s = shard_of(key, n);
-                save(kv, s, key, &mut undo);
-                if !kv.shard_mut(s).delete_cas(index, key, *expect, woken) {
-                    errors.push(fail(format!(
-                        "failed to delete key {:?}, index is stale",
-                        show(key)
-                    )));
-                }
-            }
-            TxnOp::DeleteTree { prefix } => {
-                for s in 0..n {
-                    for key in kv.shard(s).keys_under(prefix) {
-                        save(kv, s, &key, &mut undo);
-                        kv.shard_mut(s).delete(index, &key, woken);
-                    }
-                }
-            }
-        }
+    let split = split(ops, kv.shard_count());
+    let parts: Vec<TxnPart> = split
+        .iter()
+        .enumerate()
+        .map(|(s, part)| kv.shard_mut(s).txn_prepare(index, part, woken))
+        .collect();
+    if parts.iter().all(|p| p.errors.is_empty()) {
+        return combine(parts);
     }
-    if errors.is_empty() {
-        return Ok(results);
-    }
-    // Undo newest first, so each key ends as it was before the transaction. Watches woken
-    // meanwhile stay woken: a spurious wake-up only makes the waiter look again.
-    for u in undo.into_iter().rev() {
-        kv.shard_mut(u.shard)
-            .restore(&u.key, u.entry, u.tombstone, u.shard_index);
-    }
-    Err(errors)
+    let errors: Vec<TxnPart> = parts
+        .into_iter()
+        .enumerate()
+        .map(|(s, p)| {
+            let outcome = TxnPart {
+                results: Vec::new(),
+                errors: p.errors.clone(),
+                undo: Vec::new(),
+            };
+            kv.shard_mut(s).txn_abort(p);
+            outcome
+        })
+        .collect();
+    combine(errors)
 }
