@@ -259,7 +259,10 @@ fn a_flipped_byte_past_the_end_of_the_last_segment_is_cut_and_nothing_is_lost() 
         let end = written_len(&last);
         let off = rng.random_range(end + 64..SEGMENT_SIZE);
         flip(&last, off, &mut rng);
-        let what = format!("case {case}: {} flipped at {off} (end {end})", last.display());
+        let what = format!(
+            "case {case}: {} flipped at {off} (end {end})",
+            last.display()
+        );
         assert!(verify(dir.path(), &w, &what), "{what}: must open");
     }
 }
