@@ -1,9 +1,13 @@
 //! `loadgen`: Cairn's load generator and latency-histogram tools.
 //!
-//! Built so far: the histogram formats (`.hgrm` writing and parsing) and `compare`, which
-//! plots percentile spectra of runs from any source. Driving a cluster (`loadgen kv`) and
-//! `sweep` need Cairn's binary RPC servers (issue 3) and arrive with issue 5.
+//! Built so far: the histogram formats (`.hgrm` writing and parsing, HdrHistogram interval
+//! logs), `compare`, which plots percentile spectra of runs from any source, the seeded
+//! workload generator and the recorder that keeps latencies honest. Driving a cluster
+//! (`loadgen kv`) and `sweep` need Cairn's binary RPC servers (issue 3) and arrive with
+//! issue 5.
 #![forbid(unsafe_code)]
 
 pub mod compare;
 pub mod hgrm;
+pub mod measure;
+pub mod workload;
