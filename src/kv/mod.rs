@@ -18,13 +18,16 @@
 //! used, and like Consul an index is never reported below 1.
 
 mod codec;
+pub mod core;
 mod image;
 mod shard;
 mod txn;
 
 pub use codec::DecodeError;
 pub use shard::{KvEntry, KvShard, ListResult, WatchId, WatchTarget};
-pub use txn::{combine as combine_txn, split as split_txn, TxnError, TxnOp, TxnPart, TxnResult};
+pub use txn::{
+    combine as combine_txn, split as split_txn, PartOutcome, TxnError, TxnOp, TxnPart, TxnResult,
+};
 
 use bytes::Bytes;
 
@@ -214,43 +217,19 @@ impl ShardedKv {
     pub fn apply(&mut self, index: u64, cmd: &KvCommand) -> (KvOutcome, Vec<WatchId>) {
         let mut woken = Vec::new();
         let outcome = match cmd {
-            KvCommand::Set { key, value, flags } => {
-                let o = self.owner(key);
-                self.shards[o].set(index, key, value, *flags, &mut woken);
-                KvOutcome::Applied(true)
-            }
-            KvCommand::Cas {
-                key,
-                value,
-                flags,
-                index: expect,
-            } => {
-                let o = self.owner(key);
-                KvOutcome::Applied(
-                    self.shards[o].cas(index, key, value, *flags, *expect, &mut woken),
-                )
-            }
-            KvCommand::Delete { key } => {
-                let o = self.owner(key);
-                self.shards[o].delete(index, key, &mut woken);
-                KvOutcome::Applied(true)
-            }
-            KvCommand::DeleteCas { key, index: expect } => {
-                let o = self.owner(key);
-                KvOutcome::Applied(self.shards[o].delete_cas(index, key, *expect, &mut woken))
-            }
-            KvCommand::DeleteTree { prefix } => {
-                for s in &mut self.shards {
-                    s.delete_tree(index, prefix, &mut woken);
-                }
-                KvOutcome::Applied(true)
-            }
             KvCommand::Txn { ops } => KvOutcome::Txn(txn::apply(self, index, ops, &mut woken)),
-            KvCommand::ReapTombstones { up_to } => {
+            KvCommand::DeleteTree { .. } | KvCommand::ReapTombstones { .. } => {
                 for s in &mut self.shards {
-                    s.reap_tombstones(*up_to);
+                    s.apply_local(index, cmd, &mut woken);
                 }
                 KvOutcome::Applied(true)
+            }
+            KvCommand::Set { key, .. }
+            | KvCommand::Cas { key, .. }
+            | KvCommand::Delete { key }
+            | KvCommand::DeleteCas { key, .. } => {
+                let o = self.owner(key);
+                KvOutcome::Applied(self.shards[o].apply_local(index, cmd, &mut woken))
             }
         };
         (outcome, woken)

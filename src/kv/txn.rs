@@ -139,14 +139,18 @@ pub fn split(ops: &[TxnOp], shards: usize) -> Vec<Vec<(usize, TxnOp)>> {
     parts
 }
 
+/// What one shard's part of a transaction produced: results and errors tagged with op
+/// positions (what a shard core sends back to the sequencer).
+pub type PartOutcome = (Vec<(usize, TxnResult)>, Vec<TxnError>);
+
 /// Combines the parts' outcomes: results in op order (a get-tree's entries in key order),
 /// or every error in op order if any op failed.
-pub fn combine(parts: Vec<TxnPart>) -> Result<Vec<TxnResult>, Vec<TxnError>> {
+pub fn combine(parts: Vec<PartOutcome>) -> Result<Vec<TxnResult>, Vec<TxnError>> {
     let mut results = Vec::new();
     let mut errors = Vec::new();
-    for p in parts {
-        results.extend(p.results);
-        errors.extend(p.errors);
+    for (r, e) in parts {
+        results.extend(r);
+        errors.extend(e);
     }
     if !errors.is_empty() {
         errors.sort_by_key(|e| e.op_index);
@@ -279,19 +283,15 @@ pub(super) fn apply(
         .map(|(s, part)| kv.shard_mut(s).txn_prepare(index, part, woken))
         .collect();
     if parts.iter().all(|p| p.errors.is_empty()) {
-        return combine(parts);
+        return combine(parts.into_iter().map(|p| (p.results, p.errors)).collect());
     }
-    let errors: Vec<TxnPart> = parts
+    let errors = parts
         .into_iter()
         .enumerate()
         .map(|(s, p)| {
-            let outcome = TxnPart {
-                results: Vec::new(),
-                errors: p.errors.clone(),
-                undo: Vec::new(),
-            };
+            let errors = p.errors.clone();
             kv.shard_mut(s).txn_abort(p);
-            outcome
+            (Vec::new(), errors)
         })
         .collect();
     combine(errors)
