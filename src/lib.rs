@@ -3,6 +3,8 @@
 //! - [`kv`]: the KV state machine with Consul's semantics (indexes, check-and-set,
 //!   transactions, tombstones, blocking-query wake-ups), partitioned into shards so each
 //!   core owns one.
+//! - [`runtime`]: one glommio executor per core, each owning a KV shard, talking over a
+//!   channel mesh; executor 0 sequences writes and cross-shard reads.
 //! - [`preflight`]: checks a machine's limits and kernel settings against what an agent
 //!   needs (`cairn debug preflight`).
 //!
@@ -12,3 +14,4 @@
 
 pub mod kv;
 pub mod preflight;
+pub mod runtime;

@@ -1,0 +1,500 @@
+//! Shard cores on glommio: every executor owns one [`ShardCore`]; cores talk over a full
+//! `channel_mesh`; executor 0 is also the sequencer that orders writes, transactions and
+//! barrier reads (the protocol itself is pure: [`crate::kv::core`]).
+//!
+//! The IO here is thin: move messages between cores, turn replies into completed futures,
+//! and arm the timers of parked blocking reads. Nothing on the path takes a lock; each
+//! core's state is an `Rc<RefCell<_>>` touched only by its own executor, and no borrow is
+//! held across an await.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
+
+use super::{io_memory_per_executor, RuntimeError};
+use crate::kv::core::{plan, Effect, Origin, Plan, ReadReq, Reply, ShardCore, StreamMsg};
+use crate::kv::{combine_txn, shard_of, KvCommand, KvEntry, KvOutcome, ListResult};
+
+/// Longest blocking wait, as in Consul.
+pub const MAX_WAIT: Duration = Duration::from_secs(600);
+/// Messages buffered per pair of cores before a sender waits.
+const MESH_CAPACITY: usize = 1024;
+
+/// What travels between cores.
+#[derive(Debug)]
+pub enum Msg {
+    /// Sequencer → shard.
+    Stream(StreamMsg),
+    /// Any core → the shard owning the data. `deadline` bounds a blocking read.
+    Read {
+        origin: Origin,
+        req: ReadReq,
+        deadline: Option<Instant>,
+    },
+    /// Any core → the sequencer: answer `read` with a barrier on every shard; shard `i`
+    /// replies to `origin` with id `origin.id + i`.
+    Barrier { origin: Origin, read: ReadReq },
+    /// Shard → the requesting core.
+    Reply { id: u64, reply: Reply },
+    /// This core's work is done; it serves requests until every core said so.
+    Done,
+}
+
+struct Local {
+    core: ShardCore,
+    pending: HashMap<u64, oneshot::Sender<Reply>>,
+    next_id: u64,
+    /// Deadlines of parked blocking reads, by origin.
+    deadlines: HashMap<Origin, Instant>,
+    done_from: usize,
+    done_notify: Option<oneshot::Sender<()>>,
+    jitter_state: u64,
+}
+
+/// A core's handle on the shard cores: reads from any core, writes on the sequencer.
+#[derive(Clone)]
+pub struct Shards {
+    me: usize,
+    n: usize,
+    local: Rc<RefCell<Local>>,
+    senders: Rc<Senders<Msg>>,
+    /// The sequencer's queue (core 0 only): one task takes steps in arrival order, so the
+    /// steps never interleave in any shard's stream and reads are not starved by writes.
+    seq: Option<Rc<LocalSender<Step>>>,
+    txn: Rc<RefCell<u64>>,
+}
+
+/// One step of the sequencer.
+enum Step {
+    Apply {
+        index: u64,
+        cmd: KvCommand,
+        done: oneshot::Sender<KvOutcome>,
+    },
+    Barrier {
+        origin: Origin,
+        read: ReadReq,
+    },
+}
+
+/// Runs `f` on each of `cores` executors with its core's [`Shards`] handle, and returns
+/// every core's result once all finished. `pin` pins executor `i` to a CPU.
+pub fn run<G, F, T>(cores: usize, pin: bool, f: G) -> Result<Vec<T>, RuntimeError>
+where
+    G: FnOnce(Shards) -> F + Clone + Send + 'static,
+    F: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    let cores = cores.max(1);
+    let io_memory = io_memory_per_executor(cores)?;
+    let placement = if pin {
+        PoolPlacement::MaxSpread(cores, None)
+    } else {
+        PoolPlacement::Unbound(cores)
+    };
+    let mesh: MeshBuilder<Msg, Full> = MeshBuilder::full(cores, MESH_CAPACITY);
+    let handles = LocalExecutorPoolBuilder::new(placement)
+        .io_memory(io_memory)
+        .name("cairn-core")
+        .on_all_shards(move || async move {
+            let (senders, mut receivers) = mesh.join().await.expect("mesh join");
+            let me = senders.peer_id();
+            let n = senders.nr_consumers();
+            let (done_tx, done_rx) = oneshot::channel();
+            let (seq_tx, seq_rx) = local_channel::new_unbounded::<Step>();
+            let mut shards = Shards {
+                me,
+                n,
+                local: Rc::new(RefCell::new(Local {
+                    core: ShardCore::default(),
+                    pending: HashMap::new(),
+                    next_id: 1,
+                    deadlines: HashMap::new(),
+                    done_from: 0,
+                    done_notify: Some(done_tx),
+                    jitter_state: 0x9e37_79b9_7f4a_7c15 ^ me as u64,
+                })),
+                senders: Rc::new(senders),
+                seq: None,
+                txn: Rc::new(RefCell::new(0)),
+            };
+            if me == 0 {
+                shards.seq = Some(Rc::new(seq_tx));
+                let s = shards.clone();
+                glommio::spawn_local(async move {
+                    while let Some(step) = seq_rx.recv().await {
+                        s.sequence(step).await;
+                    }
+                })
+                .detach();
+            }
+            for (_, rx) in receivers.streams() {
+                let s = shards.clone();
+                glommio::spawn_local(async move {
+                    while let Some(msg) = rx.recv().await {
+                        s.receive(msg);
+                    }
+                })
+                .detach();
+            }
+            if n == 1 {
+                let _ = shards.local.borrow_mut().done_notify.take();
+            }
+            let out = f(shards.clone()).await;
+            for peer in 0..n {
+                if peer != me {
+                    let _ = shards.senders.send_to(peer, Msg::Done).await;
+                }
+            }
+            // Keep serving the other cores until every one of them is done.
+            let _ = done_rx.await;
+            out
+        })
+        .map_err(|e| RuntimeError::Spawn(e.to_string()))?;
+    handles
+        .join_all()
+        .into_iter()
+        .map(|r| r.map_err(|e| RuntimeError::Spawn(e.to_string())))
+        .collect()
+}
+
+impl Shards {
+    /// This core's index (0 is the sequencer).
+    pub fn core(&self) -> usize {
+        self.me
+    }
+
+    pub fn cores(&self) -> usize {
+        self.n
+    }
+
+    fn new_ids(&self, count: usize) -> (u64, Vec<oneshot::Receiver<Reply>>) {
+        let mut l = self.local.borrow_mut();
+        let base = l.next_id;
+        l.next_id += count as u64;
+        let mut rxs = Vec::with_capacity(count);
+        for i in 0..count as u64 {
+            let (tx, rx) = oneshot::channel();
+            l.pending.insert(base + i, tx);
+            rxs.push(rx);
+        }
+        (base, rxs)
+    }
+
+    async fn send(&self, to: usize, msg: Msg) {
+        if to == self.me {
+            self.receive(msg);
+        } else if self.senders.send_to(to, msg).await.is_err() {
+            // Only after shutdown: every core stays up until all are done.
+            debug_assert!(false, "mesh closed while in use");
+        }
+    }
+
+    /// Handles a message on this core. Never awaits: replies to other cores are sent by
+    /// a spawned task, timers by spawned sleeps.
+    fn receive(&self, msg: Msg) {
+        let effects = match msg {
+            Msg::Stream(m) => self.local.borrow_mut().core.stream(m),
+            Msg::Read {
+                origin,
+                req,
+                deadline,
+            } => {
+                let mut l = self.local.borrow_mut();
+                if let Some(d) = deadline {
+                    l.deadlines.insert(origin, d);
+                }
+                let mut out = Vec::new();
+                l.core.read(origin, req, &mut out);
+                out
+            }
+            Msg::Barrier { origin, read } => {
+                self.enqueue(Step::Barrier { origin, read });
+                Vec::new()
+            }
+            Msg::Reply { id, reply } => {
+                if let Some(tx) = self.local.borrow_mut().pending.remove(&id) {
+                    let _ = tx.send(reply);
+                }
+                Vec::new()
+            }
+            Msg::Done => {
+                let mut l = self.local.borrow_mut();
+                l.done_from += 1;
+                if l.done_from + 1 == self.n {
+                    if let Some(tx) = l.done_notify.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Vec::new()
+            }
+        };
+        self.dispatch(effects);
+    }
+
+    fn dispatch(&self, effects: Vec<Effect>) {
+        for e in effects {
+            match e {
+                Effect::Reply { to, reply } => {
+                    if to.core == self.me {
+                        if let Some(tx) = self.local.borrow_mut().pending.remove(&to.id) {
+                            let _ = tx.send(reply);
+                        }
+                    } else {
+                        let s = self.clone();
+                        glommio::spawn_local(async move {
+                            s.send(to.core, Msg::Reply { id: to.id, reply }).await
+                        })
+                        .detach();
+                    }
+                }
+                Effect::Parked { watch, to } => {
+                    let deadline = self.local.borrow_mut().deadlines.remove(&to);
+                    let wait = deadline
+                        .map(|d| d.saturating_duration_since(Instant::now()))
+                        .unwrap_or(MAX_WAIT);
+                    let s = self.clone();
+                    glommio::spawn_local(async move {
+                        glommio::timer::sleep(wait).await;
+                        let effects = s.local.borrow_mut().core.timeout(watch);
+                        s.dispatch(effects);
+                    })
+                    .detach();
+                }
+            }
+        }
+    }
+
+    fn enqueue(&self, step: Step) {
+        let seq = self.seq.as_ref().expect("barriers and writes go to core 0");
+        // Unbounded: every step has a caller waiting for it, which bounds the queue.
+        if seq.try_send(step).is_err() {
+            debug_assert!(false, "sequencer queue closed");
+        }
+    }
+
+    /// Applies a command at Raft index `index` (sequencer core only).
+    pub async fn apply(&self, index: u64, cmd: &KvCommand) -> KvOutcome {
+        assert_eq!(self.me, 0, "only the sequencer core applies writes");
+        let (done, rx) = oneshot::channel();
+        self.enqueue(Step::Apply {
+            index,
+            cmd: cmd.clone(),
+            done,
+        });
+        rx.await.expect("the sequencer answers every step")
+    }
+
+    /// One step, run by the sequencer task only.
+    async fn sequence(&self, step: Step) {
+        match step {
+            Step::Barrier { origin, read } => {
+                for s in 0..self.n {
+                    let reply = Origin {
+                        core: origin.core,
+                        id: origin.id + s as u64,
+                    };
+                    let m = StreamMsg::Barrier {
+                        read: read.clone(),
+                        reply,
+                    };
+                    self.send(s, Msg::Stream(m)).await;
+                }
+            }
+            Step::Apply { index, cmd, done } => {
+                if let Plan::One { shard, cmd } = plan(&cmd, self.n) {
+                    // Pipelined: send and move on; the shard keeps the stream's order, and
+                    // the caller gets the answer when it comes.
+                    let (id, mut rx) = self.new_ids(1);
+                    let origin = Origin { core: self.me, id };
+                    let m = StreamMsg::Apply {
+                        index,
+                        cmd,
+                        reply: Some(origin),
+                    };
+                    self.send(shard, Msg::Stream(m)).await;
+                    let rx = rx.pop().expect("one id");
+                    glommio::spawn_local(async move {
+                        if let Ok(Reply::Applied(ok)) = rx.await {
+                            let _ = done.send(KvOutcome::Applied(ok));
+                        }
+                    })
+                    .detach();
+                } else {
+                    let outcome = self.sequence_apply(index, cmd).await;
+                    let _ = done.send(outcome);
+                }
+            }
+        }
+    }
+
+    async fn sequence_apply(&self, index: u64, cmd: KvCommand) -> KvOutcome {
+        match plan(&cmd, self.n) {
+            Plan::One { .. } => unreachable!("single-shard writes are pipelined in sequence()"),
+            Plan::All { cmd } => {
+                for s in 0..self.n {
+                    let m = StreamMsg::Apply {
+                        index,
+                        cmd: cmd.clone(),
+                        reply: None,
+                    };
+                    self.send(s, Msg::Stream(m)).await;
+                }
+                KvOutcome::Applied(true)
+            }
+            Plan::Txn { parts } => {
+                let txn = {
+                    let mut t = self.txn.borrow_mut();
+                    *t += 1;
+                    *t
+                };
+                let (base, rxs) = self.new_ids(parts.len());
+                for (i, (shard, ops)) in parts.iter().enumerate() {
+                    let reply = Origin {
+                        core: self.me,
+                        id: base + i as u64,
+                    };
+                    let m = StreamMsg::TxnPrepare {
+                        index,
+                        txn,
+                        ops: ops.clone(),
+                        reply,
+                    };
+                    self.send(*shard, Msg::Stream(m)).await;
+                }
+                let mut outcomes = Vec::with_capacity(parts.len());
+                for rx in rxs {
+                    match rx.await {
+                        Ok(Reply::Prepared { results, errors }) => outcomes.push((results, errors)),
+                        other => unreachable!("prepare answered with {other:?}"),
+                    }
+                }
+                let commit = outcomes.iter().all(|o| o.1.is_empty());
+                for (shard, _) in &parts {
+                    self.send(*shard, Msg::Stream(StreamMsg::TxnDecide { txn, commit }))
+                        .await;
+                }
+                KvOutcome::Txn(combine_txn(outcomes))
+            }
+        }
+    }
+
+    fn jittered(&self, wait: Duration) -> Instant {
+        let wait = wait.min(MAX_WAIT);
+        // xorshift: a per-core RNG for jitter only, no shared state.
+        let mut l = self.local.borrow_mut();
+        let mut x = l.jitter_state;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        l.jitter_state = x;
+        let extra = wait.as_nanos() as u64 / 16;
+        let jitter = if extra == 0 { 0 } else { x % extra };
+        Instant::now() + wait + Duration::from_nanos(jitter)
+    }
+
+    /// Reads one key from the core that owns it. With `min_index` > 0, waits until the
+    /// key's index exceeds it or `wait` (capped at 10 minutes, plus up to wait/16 of
+    /// jitter) runs out.
+    pub async fn get(&self, key: Bytes, min_index: u64, wait: Duration) -> (Option<KvEntry>, u64) {
+        let owner = shard_of(&key, self.n);
+        let (id, mut rx) = self.new_ids(1);
+        let deadline = (min_index > 0).then(|| self.jittered(wait));
+        let origin = Origin { core: self.me, id };
+        let req = ReadReq::Get { key, min_index };
+        self.send(
+            owner,
+            Msg::Read {
+                origin,
+                req,
+                deadline,
+            },
+        )
+        .await;
+        match rx.pop().expect("one id").await {
+            Ok(Reply::Entry { entry, index }) => (entry, index),
+            other => unreachable!("get answered with {other:?}"),
+        }
+    }
+
+    /// Entries under `prefix`, as one consistent cut across every shard.
+    pub async fn list(&self, prefix: Bytes) -> ListResult {
+        let (base, rxs) = self.new_ids(self.n);
+        let origin = Origin {
+            core: self.me,
+            id: base,
+        };
+        let read = ReadReq::ListPart { prefix };
+        self.send(0, Msg::Barrier { origin, read }).await;
+        let mut parts = Vec::with_capacity(self.n);
+        let mut fallback = 0;
+        for rx in rxs {
+            match rx.await {
+                Ok(Reply::Part {
+                    entries,
+                    touched,
+                    shard_index,
+                }) => {
+                    fallback = fallback.max(shard_index);
+                    parts.push((entries, touched));
+                }
+                other => unreachable!("list answered with {other:?}"),
+            }
+        }
+        ListResult::merge(parts, fallback)
+    }
+
+    /// A blocking prefix read: returns once the result's index exceeds `min_index`, or
+    /// when `wait` runs out.
+    pub async fn list_blocking(&self, prefix: Bytes, min_index: u64, wait: Duration) -> ListResult {
+        let first = self.list(prefix.clone()).await;
+        if min_index == 0 || first.index > min_index {
+            return first;
+        }
+        let deadline = self.jittered(wait);
+        let (base, rxs) = self.new_ids(self.n);
+        for s in 0..self.n {
+            let origin = Origin {
+                core: self.me,
+                id: base + s as u64,
+            };
+            let req = ReadReq::WatchPrefix {
+                prefix: prefix.clone(),
+                min_index,
+            };
+            self.send(
+                s,
+                Msg::Read {
+                    origin,
+                    req,
+                    deadline: Some(deadline),
+                },
+            )
+            .await;
+        }
+        // The first shard to answer (a change, or its timeout) ends the wait; the others
+        // answer at their own deadlines into dropped receivers.
+        let (tx, rx) = oneshot::channel::<()>();
+        let tx = Rc::new(RefCell::new(Some(tx)));
+        for r in rxs {
+            let tx = tx.clone();
+            glommio::spawn_local(async move {
+                let _ = r.await;
+                if let Some(t) = tx.borrow_mut().take() {
+                    let _ = t.send(());
+                }
+            })
+            .detach();
+        }
+        let _ = rx.await;
+        self.list(prefix).await
+    }
+}
