@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::channels::local_channel::{self, LocalSender};
-use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
+use glommio::{GlommioError, LocalExecutorPoolBuilder, PoolPlacement, ResourceType};
 
 use super::{io_memory_per_executor, RuntimeError};
 use crate::kv::core::{plan, Effect, Origin, Plan, ReadReq, Reply, ShardCore, StreamMsg};
@@ -27,6 +27,10 @@ use crate::kv::{combine_txn, shard_of, KvCommand, KvEntry, KvOutcome, ListResult
 pub const MAX_WAIT: Duration = Duration::from_secs(600);
 /// Messages buffered per pair of cores before a sender waits.
 const MESH_CAPACITY: usize = 1024;
+/// How long an idle executor polls before it parks in the kernel. Waking a parked
+/// executor from another core costs tens of microseconds; spinning briefly keeps a
+/// cross-core request near a microsecond while load is flowing (see ARCHITECTURE.md).
+pub const DEFAULT_SPIN_BEFORE_PARK: Duration = Duration::from_micros(200);
 
 /// What travels between cores.
 #[derive(Debug)]
@@ -93,6 +97,21 @@ where
     F: Future<Output = T> + 'static,
     T: Send + 'static,
 {
+    run_with(cores, pin, DEFAULT_SPIN_BEFORE_PARK, f)
+}
+
+/// [`run`] with an explicit spin-before-park time (zero: park at once when idle).
+pub fn run_with<G, F, T>(
+    cores: usize,
+    pin: bool,
+    spin: Duration,
+    f: G,
+) -> Result<Vec<T>, RuntimeError>
+where
+    G: FnOnce(Shards) -> F + Clone + Send + 'static,
+    F: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
     let cores = cores.max(1);
     let io_memory = io_memory_per_executor(cores)?;
     let placement = if pin {
@@ -103,6 +122,7 @@ where
     let mesh: MeshBuilder<Msg, Full> = MeshBuilder::full(cores, MESH_CAPACITY);
     let handles = LocalExecutorPoolBuilder::new(placement)
         .io_memory(io_memory)
+        .spin_before_park(spin)
         .name("cairn-core")
         .on_all_shards(move || async move {
             let (senders, mut receivers) = mesh.join().await.expect("mesh join");
@@ -249,11 +269,19 @@ impl Shards {
                             let _ = tx.send(reply);
                         }
                     } else {
-                        let s = self.clone();
-                        glommio::spawn_local(async move {
-                            s.send(to.core, Msg::Reply { id: to.id, reply }).await
-                        })
-                        .detach();
+                        // Most replies fit in the channel at once; only a full channel
+                        // needs a task to wait for room.
+                        let msg = Msg::Reply { id: to.id, reply };
+                        match self.senders.try_send_to(to.core, msg) {
+                            Ok(()) => {}
+                            Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => {
+                                let s = self.clone();
+                                glommio::spawn_local(async move { s.send(to.core, msg).await })
+                                    .detach();
+                            }
+                            // Closed: only after shutdown, when nobody waits for replies.
+                            Err(_) => {}
+                        }
                     }
                 }
                 Effect::Parked { watch, to } => {
