@@ -6,6 +6,8 @@
 //!   that cuts a torn tail and refuses, naming file and offset, to open a log damaged
 //!   anywhere else. Its metadata (vote, committed, last purged) lives beside it.
 //! - [`snapshot`]: rkyv snapshot files, validated once and read in place.
+//! - [`transfer`]: sending a snapshot file in zero-copy chunks and installing it whole on
+//!   the receiving server.
 //!
 //! This crate does no networking and knows nothing of Raft's rules beyond what a log store
 //! must enforce (contiguous indexes, non-decreasing terms). The agent drives it: on glommio
@@ -25,6 +27,7 @@ mod segment;
 pub mod snapshot;
 pub mod state;
 mod sys;
+pub mod transfer;
 
 pub use error::{Result, StorageError};
 pub use group::GroupCommitLog;

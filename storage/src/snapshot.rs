@@ -52,12 +52,21 @@ pub fn snapshot_file_name(last: Option<LogId>) -> String {
     }
 }
 
+/// Whether `name` is a snapshot file name (and nothing else: no directories).
+pub fn is_snapshot_file_name(name: &str) -> bool {
+    parse_snapshot_file_name(name).is_some()
+}
+
 fn parse_snapshot_file_name(name: &str) -> Option<(u64, u64)> {
     let rest = name.strip_prefix("snap-")?.strip_suffix(".snap")?;
     if rest == "empty" {
         return Some((0, 0));
     }
     let (i, t) = rest.split_once('-')?;
+    let digits = |s: &str| s.len() == 20 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(i) || !digits(t) {
+        return None;
+    }
     Some((i.parse().ok()?, t.parse().ok()?))
 }
 

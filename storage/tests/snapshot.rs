@@ -149,3 +149,114 @@ fn a_valid_checksum_over_a_bad_archive_is_refused_by_validation() {
     let path = cairn_storage::snapshot::write_snapshot_bytes(dir.path(), None, &body, 2).unwrap();
     expect_corrupt(&path, "archive does not validate");
 }
+
+// ---- transfer to another server ---------------------------------------------------------
+
+use cairn_storage::transfer::{Chunk, ChunkReader, SnapshotReceiver, DEFAULT_MAX_SNAPSHOT_BYTES};
+
+#[test]
+fn a_snapshot_sent_in_chunks_is_installed_whole_and_validates() {
+    let from = tempfile::tempdir().unwrap();
+    let to = tempfile::tempdir().unwrap();
+    let last = LogId {
+        term: 2,
+        index: 900,
+    };
+    let path = write_snapshot(from.path(), Some(last), &image(3000), 2).unwrap();
+    let reader = ChunkReader::open(&path, 4096).unwrap();
+    let mut rx = SnapshotReceiver::begin(
+        to.path(),
+        reader.name(),
+        reader.total_len(),
+        DEFAULT_MAX_SNAPSHOT_BYTES,
+    )
+    .unwrap();
+    let mut chunks = 0;
+    for c in reader {
+        rx.accept(&c).unwrap();
+        chunks += 1;
+    }
+    assert!(chunks > 10);
+    let installed = rx.finish().unwrap();
+    assert_eq!(installed.file_name(), path.file_name());
+    let snap = Snapshot::<StateImage>::open(&installed).unwrap();
+    assert_eq!(snap.last_included(), Some(last));
+    assert_eq!(snap.state().kv.len(), 3000);
+    assert_eq!(
+        list_snapshots(to.path()).unwrap().len(),
+        1,
+        "temp file left behind"
+    );
+}
+
+#[test]
+fn out_of_order_overlong_or_incomplete_transfers_are_refused() {
+    let from = tempfile::tempdir().unwrap();
+    let to = tempfile::tempdir().unwrap();
+    let path = write_snapshot(from.path(), None, &image(100), 2).unwrap();
+    let chunks: Vec<Chunk> = ChunkReader::open(&path, 512).unwrap().collect();
+    let total: u64 = chunks.iter().map(|c| c.data.len() as u64).sum();
+    let name = path.file_name().unwrap().to_str().unwrap();
+
+    let mut rx =
+        SnapshotReceiver::begin(to.path(), name, total, DEFAULT_MAX_SNAPSHOT_BYTES).unwrap();
+    rx.accept(&chunks[0]).unwrap();
+    assert!(rx.accept(&chunks[2]).is_err(), "gap accepted");
+    assert!(rx.accept(&chunks[0]).is_err(), "overlap accepted");
+    assert_eq!(rx.received(), chunks[0].data.len() as u64);
+    assert!(rx.finish().is_err(), "incomplete transfer installed");
+    assert!(
+        std::fs::read_dir(to.path()).unwrap().next().is_none(),
+        "partial file left"
+    );
+
+    let mut rx = SnapshotReceiver::begin(to.path(), name, 10, DEFAULT_MAX_SNAPSHOT_BYTES).unwrap();
+    assert!(
+        rx.accept(&chunks[0]).is_err(),
+        "chunk past the announced length"
+    );
+    rx.abort();
+
+    assert!(SnapshotReceiver::begin(to.path(), name, 1 << 20, 1000).is_err());
+    for bad in [
+        "../snap-00000000000000000001-00000000000000000001.snap",
+        "meta",
+        "snap-1-2.snap",
+    ] {
+        assert!(
+            SnapshotReceiver::begin(to.path(), bad, 10, DEFAULT_MAX_SNAPSHOT_BYTES).is_err(),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn a_chunk_damaged_in_flight_is_caught_when_the_installed_file_is_opened() {
+    let from = tempfile::tempdir().unwrap();
+    let to = tempfile::tempdir().unwrap();
+    let path = write_snapshot(from.path(), None, &image(500), 2).unwrap();
+    let reader = ChunkReader::open(&path, 1000).unwrap();
+    let name = reader.name().to_string();
+    let mut rx = SnapshotReceiver::begin(
+        to.path(),
+        &name,
+        reader.total_len(),
+        DEFAULT_MAX_SNAPSHOT_BYTES,
+    )
+    .unwrap();
+    for (i, c) in reader.enumerate() {
+        let c = if i == 3 {
+            let mut d = c.data.to_vec();
+            d[10] ^= 0xff;
+            Chunk {
+                offset: c.offset,
+                data: d.into(),
+            }
+        } else {
+            c
+        };
+        rx.accept(&c).unwrap();
+    }
+    let installed = rx.finish().unwrap();
+    assert!(Snapshot::<StateImage>::open(&installed).is_err());
+}
