@@ -155,6 +155,7 @@ fn snapshot_image(keys: usize) -> StateImage {
         tombstones: Vec::new(),
         kv_index: keys as u64,
         membership: Vec::new(),
+        ..StateImage::default()
     }
 }
 

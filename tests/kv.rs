@@ -290,8 +290,47 @@ fn txn_op() -> impl Strategy<Value = TxnOp> {
     ]
 }
 
+fn session_cmd() -> impl Strategy<Value = KvCommand> {
+    let sid = prop::sample::select(vec!["s1", "s2"]);
+    prop_oneof![
+        (sid.clone(), any::<bool>()).prop_map(|(id, del)| KvCommand::SessionCreate {
+            session: cairn::kv::Session {
+                id: id.to_string(),
+                name: "n".into(),
+                node: "node".into(),
+                behavior: if del {
+                    cairn::kv::Behavior::Delete
+                } else {
+                    cairn::kv::Behavior::Release
+                },
+                ttl_ms: 10_000,
+                lock_delay_ms: 1000,
+                create_index: 0,
+            },
+        }),
+        (sid.clone(), 0..5000u64).prop_map(|(id, now_ms)| KvCommand::SessionDestroy {
+            id: id.to_string(),
+            now_ms
+        }),
+        (key(), sid.clone(), 0..5000u64).prop_map(|(key, s, now_ms)| KvCommand::Acquire {
+            key,
+            value: b("l"),
+            flags: 2,
+            session: s.to_string(),
+            now_ms,
+        }),
+        (key(), sid).prop_map(|(key, s)| KvCommand::Release {
+            key,
+            value: b("r"),
+            flags: 3,
+            session: s.to_string()
+        }),
+    ]
+}
+
 fn command() -> impl Strategy<Value = KvCommand> {
     prop_oneof![
+        3 => session_cmd(),
         4 => (key(), 0..5u64).prop_map(|(key, flags)| KvCommand::Set { key, value: b("v"), flags }),
         2 => (key(), 0..12u64).prop_map(|(key, index)| KvCommand::Cas { key, value: b("w"), flags: 1, index }),
         2 => key().prop_map(|key| KvCommand::Delete { key }),
@@ -342,12 +381,28 @@ fn a_snapshot_round_trip_restores_every_entry_tombstone_and_index_without_copyin
         );
     }
     applied(&mut kv, 201, KvCommand::DeleteTree { prefix: b("k/1") });
+    applied(&mut kv, 202, session("s1", cairn::kv::Behavior::Release));
+    applied(&mut kv, 203, session("s2", cairn::kv::Behavior::Delete));
+    applied(&mut kv, 204, acquire("k/042", "locked", "s2", 0));
+    applied(&mut kv, 205, acquire("k/043", "locked", "s1", 0));
+    applied(
+        &mut kv,
+        206,
+        KvCommand::SessionDestroy {
+            id: "s1".into(),
+            now_ms: 1000,
+        },
+    );
     let (entries, tombstones, kv_index) = kv.to_image();
+    let (sessions, lock_delays) = kv.sessions_image();
     assert_eq!(tombstones.len(), 100);
+    assert_eq!((sessions.len(), lock_delays.len()), (1, 1));
     let image = StateImage {
         kv: entries,
         tombstones,
         kv_index,
+        sessions,
+        lock_delays,
         ..StateImage::default()
     };
     let dir = tempfile::tempdir().unwrap();
@@ -357,8 +412,30 @@ fn a_snapshot_round_trip_restores_every_entry_tombstone_and_index_without_copyin
     let restored = ShardedKv::from_archived(snap.state(), &backing, 3);
     assert_eq!(restored.list(b"").entries, kv.list(b"").entries);
     assert_eq!(restored.list(b"k/1").index, 201, "tombstones survive");
-    assert_eq!(restored.index(), 201);
-    let (e, _) = restored.get(b"k/042");
+    assert_eq!(restored.index(), 206);
+    let mut restored = restored;
+    // The lock-delay survived: k/043 cannot be taken before t = 16 s.
+    applied(
+        &mut restored,
+        207,
+        session("s3", cairn::kv::Behavior::Release),
+    );
+    assert!(!applied(
+        &mut restored,
+        208,
+        acquire("k/043", "x", "s3", 5_000)
+    ));
+    // s2 survived with its lock: destroying it deletes k/042 everywhere.
+    applied(
+        &mut restored,
+        209,
+        KvCommand::SessionDestroy {
+            id: "s2".into(),
+            now_ms: 0,
+        },
+    );
+    assert!(restored.get(b"k/042").0.is_none());
+    let (e, _) = restored.get(b"k/044");
     let v = &e.unwrap().value;
     let range = backing.as_ptr() as usize..backing.as_ptr() as usize + backing.len();
     assert!(range.contains(&(v.as_ptr() as usize)), "value was copied");
@@ -408,5 +485,156 @@ fn a_foreign_version_or_trailing_bytes_are_refused() {
     assert_eq!(
         KvCommand::decode(&Bytes::from(enc)),
         Err(cairn::kv::DecodeError::Version(9))
+    );
+}
+
+// ---- sessions and locks -------------------------------------------------------------------
+
+fn session(id: &str, behavior: cairn::kv::Behavior) -> KvCommand {
+    KvCommand::SessionCreate {
+        session: cairn::kv::Session {
+            id: id.into(),
+            name: "leader-election".into(),
+            node: "node-1".into(),
+            behavior,
+            ttl_ms: 0,
+            lock_delay_ms: 15_000,
+            create_index: 0,
+        },
+    }
+}
+
+fn acquire(key: &str, value: &str, s: &str, now_ms: u64) -> KvCommand {
+    KvCommand::Acquire {
+        key: b(key),
+        value: b(value),
+        flags: 0,
+        session: s.into(),
+        now_ms,
+    }
+}
+
+fn release(key: &str, s: &str) -> KvCommand {
+    KvCommand::Release {
+        key: b(key),
+        value: b("released"),
+        flags: 0,
+        session: s.into(),
+    }
+}
+
+#[test]
+fn only_one_session_holds_a_lock_and_lock_index_counts_acquisitions() {
+    use cairn::kv::Behavior::Release;
+    let mut kv = ShardedKv::new(4);
+    assert!(applied(&mut kv, 1, session("a", Release)));
+    assert!(applied(&mut kv, 2, session("b", Release)));
+    assert!(applied(&mut kv, 3, acquire("lock", "a-leads", "a", 0)));
+    assert!(
+        !applied(&mut kv, 4, acquire("lock", "b-leads", "b", 0)),
+        "second holder"
+    );
+    assert!(
+        applied(&mut kv, 5, acquire("lock", "a-again", "a", 0)),
+        "re-acquire by holder"
+    );
+    let e = kv.get(b"lock").0.unwrap().clone();
+    assert_eq!((e.lock_index, e.session.as_deref()), (1, Some("a")));
+    assert_eq!(e.value, b("a-again"));
+    assert!(
+        !applied(&mut kv, 6, release("lock", "b")),
+        "release by a non-holder"
+    );
+    assert!(applied(&mut kv, 7, release("lock", "a")));
+    assert!(applied(&mut kv, 8, acquire("lock", "b-leads", "b", 0)));
+    let e = kv.get(b"lock").0.unwrap();
+    assert_eq!((e.lock_index, e.session.as_deref()), (2, Some("b")));
+}
+
+#[test]
+fn acquiring_with_an_unknown_session_is_rejected_and_changes_nothing() {
+    let mut kv = ShardedKv::new(2);
+    let (out, _) = kv.apply(1, &acquire("k", "v", "ghost", 0));
+    assert!(
+        matches!(out, KvOutcome::Rejected(ref why) if why.contains("invalid session")),
+        "{out:?}"
+    );
+    assert!(kv.get(b"k").0.is_none());
+    assert_eq!(kv.index(), 0);
+}
+
+#[test]
+fn destroying_a_session_releases_or_deletes_its_keys_and_starts_the_lock_delay() {
+    use cairn::kv::Behavior::{Delete, Release};
+    let mut kv = ShardedKv::new(4);
+    applied(&mut kv, 1, session("rel", Release));
+    applied(&mut kv, 2, session("del", Delete));
+    applied(&mut kv, 3, session("other", Release));
+    for (i, k) in ["r/1", "r/2", "r/3"].iter().enumerate() {
+        assert!(applied(&mut kv, 4 + i as u64, acquire(k, "v", "rel", 0)));
+    }
+    assert!(applied(&mut kv, 7, acquire("d/1", "v", "del", 0)));
+    assert!(applied(
+        &mut kv,
+        8,
+        KvCommand::SessionDestroy {
+            id: "rel".into(),
+            now_ms: 1_000
+        }
+    ));
+    assert!(applied(
+        &mut kv,
+        9,
+        KvCommand::SessionDestroy {
+            id: "del".into(),
+            now_ms: 1_000
+        }
+    ));
+    let l = kv.list(b"r/");
+    assert_eq!(l.entries.len(), 3);
+    assert!(l
+        .entries
+        .iter()
+        .all(|e| e.session.is_none() && e.modify_index == 8));
+    assert!(kv.get(b"d/1").0.is_none(), "delete behavior must delete");
+    // Lock-delay: 15 s after the invalidation at t=1 s.
+    assert!(!applied(&mut kv, 10, acquire("r/1", "v", "other", 15_999)));
+    assert!(applied(&mut kv, 11, acquire("r/1", "v", "other", 16_000)));
+    assert!(
+        !applied(
+            &mut kv,
+            12,
+            KvCommand::SessionDestroy {
+                id: "rel".into(),
+                now_ms: 0
+            }
+        ),
+        "twice"
+    );
+}
+
+#[test]
+fn a_rolled_back_transaction_that_deleted_a_held_key_keeps_the_lock_tracked() {
+    use cairn::kv::Behavior::Delete;
+    let mut kv = ShardedKv::new(3);
+    applied(&mut kv, 1, session("s", Delete));
+    applied(&mut kv, 2, acquire("held", "v", "s", 0));
+    let ops = vec![
+        TxnOp::Delete { key: b("held") },
+        TxnOp::Get { key: b("missing") },
+    ];
+    let (out, _) = kv.apply(3, &KvCommand::Txn { ops });
+    assert!(matches!(out, KvOutcome::Txn(Err(_))));
+    applied(
+        &mut kv,
+        4,
+        KvCommand::SessionDestroy {
+            id: "s".into(),
+            now_ms: 0,
+        },
+    );
+    assert!(
+        kv.get(b"held").0.is_none(),
+        "the lock was forgotten by the rollback"
     );
 }

@@ -3,7 +3,9 @@
 
 use bytes::Bytes;
 use cairn::kv::core::{plan, Effect, Origin, Plan, ReadReq, Reply, ShardCore, StreamMsg};
-use cairn::kv::{combine_txn, KvCommand, KvOutcome, ListResult, ShardedKv, TxnOp};
+use cairn::kv::{
+    combine_txn, outcome_of, Behavior, KvCommand, KvOutcome, ListResult, Session, ShardedKv, TxnOp,
+};
 use proptest::prelude::*;
 
 fn b(s: &str) -> Bytes {
@@ -41,20 +43,27 @@ impl Sim {
                     cmd,
                     reply: Some(ME),
                 }));
-                let Reply::Applied(ok) = r else {
+                let Reply::Applied(r) = r else {
                     panic!("{r:?}")
                 };
-                KvOutcome::Applied(ok)
+                outcome_of(r)
             }
             Plan::All { cmd } => {
-                for c in &mut self.cores {
-                    c.stream(StreamMsg::Apply {
+                let mut first = None;
+                for (i, c) in self.cores.iter_mut().enumerate() {
+                    let out = c.stream(StreamMsg::Apply {
                         index,
                         cmd: cmd.clone(),
-                        reply: None,
+                        reply: (i == 0).then_some(ME),
                     });
+                    if i == 0 {
+                        first = Some(reply_of(out));
+                    }
                 }
-                KvOutcome::Applied(true)
+                let Some(Reply::Applied(r)) = first else {
+                    panic!("{first:?}")
+                };
+                outcome_of(r)
             }
             Plan::Txn { parts } => {
                 self.txn += 1;
@@ -136,8 +145,47 @@ fn txn_op() -> impl Strategy<Value = TxnOp> {
     ]
 }
 
+fn session_cmd() -> impl Strategy<Value = KvCommand> {
+    let sid = prop::sample::select(vec!["s1", "s2"]);
+    prop_oneof![
+        (sid.clone(), any::<bool>()).prop_map(|(id, del)| KvCommand::SessionCreate {
+            session: Session {
+                id: id.to_string(),
+                name: String::new(),
+                node: "n1".into(),
+                behavior: if del {
+                    Behavior::Delete
+                } else {
+                    Behavior::Release
+                },
+                ttl_ms: 0,
+                lock_delay_ms: 1000,
+                create_index: 0,
+            },
+        }),
+        (sid.clone(), 0..5000u64).prop_map(|(id, now_ms)| KvCommand::SessionDestroy {
+            id: id.to_string(),
+            now_ms
+        }),
+        (key(), sid.clone(), 0..5000u64).prop_map(|(key, s, now_ms)| KvCommand::Acquire {
+            key,
+            value: b("l"),
+            flags: 0,
+            session: s.to_string(),
+            now_ms,
+        }),
+        (key(), sid).prop_map(|(key, s)| KvCommand::Release {
+            key,
+            value: b("r"),
+            flags: 0,
+            session: s.to_string()
+        }),
+    ]
+}
+
 fn command() -> impl Strategy<Value = KvCommand> {
     prop_oneof![
+        3 => session_cmd(),
         3 => key().prop_map(|key| KvCommand::Set { key, value: b("v"), flags: 0 }),
         1 => (key(), 0..10u64).prop_map(|(key, index)| KvCommand::Cas { key, value: b("w"), flags: 0, index }),
         1 => key().prop_map(|key| KvCommand::Delete { key }),

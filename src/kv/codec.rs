@@ -3,7 +3,8 @@
 //! ```text
 //! byte 0      format version (1)
 //! byte 1      command tag: 1 set, 2 cas, 3 delete, 4 delete-cas, 5 delete-tree, 6 txn,
-//!             7 reap-tombstones
+//!             7 reap-tombstones, 8 session-create, 9 session-destroy, 10 acquire,
+//!             11 release
 //! then        the command's fields in order; integers u64 little-endian, byte strings as
 //!             u32 little-endian length + bytes; a txn is u32 op count + ops, each op a tag
 //!             (1 set, 2 cas, 3 get, 4 get-tree, 5 check-index, 6 check-not-exists,
@@ -16,7 +17,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::{KvCommand, TxnOp, MAX_TXN_OPS};
+use super::{Behavior, KvCommand, Session, TxnOp, MAX_TXN_OPS};
 
 const VERSION: u8 = 1;
 
@@ -33,6 +34,8 @@ pub enum DecodeError {
     Trailing(usize),
     #[error("transaction of {0} operations exceeds the limit")]
     TooManyOps(u32),
+    #[error("a session field is not UTF-8")]
+    Utf8,
 }
 
 fn put_bytes(buf: &mut BytesMut, b: &[u8]) {
@@ -89,6 +92,50 @@ impl KvCommand {
                 buf.put_u8(7);
                 buf.put_u64_le(*up_to);
             }
+            KvCommand::SessionCreate { session } => {
+                buf.put_u8(8);
+                put_bytes(&mut buf, session.id.as_bytes());
+                put_bytes(&mut buf, session.name.as_bytes());
+                put_bytes(&mut buf, session.node.as_bytes());
+                buf.put_u8(match session.behavior {
+                    Behavior::Release => 0,
+                    Behavior::Delete => 1,
+                });
+                buf.put_u64_le(session.ttl_ms);
+                buf.put_u64_le(session.lock_delay_ms);
+                buf.put_u64_le(session.create_index);
+            }
+            KvCommand::SessionDestroy { id, now_ms } => {
+                buf.put_u8(9);
+                put_bytes(&mut buf, id.as_bytes());
+                buf.put_u64_le(*now_ms);
+            }
+            KvCommand::Acquire {
+                key,
+                value,
+                flags,
+                session,
+                now_ms,
+            } => {
+                buf.put_u8(10);
+                put_bytes(&mut buf, key);
+                put_bytes(&mut buf, value);
+                buf.put_u64_le(*flags);
+                put_bytes(&mut buf, session.as_bytes());
+                buf.put_u64_le(*now_ms);
+            }
+            KvCommand::Release {
+                key,
+                value,
+                flags,
+                session,
+            } => {
+                buf.put_u8(11);
+                put_bytes(&mut buf, key);
+                put_bytes(&mut buf, value);
+                buf.put_u64_le(*flags);
+                put_bytes(&mut buf, session.as_bytes());
+            }
         }
         buf.freeze()
     }
@@ -130,6 +177,43 @@ impl KvCommand {
                 KvCommand::Txn { ops }
             }
             7 => KvCommand::ReapTombstones { up_to: r.u64()? },
+            8 => KvCommand::SessionCreate {
+                session: Session {
+                    id: r.string()?,
+                    name: r.string()?,
+                    node: r.string()?,
+                    behavior: match r.u8()? {
+                        0 => Behavior::Release,
+                        1 => Behavior::Delete,
+                        tag => {
+                            return Err(DecodeError::UnknownTag {
+                                what: "session behavior",
+                                tag,
+                            })
+                        }
+                    },
+                    ttl_ms: r.u64()?,
+                    lock_delay_ms: r.u64()?,
+                    create_index: r.u64()?,
+                },
+            },
+            9 => KvCommand::SessionDestroy {
+                id: r.string()?,
+                now_ms: r.u64()?,
+            },
+            10 => KvCommand::Acquire {
+                key: r.bytes()?,
+                value: r.bytes()?,
+                flags: r.u64()?,
+                session: r.string()?,
+                now_ms: r.u64()?,
+            },
+            11 => KvCommand::Release {
+                key: r.bytes()?,
+                value: r.bytes()?,
+                flags: r.u64()?,
+                session: r.string()?,
+            },
             tag => {
                 return Err(DecodeError::UnknownTag {
                     what: "command",
@@ -268,6 +352,11 @@ impl Reader<'_> {
         Ok(u64::from_le_bytes(
             self.data[r].try_into().expect("8 bytes"),
         ))
+    }
+
+    fn string(&mut self) -> Result<String, DecodeError> {
+        let b = self.bytes()?;
+        String::from_utf8(b.to_vec()).map_err(|_| DecodeError::Utf8)
     }
 
     fn bytes(&mut self) -> Result<Bytes, DecodeError> {

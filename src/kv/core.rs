@@ -85,7 +85,8 @@ pub enum Reply {
     },
     /// Something under a watched prefix changed (or the watch was cancelled).
     Changed,
-    Applied(bool),
+    /// A write's outcome: whether it happened, or why it was refused.
+    Applied(Result<bool, String>),
     Prepared {
         results: Vec<(usize, TxnResult)>,
         errors: Vec<TxnError>,
@@ -287,10 +288,16 @@ impl ShardCore {
 }
 
 impl KvShard {
-    /// Applies a write whose keys all live in this shard (or, for delete-tree and reaping,
-    /// this shard's part of it). Returns whether it happened.
-    pub fn apply_local(&mut self, index: u64, cmd: &KvCommand, woken: &mut Vec<WatchId>) -> bool {
-        match cmd {
+    /// Applies a write whose keys all live in this shard (or, for delete-tree, reaping and
+    /// sessions, this shard's part of it). Returns whether it happened, or why it was
+    /// refused (nothing changed then).
+    pub fn apply_local(
+        &mut self,
+        index: u64,
+        cmd: &KvCommand,
+        woken: &mut Vec<WatchId>,
+    ) -> Result<bool, String> {
+        Ok(match cmd {
             KvCommand::Set { key, value, flags } => {
                 self.set(index, key, value, *flags, woken);
                 true
@@ -316,11 +323,36 @@ impl KvShard {
                 self.reap_tombstones(*up_to);
                 true
             }
-            KvCommand::Txn { .. } => {
-                debug_assert!(false, "transactions go through txn_prepare");
-                false
+            KvCommand::SessionCreate { session } => self.session_create(index, session.clone()),
+            KvCommand::SessionDestroy { id, now_ms } => {
+                self.session_destroy(index, id, *now_ms, woken)
             }
-        }
+            KvCommand::Acquire {
+                key,
+                value,
+                flags,
+                session,
+                now_ms,
+            } => {
+                let req = super::session::Acquire {
+                    key,
+                    value,
+                    flags: *flags,
+                    session,
+                    now_ms: *now_ms,
+                };
+                self.acquire(index, req, woken)?
+            }
+            KvCommand::Release {
+                key,
+                value,
+                flags,
+                session,
+            } => self.release(index, key, value, *flags, session, woken),
+            KvCommand::Txn { .. } => {
+                return Err("transactions go through txn_prepare".to_string());
+            }
+        })
     }
 }
 
@@ -329,7 +361,8 @@ impl KvShard {
 pub enum Plan {
     /// Send to one shard; its answer is the outcome.
     One { shard: usize, cmd: KvCommand },
-    /// Send to every shard (delete-tree, reaping); the outcome is `true`.
+    /// Send to every shard (delete-tree, reaping, sessions); every shard answers the same,
+    /// and shard 0's answer is the outcome.
     All { cmd: KvCommand },
     /// Prepare each non-empty part on its shard, then commit if no part has errors, else
     /// abort; combine the parts with [`super::combine_txn`].
@@ -345,13 +378,16 @@ pub fn plan(cmd: &KvCommand, shards: usize) -> Plan {
         KvCommand::Set { key, .. }
         | KvCommand::Cas { key, .. }
         | KvCommand::Delete { key }
-        | KvCommand::DeleteCas { key, .. } => Plan::One {
+        | KvCommand::DeleteCas { key, .. }
+        | KvCommand::Acquire { key, .. }
+        | KvCommand::Release { key, .. } => Plan::One {
             shard: shard_of(key, shards),
             cmd: cmd.clone(),
         },
-        KvCommand::DeleteTree { .. } | KvCommand::ReapTombstones { .. } => {
-            Plan::All { cmd: cmd.clone() }
-        }
+        KvCommand::DeleteTree { .. }
+        | KvCommand::ReapTombstones { .. }
+        | KvCommand::SessionCreate { .. }
+        | KvCommand::SessionDestroy { .. } => Plan::All { cmd: cmd.clone() },
         KvCommand::Txn { ops } => Plan::Txn {
             parts: super::split_txn(ops, shards)
                 .into_iter()

@@ -4,11 +4,49 @@
 //! slices of the snapshot's mapping, so a restore copies no key or value bytes.
 
 use bytes::Bytes;
-use cairn_storage::state::{ArchivedStateImage, KvRecord, TombstoneRecord};
+use cairn_storage::state::{
+    ArchivedStateImage, KvRecord, LockDelayRecord, SessionRecord, TombstoneRecord,
+};
 
-use super::{shard_of, KvEntry, ShardedKv};
+use super::{shard_of, Behavior, KvEntry, Session, ShardedKv};
 
 impl ShardedKv {
+    /// Sessions and lock-delays for a snapshot image (sessions are replicated: shard 0's
+    /// copy is the table).
+    pub fn sessions_image(&self) -> (Vec<SessionRecord>, Vec<LockDelayRecord>) {
+        let sessions = self
+            .shard(0)
+            .sessions()
+            .map(|s| SessionRecord {
+                id: s.id.clone(),
+                name: s.name.clone(),
+                node: s.node.clone(),
+                behavior: match s.behavior {
+                    Behavior::Release => 0,
+                    Behavior::Delete => 1,
+                },
+                ttl_ms: s.ttl_ms,
+                lock_delay_ms: s.lock_delay_ms,
+                create_index: s.create_index,
+            })
+            .collect();
+        let mut delays: Vec<LockDelayRecord> = (0..self.shard_count())
+            .flat_map(|i| {
+                self.shard(i)
+                    .sessions
+                    .lock_delay
+                    .iter()
+                    .map(|(k, u)| LockDelayRecord {
+                        key: k.to_vec(),
+                        until_ms: *u,
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        delays.sort_by(|a, b| a.key.cmp(&b.key));
+        (sessions, delays)
+    }
+
     /// The KV part of a snapshot image: entries and tombstones sorted by key, and the index
     /// of the last write.
     pub fn to_image(&self) -> (Vec<KvRecord>, Vec<TombstoneRecord>, u64) {
@@ -70,6 +108,38 @@ impl ShardedKv {
         let index = image.kv_index.to_native();
         for (i, (e, t)) in entries.into_iter().zip(tombs).enumerate() {
             kv.shard_mut(i).restore_from(e, t, index);
+        }
+        for s in image.sessions.iter() {
+            let session = Session {
+                id: s.id.as_str().to_string(),
+                name: s.name.as_str().to_string(),
+                node: s.node.as_str().to_string(),
+                behavior: if s.behavior == 1 {
+                    Behavior::Delete
+                } else {
+                    Behavior::Release
+                },
+                ttl_ms: s.ttl_ms.to_native(),
+                lock_delay_ms: s.lock_delay_ms.to_native(),
+                create_index: s.create_index.to_native(),
+            };
+            for i in 0..n {
+                let create = session.create_index;
+                kv.shard_mut(i).sessions.table.insert(
+                    session.id.clone(),
+                    Session {
+                        create_index: create,
+                        ..session.clone()
+                    },
+                );
+            }
+        }
+        for d in image.lock_delays.iter() {
+            let key = slice(d.key.as_slice());
+            kv.shard_mut(shard_of(&key, n))
+                .sessions
+                .lock_delay
+                .insert(key, d.until_ms.to_native());
         }
         kv
     }

@@ -20,10 +20,12 @@
 mod codec;
 pub mod core;
 mod image;
+mod session;
 mod shard;
 mod txn;
 
 pub use codec::DecodeError;
+pub use session::{Behavior, Session};
 pub use shard::{KvEntry, KvShard, ListResult, WatchId, WatchTarget};
 pub use txn::{
     combine as combine_txn, split as split_txn, PartOutcome, TxnError, TxnOp, TxnPart, TxnResult,
@@ -67,6 +69,26 @@ pub enum KvCommand {
     /// Forget tombstones whose delete index is at most `up_to` (Consul's tombstone reaping,
     /// issued by the leader after the tombstone TTL).
     ReapTombstones { up_to: u64 },
+    /// Create a session (the leader picks the id).
+    SessionCreate { session: Session },
+    /// Invalidate a session: release or delete its keys, start their lock-delay. `now_ms`
+    /// is the leader's clock when it proposed the command.
+    SessionDestroy { id: String, now_ms: u64 },
+    /// Write `key` and lock it for `session` (Consul's `?acquire=`).
+    Acquire {
+        key: Bytes,
+        value: Bytes,
+        flags: u64,
+        session: String,
+        now_ms: u64,
+    },
+    /// Write `key` and unlock it, if `session` holds it (Consul's `?release=`).
+    Release {
+        key: Bytes,
+        value: Bytes,
+        flags: u64,
+        session: String,
+    },
 }
 
 /// What applying a [`KvCommand`] returned.
@@ -76,6 +98,16 @@ pub enum KvOutcome {
     Applied(bool),
     /// For a transaction: every op's result, or the errors that aborted it.
     Txn(Result<Vec<TxnResult>, Vec<TxnError>>),
+    /// Refused without changing anything (e.g. acquire with an unknown session).
+    Rejected(String),
+}
+
+/// The outcome of a single- or all-shard write as a shard reports it.
+pub fn outcome_of(r: Result<bool, String>) -> KvOutcome {
+    match r {
+        Ok(ok) => KvOutcome::Applied(ok),
+        Err(why) => KvOutcome::Rejected(why),
+    }
 }
 
 /// A request that breaks a limit; checked before a command enters the log.
@@ -89,6 +121,18 @@ pub enum KvLimitError {
     TxnTooLarge { ops: usize },
     #[error("key must not be empty")]
     EmptyKey,
+    #[error("session id or name of {size} bytes exceeds {MAX_SESSION_FIELD} bytes")]
+    SessionField { size: usize },
+}
+
+/// Longest session id, name or node name accepted.
+pub const MAX_SESSION_FIELD: usize = 256;
+
+fn check_session_field(s: &str) -> Result<(), KvLimitError> {
+    if s.len() > MAX_SESSION_FIELD {
+        return Err(KvLimitError::SessionField { size: s.len() });
+    }
+    Ok(())
 }
 
 fn check_key(key: &[u8]) -> Result<(), KvLimitError> {
@@ -133,6 +177,28 @@ impl KvCommand {
                 ops.iter().try_for_each(TxnOp::validate)
             }
             KvCommand::ReapTombstones { .. } => Ok(()),
+            KvCommand::SessionCreate { session } => {
+                check_session_field(&session.id)?;
+                check_session_field(&session.name)?;
+                check_session_field(&session.node)
+            }
+            KvCommand::SessionDestroy { id, .. } => check_session_field(id),
+            KvCommand::Acquire {
+                key,
+                value,
+                session,
+                ..
+            }
+            | KvCommand::Release {
+                key,
+                value,
+                session,
+                ..
+            } => {
+                check_key(key)?;
+                check_value(value)?;
+                check_session_field(session)
+            }
         }
     }
 }
@@ -216,20 +282,25 @@ impl ShardedKv {
     /// watches to wake.
     pub fn apply(&mut self, index: u64, cmd: &KvCommand) -> (KvOutcome, Vec<WatchId>) {
         let mut woken = Vec::new();
-        let outcome = match cmd {
-            KvCommand::Txn { ops } => KvOutcome::Txn(txn::apply(self, index, ops, &mut woken)),
-            KvCommand::DeleteTree { .. } | KvCommand::ReapTombstones { .. } => {
-                for s in &mut self.shards {
-                    s.apply_local(index, cmd, &mut woken);
-                }
-                KvOutcome::Applied(true)
+        let outcome = match core::plan(cmd, self.shards.len()) {
+            core::Plan::Txn { .. } => {
+                let KvCommand::Txn { ops } = cmd else {
+                    unreachable!("only transactions plan as Txn")
+                };
+                KvOutcome::Txn(txn::apply(self, index, ops, &mut woken))
             }
-            KvCommand::Set { key, .. }
-            | KvCommand::Cas { key, .. }
-            | KvCommand::Delete { key }
-            | KvCommand::DeleteCas { key, .. } => {
-                let o = self.owner(key);
-                KvOutcome::Applied(self.shards[o].apply_local(index, cmd, &mut woken))
+            core::Plan::All { cmd } => {
+                // Every shard answers the same (session tables are replicated); report
+                // shard 0's answer, as the agent does.
+                let mut first = None;
+                for s in &mut self.shards {
+                    let r = s.apply_local(index, &cmd, &mut woken);
+                    first.get_or_insert(r);
+                }
+                outcome_of(first.expect("at least one shard"))
+            }
+            core::Plan::One { shard, cmd } => {
+                outcome_of(self.shards[shard].apply_local(index, &cmd, &mut woken))
             }
         };
         (outcome, woken)

@@ -62,6 +62,8 @@ pub struct KvShard {
     index: u64,
     key_watches: HashMap<Bytes, Vec<WatchId>>,
     prefix_watches: HashMap<Bytes, Vec<WatchId>>,
+    /// Sessions and the locks they hold here.
+    pub(crate) sessions: super::session::Sessions,
 }
 
 fn prefix_range(prefix: &[u8]) -> (Bound<Bytes>, Bound<Bytes>) {
@@ -154,7 +156,11 @@ impl KvShard {
         (out, live_max.max(self.dead_max(prefix)))
     }
 
-    fn touch(&mut self, index: u64, key: &Bytes, woken: &mut Vec<WatchId>) {
+    pub(crate) fn entry_mut(&mut self, key: &[u8]) -> Option<&mut KvEntry> {
+        self.entries.get_mut(key)
+    }
+
+    pub(crate) fn touch(&mut self, index: u64, key: &Bytes, woken: &mut Vec<WatchId>) {
         debug_assert!(index >= self.index, "Raft applies in index order");
         self.index = index;
         if let Some(ws) = self.key_watches.remove(key) {
@@ -231,6 +237,7 @@ impl KvShard {
     /// Delete `key`; returns the removed entry. Deleting a missing key changes nothing.
     pub fn delete(&mut self, index: u64, key: &Bytes, woken: &mut Vec<WatchId>) -> Option<KvEntry> {
         let old = self.entries.remove(key)?;
+        self.forget_holder(&old);
         self.tombstones.insert(key.clone(), index);
         self.touch(index, key, woken);
         Some(old)
@@ -283,6 +290,13 @@ impl KvShard {
     ) {
         match entry {
             Some(e) => {
+                if let Some(holder) = &e.session {
+                    self.sessions
+                        .held
+                        .entry(holder.clone())
+                        .or_default()
+                        .insert(key.clone());
+                }
                 self.entries.insert(key.clone(), e);
             }
             None => {
@@ -371,6 +385,16 @@ impl KvShard {
         index: u64,
     ) {
         self.entries = entries.into_iter().map(|e| (e.key.clone(), e)).collect();
+        self.sessions.held.clear();
+        for e in self.entries.values() {
+            if let Some(holder) = &e.session {
+                self.sessions
+                    .held
+                    .entry(holder.clone())
+                    .or_default()
+                    .insert(e.key.clone());
+            }
+        }
         self.tombstones = tombstones.into_iter().collect();
         self.index = index;
     }

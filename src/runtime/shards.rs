@@ -21,7 +21,7 @@ use glommio::{GlommioError, LocalExecutorPoolBuilder, PoolPlacement, ResourceTyp
 
 use super::{io_memory_per_executor, RuntimeError};
 use crate::kv::core::{plan, Effect, Origin, Plan, ReadReq, Reply, ShardCore, StreamMsg};
-use crate::kv::{combine_txn, shard_of, KvCommand, KvEntry, KvOutcome, ListResult};
+use crate::kv::{combine_txn, outcome_of, shard_of, KvCommand, KvEntry, KvOutcome, ListResult};
 
 /// Longest blocking wait, as in Consul.
 pub const MAX_WAIT: Duration = Duration::from_secs(600);
@@ -351,8 +351,8 @@ impl Shards {
                     self.send(shard, Msg::Stream(m)).await;
                     let rx = rx.pop().expect("one id");
                     glommio::spawn_local(async move {
-                        if let Ok(Reply::Applied(ok)) = rx.await {
-                            let _ = done.send(KvOutcome::Applied(ok));
+                        if let Ok(Reply::Applied(r)) = rx.await {
+                            let _ = done.send(outcome_of(r));
                         }
                     })
                     .detach();
@@ -368,15 +368,21 @@ impl Shards {
         match plan(&cmd, self.n) {
             Plan::One { .. } => unreachable!("single-shard writes are pipelined in sequence()"),
             Plan::All { cmd } => {
+                // Every shard answers alike; shard 0 (this core) gives the outcome.
+                let (id, mut rx) = self.new_ids(1);
                 for s in 0..self.n {
+                    let reply = (s == 0).then_some(Origin { core: self.me, id });
                     let m = StreamMsg::Apply {
                         index,
                         cmd: cmd.clone(),
-                        reply: None,
+                        reply,
                     };
                     self.send(s, Msg::Stream(m)).await;
                 }
-                KvOutcome::Applied(true)
+                match rx.pop().expect("one id").await {
+                    Ok(Reply::Applied(r)) => outcome_of(r),
+                    other => unreachable!("apply answered with {other:?}"),
+                }
             }
             Plan::Txn { parts } => {
                 let txn = {

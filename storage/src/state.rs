@@ -35,6 +35,26 @@ pub struct TombstoneRecord {
     pub delete_index: u64,
 }
 
+/// A session (see the agent's `kv::Session`).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct SessionRecord {
+    pub id: String,
+    pub name: String,
+    pub node: String,
+    /// 0 release, 1 delete.
+    pub behavior: u8,
+    pub ttl_ms: u64,
+    pub lock_delay_ms: u64,
+    pub create_index: u64,
+}
+
+/// A key that may not be acquired before `until_ms` (leader clock).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct LockDelayRecord {
+    pub key: Vec<u8>,
+    pub until_ms: u64,
+}
+
 /// The whole state machine as a snapshot holds it. `kv` is sorted by key, so a key is found
 /// by binary search in the archive without deserializing anything.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
@@ -43,6 +63,8 @@ pub struct StateImage {
     pub tombstones: Vec<TombstoneRecord>,
     /// Index of the last KV write.
     pub kv_index: u64,
+    pub sessions: Vec<SessionRecord>,
+    pub lock_delays: Vec<LockDelayRecord>,
     pub nodes: Vec<NodeRecord>,
     /// The Raft membership at the snapshot's last included entry, encoded by the server.
     pub membership: Vec<u8>,

@@ -31,6 +31,7 @@ fn image(keys: usize) -> StateImage {
         }],
         kv_index: 4242,
         membership: vec![1, 2, 3],
+        ..StateImage::default()
     }
 }
 
