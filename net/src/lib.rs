@@ -1,6 +1,8 @@
 //! `cairn-net`: Cairn's networking without the IO.
 //!
-//! This crate will hold the binary RPC wire format and its client (issue 3) and the sans-IO
-//! SWIM/Lifeguard gossip engine with its simulator (issue 4). Nothing lives here yet: the
-//! crate exists so the workspace has the shape the design card fixes.
+//! - [`rpc`]: the binary RPC protocol's frames and messages (built; the client and server
+//!   IO arrive with issue 3).
+//! - The sans-IO SWIM/Lifeguard gossip engine and its simulator arrive with issue 4.
 #![forbid(unsafe_code)]
+
+pub mod rpc;

@@ -1,0 +1,814 @@
+//! RPC requests and responses inside frame payloads.
+//!
+//! Hand-written little-endian encoding: integers as u64/u32, byte strings as u32 length +
+//! bytes, optional fields behind a 0/1 byte, enums as a tag byte. Every request carries a
+//! datacenter and an ACL token from the first version (empty: local datacenter, anonymous).
+//! Decoding borrows keys and values from the frame's `Bytes` (no copy) and enforces
+//! [`Limits`]; malformed input is a [`MessageError`], never a panic.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Size limits checked on decode (and by servers before acting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest key or prefix. Keys travel in every list result and watch.
+    pub max_key: usize,
+    /// Largest value, as in Consul.
+    pub max_value: usize,
+    /// Most operations in one transaction, as in Consul.
+    pub max_txn_ops: usize,
+    /// Largest datacenter name, token, session id or address.
+    pub max_string: usize,
+    /// Most entries or keys in one response (a prefix read larger than this is an error
+    /// the client can narrow, not a frame that blows the limit).
+    pub max_items: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key: 8 * 1024,
+            max_value: 512 * 1024,
+            max_txn_ops: 128,
+            max_string: 1024,
+            max_items: 1_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    #[error("message ends early at byte {0}")]
+    Truncated(usize),
+    #[error("unknown {what} tag {tag}")]
+    UnknownTag { what: &'static str, tag: u8 },
+    #[error("{what} of {len} exceeds the limit of {max}")]
+    Limit {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("{0} is not UTF-8")]
+    Utf8(&'static str),
+    #[error("{0} trailing bytes after the message")]
+    Trailing(usize),
+}
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Any server, from its local state.
+    Stale,
+    /// The leader, while its lease holds.
+    #[default]
+    Default,
+    /// The leader, after confirming leadership with a quorum.
+    Consistent,
+}
+
+/// Options of every read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReadOpts {
+    pub consistency: Consistency,
+    /// Blocking read: answer once the result's index exceeds this (0: answer now).
+    pub index: u64,
+    /// Longest wait of a blocking read, in milliseconds (servers cap it at 10 minutes).
+    pub wait_ms: u64,
+}
+
+/// One transaction operation (Consul's KV verbs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnOp {
+    Set {
+        key: Bytes,
+        value: Bytes,
+        flags: u64,
+    },
+    Cas {
+        key: Bytes,
+        value: Bytes,
+        flags: u64,
+        index: u64,
+    },
+    Get {
+        key: Bytes,
+    },
+    GetTree {
+        prefix: Bytes,
+    },
+    CheckIndex {
+        key: Bytes,
+        index: u64,
+    },
+    CheckNotExists {
+        key: Bytes,
+    },
+    Delete {
+        key: Bytes,
+    },
+    DeleteCas {
+        key: Bytes,
+        index: u64,
+    },
+    DeleteTree {
+        prefix: Bytes,
+    },
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    KvGet {
+        key: Bytes,
+        opts: ReadOpts,
+    },
+    KvList {
+        prefix: Bytes,
+        keys_only: bool,
+        separator: Option<Bytes>,
+        opts: ReadOpts,
+    },
+    KvPut {
+        key: Bytes,
+        value: Bytes,
+        flags: u64,
+        /// Check-and-set on ModifyIndex; 0 = only if absent.
+        cas: Option<u64>,
+        acquire: Option<String>,
+        release: Option<String>,
+    },
+    KvDelete {
+        key: Bytes,
+        recurse: bool,
+        cas: Option<u64>,
+    },
+    Txn {
+        ops: Vec<TxnOp>,
+    },
+    StatusLeader,
+    StatusPeers,
+    RaftAddVoter {
+        id: u64,
+        address: String,
+    },
+    RaftRemovePeer {
+        id: u64,
+    },
+    RaftTransferLeader {
+        to: Option<u64>,
+    },
+}
+
+/// A request: where it goes, who asks, and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Target datacenter; empty means the local one.
+    pub datacenter: String,
+    /// ACL token; empty means anonymous.
+    pub token: String,
+    pub op: Op,
+}
+
+/// One KV entry in a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: Bytes,
+    pub value: Bytes,
+    pub flags: u64,
+    pub create_index: u64,
+    pub modify_index: u64,
+    pub lock_index: u64,
+    pub session: Option<String>,
+}
+
+/// Consul's query metadata: X-Consul-Index, X-Consul-KnownLeader, X-Consul-LastContact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Meta {
+    pub index: u64,
+    pub known_leader: bool,
+    pub last_contact_ms: u64,
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    NotLeader = 1,
+    NoLeader = 2,
+    KeyTooLarge = 3,
+    ValueTooLarge = 4,
+    TxnTooLarge = 5,
+    NoPathToDatacenter = 6,
+    PermissionDenied = 7,
+    Timeout = 8,
+    Invalid = 9,
+    Internal = 10,
+    InvalidSession = 11,
+    Overloaded = 12,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RpcError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// With `NotLeader`: the leader's RPC address, if known, to retry there.
+    pub leader: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// A get (0 or 1 entries) or a list.
+    Entries {
+        entries: Vec<Entry>,
+        meta: Meta,
+    },
+    Keys {
+        keys: Vec<Bytes>,
+        meta: Meta,
+    },
+    /// Put, delete, CAS, acquire, release.
+    Bool(bool),
+    /// A transaction: results, or (op index, reason) for every failed op.
+    Txn {
+        results: Vec<Entry>,
+        errors: Vec<(u32, String)>,
+        index: u64,
+    },
+    Leader(Option<String>),
+    Peers(Vec<String>),
+    Done,
+    Error(RpcError),
+}
+
+// ---- encoding -------------------------------------------------------------------------
+
+struct W<'a>(&'a mut BytesMut);
+
+impl W<'_> {
+    fn u8(&mut self, v: u8) {
+        self.0.put_u8(v);
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.put_u64_le(v);
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.0
+            .put_u32_le(u32::try_from(b.len()).expect("limited far below 4 GiB"));
+        self.0.put_slice(b);
+    }
+    fn opt_bytes(&mut self, b: Option<&[u8]>) {
+        match b {
+            Some(b) => {
+                self.u8(1);
+                self.bytes(b);
+            }
+            None => self.u8(0),
+        }
+    }
+    fn opt_u64(&mut self, v: Option<u64>) {
+        match v {
+            Some(v) => {
+                self.u8(1);
+                self.u64(v);
+            }
+            None => self.u8(0),
+        }
+    }
+    fn bool(&mut self, v: bool) {
+        self.u8(v as u8);
+    }
+    fn opts(&mut self, o: &ReadOpts) {
+        self.u8(match o.consistency {
+            Consistency::Stale => 0,
+            Consistency::Default => 1,
+            Consistency::Consistent => 2,
+        });
+        self.u64(o.index);
+        self.u64(o.wait_ms);
+    }
+    fn entry(&mut self, e: &Entry) {
+        self.bytes(&e.key);
+        self.bytes(&e.value);
+        self.u64(e.flags);
+        self.u64(e.create_index);
+        self.u64(e.modify_index);
+        self.u64(e.lock_index);
+        self.opt_bytes(e.session.as_deref().map(str::as_bytes));
+    }
+    fn meta(&mut self, m: &Meta) {
+        self.u64(m.index);
+        self.bool(m.known_leader);
+        self.u64(m.last_contact_ms);
+    }
+    fn txn_op(&mut self, op: &TxnOp) {
+        match op {
+            TxnOp::Set { key, value, flags } => {
+                self.u8(1);
+                self.bytes(key);
+                self.bytes(value);
+                self.u64(*flags);
+            }
+            TxnOp::Cas {
+                key,
+                value,
+                flags,
+                index,
+            } => {
+                self.u8(2);
+                self.bytes(key);
+                self.bytes(value);
+                self.u64(*flags);
+                self.u64(*index);
+            }
+            TxnOp::Get { key } => {
+                self.u8(3);
+                self.bytes(key);
+            }
+            TxnOp::GetTree { prefix } => {
+                self.u8(4);
+                self.bytes(prefix);
+            }
+            TxnOp::CheckIndex { key, index } => {
+                self.u8(5);
+                self.bytes(key);
+                self.u64(*index);
+            }
+            TxnOp::CheckNotExists { key } => {
+                self.u8(6);
+                self.bytes(key);
+            }
+            TxnOp::Delete { key } => {
+                self.u8(7);
+                self.bytes(key);
+            }
+            TxnOp::DeleteCas { key, index } => {
+                self.u8(8);
+                self.bytes(key);
+                self.u64(*index);
+            }
+            TxnOp::DeleteTree { prefix } => {
+                self.u8(9);
+                self.bytes(prefix);
+            }
+        }
+    }
+}
+
+impl Request {
+    pub fn encode(&self, out: &mut BytesMut) {
+        let mut w = W(out);
+        w.bytes(self.datacenter.as_bytes());
+        w.bytes(self.token.as_bytes());
+        match &self.op {
+            Op::KvGet { key, opts } => {
+                w.u8(1);
+                w.bytes(key);
+                w.opts(opts);
+            }
+            Op::KvList {
+                prefix,
+                keys_only,
+                separator,
+                opts,
+            } => {
+                w.u8(2);
+                w.bytes(prefix);
+                w.bool(*keys_only);
+                w.opt_bytes(separator.as_deref());
+                w.opts(opts);
+            }
+            Op::KvPut {
+                key,
+                value,
+                flags,
+                cas,
+                acquire,
+                release,
+            } => {
+                w.u8(3);
+                w.bytes(key);
+                w.bytes(value);
+                w.u64(*flags);
+                w.opt_u64(*cas);
+                w.opt_bytes(acquire.as_deref().map(str::as_bytes));
+                w.opt_bytes(release.as_deref().map(str::as_bytes));
+            }
+            Op::KvDelete { key, recurse, cas } => {
+                w.u8(4);
+                w.bytes(key);
+                w.bool(*recurse);
+                w.opt_u64(*cas);
+            }
+            Op::Txn { ops } => {
+                w.u8(5);
+                w.0.put_u32_le(ops.len() as u32);
+                for op in ops {
+                    w.txn_op(op);
+                }
+            }
+            Op::StatusLeader => w.u8(6),
+            Op::StatusPeers => w.u8(7),
+            Op::RaftAddVoter { id, address } => {
+                w.u8(8);
+                w.u64(*id);
+                w.bytes(address.as_bytes());
+            }
+            Op::RaftRemovePeer { id } => {
+                w.u8(9);
+                w.u64(*id);
+            }
+            Op::RaftTransferLeader { to } => {
+                w.u8(10);
+                w.opt_u64(*to);
+            }
+        }
+    }
+
+    pub fn decode(data: &Bytes, limits: &Limits) -> Result<Request, MessageError> {
+        let mut r = R {
+            data,
+            at: 0,
+            limits,
+        };
+        let datacenter = r.string("datacenter")?;
+        let token = r.string("token")?;
+        let op = match r.u8()? {
+            1 => Op::KvGet {
+                key: r.key()?,
+                opts: r.opts()?,
+            },
+            2 => Op::KvList {
+                prefix: r.key()?,
+                keys_only: r.bool()?,
+                separator: r.opt(|r| r.key())?,
+                opts: r.opts()?,
+            },
+            3 => Op::KvPut {
+                key: r.key()?,
+                value: r.value()?,
+                flags: r.u64()?,
+                cas: r.opt(|r| r.u64())?,
+                acquire: r.opt(|r| r.string("session"))?,
+                release: r.opt(|r| r.string("session"))?,
+            },
+            4 => Op::KvDelete {
+                key: r.key()?,
+                recurse: r.bool()?,
+                cas: r.opt(|r| r.u64())?,
+            },
+            5 => {
+                let n = r.u32()? as usize;
+                if n > limits.max_txn_ops {
+                    return Err(MessageError::Limit {
+                        what: "transaction operations",
+                        len: n,
+                        max: limits.max_txn_ops,
+                    });
+                }
+                let mut ops = Vec::with_capacity(n);
+                for _ in 0..n {
+                    ops.push(r.txn_op()?);
+                }
+                Op::Txn { ops }
+            }
+            6 => Op::StatusLeader,
+            7 => Op::StatusPeers,
+            8 => Op::RaftAddVoter {
+                id: r.u64()?,
+                address: r.string("address")?,
+            },
+            9 => Op::RaftRemovePeer { id: r.u64()? },
+            10 => Op::RaftTransferLeader {
+                to: r.opt(|r| r.u64())?,
+            },
+            tag => {
+                return Err(MessageError::UnknownTag {
+                    what: "request",
+                    tag,
+                })
+            }
+        };
+        r.end()?;
+        Ok(Request {
+            datacenter,
+            token,
+            op,
+        })
+    }
+}
+
+impl Response {
+    pub fn encode(&self, out: &mut BytesMut) {
+        let mut w = W(out);
+        match self {
+            Response::Entries { entries, meta } => {
+                w.u8(1);
+                w.meta(meta);
+                w.0.put_u32_le(entries.len() as u32);
+                for e in entries {
+                    w.entry(e);
+                }
+            }
+            Response::Keys { keys, meta } => {
+                w.u8(2);
+                w.meta(meta);
+                w.0.put_u32_le(keys.len() as u32);
+                for k in keys {
+                    w.bytes(k);
+                }
+            }
+            Response::Bool(b) => {
+                w.u8(3);
+                w.bool(*b);
+            }
+            Response::Txn {
+                results,
+                errors,
+                index,
+            } => {
+                w.u8(4);
+                w.u64(*index);
+                w.0.put_u32_le(results.len() as u32);
+                for e in results {
+                    w.entry(e);
+                }
+                w.0.put_u32_le(errors.len() as u32);
+                for (i, why) in errors {
+                    w.0.put_u32_le(*i);
+                    w.bytes(why.as_bytes());
+                }
+            }
+            Response::Leader(l) => {
+                w.u8(5);
+                w.opt_bytes(l.as_deref().map(str::as_bytes));
+            }
+            Response::Peers(p) => {
+                w.u8(6);
+                w.0.put_u32_le(p.len() as u32);
+                for a in p {
+                    w.bytes(a.as_bytes());
+                }
+            }
+            Response::Done => w.u8(7),
+            Response::Error(e) => {
+                w.u8(8);
+                w.u8(e.code as u8);
+                w.bytes(e.message.as_bytes());
+                w.opt_bytes(e.leader.as_deref().map(str::as_bytes));
+            }
+        }
+    }
+
+    pub fn decode(data: &Bytes, limits: &Limits) -> Result<Response, MessageError> {
+        let mut r = R {
+            data,
+            at: 0,
+            limits,
+        };
+        let resp = match r.u8()? {
+            1 => {
+                let meta = r.meta()?;
+                let n = r.count("entries")?;
+                let mut entries = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    entries.push(r.entry()?);
+                }
+                Response::Entries { entries, meta }
+            }
+            2 => {
+                let meta = r.meta()?;
+                let n = r.count("keys")?;
+                let mut keys = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    keys.push(r.key()?);
+                }
+                Response::Keys { keys, meta }
+            }
+            3 => Response::Bool(r.bool()?),
+            4 => {
+                let index = r.u64()?;
+                let n = r.count("txn results")?;
+                let mut results = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    results.push(r.entry()?);
+                }
+                let n = r.count("txn errors")?;
+                let mut errors = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    errors.push((r.u32()?, r.text("txn error")?));
+                }
+                Response::Txn {
+                    results,
+                    errors,
+                    index,
+                }
+            }
+            5 => Response::Leader(r.opt(|r| r.string("leader"))?),
+            6 => {
+                let n = r.count("peers")?;
+                let mut p = Vec::with_capacity(n.min(64));
+                for _ in 0..n {
+                    p.push(r.string("peer")?);
+                }
+                Response::Peers(p)
+            }
+            7 => Response::Done,
+            8 => {
+                let code = match r.u8()? {
+                    1 => ErrorCode::NotLeader,
+                    2 => ErrorCode::NoLeader,
+                    3 => ErrorCode::KeyTooLarge,
+                    4 => ErrorCode::ValueTooLarge,
+                    5 => ErrorCode::TxnTooLarge,
+                    6 => ErrorCode::NoPathToDatacenter,
+                    7 => ErrorCode::PermissionDenied,
+                    8 => ErrorCode::Timeout,
+                    9 => ErrorCode::Invalid,
+                    10 => ErrorCode::Internal,
+                    11 => ErrorCode::InvalidSession,
+                    12 => ErrorCode::Overloaded,
+                    tag => {
+                        return Err(MessageError::UnknownTag {
+                            what: "error code",
+                            tag,
+                        })
+                    }
+                };
+                Response::Error(RpcError {
+                    code,
+                    message: r.text("error message")?,
+                    leader: r.opt(|r| r.string("leader"))?,
+                })
+            }
+            tag => {
+                return Err(MessageError::UnknownTag {
+                    what: "response",
+                    tag,
+                })
+            }
+        };
+        r.end()?;
+        Ok(resp)
+    }
+}
+
+// ---- decoding -------------------------------------------------------------------------
+
+struct R<'a> {
+    data: &'a Bytes,
+    at: usize,
+    limits: &'a Limits,
+}
+
+impl R<'_> {
+    fn take(&mut self, n: usize) -> Result<std::ops::Range<usize>, MessageError> {
+        if n > self.data.len() - self.at {
+            return Err(MessageError::Truncated(self.at));
+        }
+        let r = self.at..self.at + n;
+        self.at += n;
+        Ok(r)
+    }
+    fn u8(&mut self) -> Result<u8, MessageError> {
+        let r = self.take(1)?;
+        Ok(self.data[r.start])
+    }
+    fn bool(&mut self) -> Result<bool, MessageError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            tag => Err(MessageError::UnknownTag { what: "bool", tag }),
+        }
+    }
+    fn u32(&mut self) -> Result<u32, MessageError> {
+        let r = self.take(4)?;
+        Ok(u32::from_le_bytes(self.data[r].try_into().expect("4")))
+    }
+    fn u64(&mut self) -> Result<u64, MessageError> {
+        let r = self.take(8)?;
+        Ok(u64::from_le_bytes(self.data[r].try_into().expect("8")))
+    }
+    fn raw(&mut self, what: &'static str, max: usize) -> Result<Bytes, MessageError> {
+        let n = self.u32()? as usize;
+        if n > max {
+            return Err(MessageError::Limit { what, len: n, max });
+        }
+        let r = self.take(n)?;
+        Ok(self.data.slice(r))
+    }
+    fn key(&mut self) -> Result<Bytes, MessageError> {
+        self.raw("key", self.limits.max_key)
+    }
+    fn value(&mut self) -> Result<Bytes, MessageError> {
+        self.raw("value", self.limits.max_value)
+    }
+    fn string(&mut self, what: &'static str) -> Result<String, MessageError> {
+        let b = self.raw(what, self.limits.max_string)?;
+        String::from_utf8(b.to_vec()).map_err(|_| MessageError::Utf8(what))
+    }
+    /// Free text (error messages) may be longer than a name, but not unbounded.
+    fn text(&mut self, what: &'static str) -> Result<String, MessageError> {
+        let b = self.raw(what, 64 * 1024)?;
+        String::from_utf8(b.to_vec()).map_err(|_| MessageError::Utf8(what))
+    }
+    fn count(&mut self, what: &'static str) -> Result<usize, MessageError> {
+        let n = self.u32()? as usize;
+        if n > self.limits.max_items {
+            return Err(MessageError::Limit {
+                what,
+                len: n,
+                max: self.limits.max_items,
+            });
+        }
+        Ok(n)
+    }
+    fn opt<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, MessageError>,
+    ) -> Result<Option<T>, MessageError> {
+        if self.bool()? {
+            Ok(Some(f(self)?))
+        } else {
+            Ok(None)
+        }
+    }
+    fn opts(&mut self) -> Result<ReadOpts, MessageError> {
+        let consistency = match self.u8()? {
+            0 => Consistency::Stale,
+            1 => Consistency::Default,
+            2 => Consistency::Consistent,
+            tag => {
+                return Err(MessageError::UnknownTag {
+                    what: "consistency",
+                    tag,
+                })
+            }
+        };
+        Ok(ReadOpts {
+            consistency,
+            index: self.u64()?,
+            wait_ms: self.u64()?,
+        })
+    }
+    fn entry(&mut self) -> Result<Entry, MessageError> {
+        Ok(Entry {
+            key: self.key()?,
+            value: self.value()?,
+            flags: self.u64()?,
+            create_index: self.u64()?,
+            modify_index: self.u64()?,
+            lock_index: self.u64()?,
+            session: self.opt(|r| r.string("session"))?,
+        })
+    }
+    fn meta(&mut self) -> Result<Meta, MessageError> {
+        Ok(Meta {
+            index: self.u64()?,
+            known_leader: self.bool()?,
+            last_contact_ms: self.u64()?,
+        })
+    }
+    fn txn_op(&mut self) -> Result<TxnOp, MessageError> {
+        Ok(match self.u8()? {
+            1 => TxnOp::Set {
+                key: self.key()?,
+                value: self.value()?,
+                flags: self.u64()?,
+            },
+            2 => TxnOp::Cas {
+                key: self.key()?,
+                value: self.value()?,
+                flags: self.u64()?,
+                index: self.u64()?,
+            },
+            3 => TxnOp::Get { key: self.key()? },
+            4 => TxnOp::GetTree {
+                prefix: self.key()?,
+            },
+            5 => TxnOp::CheckIndex {
+                key: self.key()?,
+                index: self.u64()?,
+            },
+            6 => TxnOp::CheckNotExists { key: self.key()? },
+            7 => TxnOp::Delete { key: self.key()? },
+            8 => TxnOp::DeleteCas {
+                key: self.key()?,
+                index: self.u64()?,
+            },
+            9 => TxnOp::DeleteTree {
+                prefix: self.key()?,
+            },
+            tag => {
+                return Err(MessageError::UnknownTag {
+                    what: "txn op",
+                    tag,
+                })
+            }
+        })
+    }
+    fn end(&self) -> Result<(), MessageError> {
+        if self.at != self.data.len() {
+            return Err(MessageError::Trailing(self.data.len() - self.at));
+        }
+        Ok(())
+    }
+}

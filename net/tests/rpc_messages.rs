@@ -1,0 +1,270 @@
+//! RPC messages: every request and response decodes to itself, garbage never panics, and
+//! limits are enforced on decode.
+
+use bytes::{Bytes, BytesMut};
+use cairn_net::rpc::message::*;
+use proptest::prelude::*;
+
+fn bytes(max: usize) -> impl Strategy<Value = Bytes> {
+    prop::collection::vec(any::<u8>(), 0..max).prop_map(Bytes::from)
+}
+
+fn text() -> impl Strategy<Value = String> {
+    "[a-z0-9.:-]{0,20}"
+}
+
+fn opts() -> impl Strategy<Value = ReadOpts> {
+    (0..3u8, any::<u64>(), any::<u64>()).prop_map(|(c, index, wait_ms)| ReadOpts {
+        consistency: match c {
+            0 => Consistency::Stale,
+            1 => Consistency::Default,
+            _ => Consistency::Consistent,
+        },
+        index,
+        wait_ms,
+    })
+}
+
+fn txn_op() -> impl Strategy<Value = TxnOp> {
+    prop_oneof![
+        (bytes(20), bytes(40), any::<u64>()).prop_map(|(key, value, flags)| TxnOp::Set {
+            key,
+            value,
+            flags
+        }),
+        (bytes(20), bytes(40), any::<u64>(), any::<u64>()).prop_map(
+            |(key, value, flags, index)| TxnOp::Cas {
+                key,
+                value,
+                flags,
+                index
+            }
+        ),
+        bytes(20).prop_map(|key| TxnOp::Get { key }),
+        bytes(20).prop_map(|prefix| TxnOp::GetTree { prefix }),
+        (bytes(20), any::<u64>()).prop_map(|(key, index)| TxnOp::CheckIndex { key, index }),
+        bytes(20).prop_map(|key| TxnOp::CheckNotExists { key }),
+        bytes(20).prop_map(|key| TxnOp::Delete { key }),
+        (bytes(20), any::<u64>()).prop_map(|(key, index)| TxnOp::DeleteCas { key, index }),
+        bytes(20).prop_map(|prefix| TxnOp::DeleteTree { prefix }),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (bytes(30), opts()).prop_map(|(key, opts)| Op::KvGet { key, opts }),
+        (bytes(30), any::<bool>(), prop::option::of(bytes(3)), opts()).prop_map(
+            |(prefix, keys_only, separator, opts)| Op::KvList {
+                prefix,
+                keys_only,
+                separator,
+                opts
+            }
+        ),
+        (
+            bytes(30),
+            bytes(100),
+            any::<u64>(),
+            prop::option::of(any::<u64>()),
+            prop::option::of(text()),
+            prop::option::of(text())
+        )
+            .prop_map(|(key, value, flags, cas, acquire, release)| Op::KvPut {
+                key,
+                value,
+                flags,
+                cas,
+                acquire,
+                release
+            }),
+        (bytes(30), any::<bool>(), prop::option::of(any::<u64>()))
+            .prop_map(|(key, recurse, cas)| Op::KvDelete { key, recurse, cas }),
+        prop::collection::vec(txn_op(), 0..10).prop_map(|ops| Op::Txn { ops }),
+        Just(Op::StatusLeader),
+        Just(Op::StatusPeers),
+        (any::<u64>(), text()).prop_map(|(id, address)| Op::RaftAddVoter { id, address }),
+        any::<u64>().prop_map(|id| Op::RaftRemovePeer { id }),
+        prop::option::of(any::<u64>()).prop_map(|to| Op::RaftTransferLeader { to }),
+    ]
+}
+
+fn entry() -> impl Strategy<Value = Entry> {
+    (
+        bytes(20),
+        bytes(50),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        prop::option::of(text()),
+    )
+        .prop_map(
+            |(key, value, flags, create_index, modify_index, lock_index, session)| Entry {
+                key,
+                value,
+                flags,
+                create_index,
+                modify_index,
+                lock_index,
+                session,
+            },
+        )
+}
+
+fn meta() -> impl Strategy<Value = Meta> {
+    (any::<u64>(), any::<bool>(), any::<u64>()).prop_map(
+        |(index, known_leader, last_contact_ms)| Meta {
+            index,
+            known_leader,
+            last_contact_ms,
+        },
+    )
+}
+
+fn response() -> impl Strategy<Value = Response> {
+    prop_oneof![
+        (prop::collection::vec(entry(), 0..5), meta())
+            .prop_map(|(entries, meta)| Response::Entries { entries, meta }),
+        (prop::collection::vec(bytes(20), 0..5), meta())
+            .prop_map(|(keys, meta)| Response::Keys { keys, meta }),
+        any::<bool>().prop_map(Response::Bool),
+        (
+            prop::collection::vec(entry(), 0..4),
+            prop::collection::vec((any::<u32>(), text()), 0..3),
+            any::<u64>()
+        )
+            .prop_map(|(results, errors, index)| Response::Txn {
+                results,
+                errors,
+                index
+            }),
+        prop::option::of(text()).prop_map(Response::Leader),
+        prop::collection::vec(text(), 0..5).prop_map(Response::Peers),
+        Just(Response::Done),
+        (0..3usize, text(), prop::option::of(text())).prop_map(|(c, message, leader)| {
+            Response::Error(RpcError {
+                code: [
+                    ErrorCode::NotLeader,
+                    ErrorCode::Timeout,
+                    ErrorCode::InvalidSession,
+                ][c],
+                message,
+                leader,
+            })
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_request_decodes_to_itself(op in op(), dc in text(), token in text()) {
+        let req = Request { datacenter: dc, token, op };
+        let mut b = BytesMut::new();
+        req.encode(&mut b);
+        prop_assert_eq!(Request::decode(&b.freeze(), &Limits::default()).unwrap(), req);
+    }
+
+    #[test]
+    fn every_response_decodes_to_itself(resp in response()) {
+        let mut b = BytesMut::new();
+        resp.encode(&mut b);
+        prop_assert_eq!(Response::decode(&b.freeze(), &Limits::default()).unwrap(), resp);
+    }
+
+    #[test]
+    fn garbage_and_cut_messages_never_panic(junk in bytes(300), op in op(), cut in 0usize..80) {
+        let _ = Request::decode(&junk, &Limits::default());
+        let _ = Response::decode(&junk, &Limits::default());
+        let req = Request { datacenter: String::new(), token: String::new(), op };
+        let mut b = BytesMut::new();
+        req.encode(&mut b);
+        let b = b.freeze();
+        if cut < b.len() {
+            prop_assert!(Request::decode(&b.slice(..cut), &Limits::default()).is_err());
+        }
+    }
+}
+
+#[test]
+fn oversize_values_keys_and_transactions_are_refused_on_decode() {
+    let limits = Limits::default();
+    let put = |key: usize, value: usize| {
+        let mut b = BytesMut::new();
+        Request {
+            datacenter: String::new(),
+            token: String::new(),
+            op: Op::KvPut {
+                key: Bytes::from(vec![b'k'; key]),
+                value: Bytes::from(vec![0; value]),
+                flags: 0,
+                cas: None,
+                acquire: None,
+                release: None,
+            },
+        }
+        .encode(&mut b);
+        Request::decode(&b.freeze(), &limits)
+    };
+    assert!(put(10, 512 * 1024).is_ok());
+    assert_eq!(
+        put(10, 512 * 1024 + 1),
+        Err(MessageError::Limit {
+            what: "value",
+            len: 512 * 1024 + 1,
+            max: 512 * 1024
+        })
+    );
+    assert!(matches!(
+        put(8 * 1024 + 1, 1),
+        Err(MessageError::Limit { what: "key", .. })
+    ));
+    let mut b = BytesMut::new();
+    Request {
+        datacenter: String::new(),
+        token: String::new(),
+        op: Op::Txn {
+            ops: vec![
+                TxnOp::Get {
+                    key: Bytes::from_static(b"k")
+                };
+                129
+            ],
+        },
+    }
+    .encode(&mut b);
+    assert!(matches!(
+        Request::decode(&b.freeze(), &limits),
+        Err(MessageError::Limit {
+            what: "transaction operations",
+            len: 129,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_decoded_value_borrows_the_frame() {
+    let mut b = BytesMut::new();
+    Response::Entries {
+        entries: vec![Entry {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from(vec![7u8; 4096]),
+            flags: 0,
+            create_index: 1,
+            modify_index: 1,
+            lock_index: 0,
+            session: None,
+        }],
+        meta: Meta::default(),
+    }
+    .encode(&mut b);
+    let frame = b.freeze();
+    let Response::Entries { entries, .. } = Response::decode(&frame, &Limits::default()).unwrap()
+    else {
+        unreachable!()
+    };
+    let range = frame.as_ptr() as usize..frame.as_ptr() as usize + frame.len();
+    assert!(range.contains(&(entries[0].value.as_ptr() as usize)));
+}
