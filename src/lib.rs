@@ -5,6 +5,7 @@
 //!   core owns one.
 //! - [`runtime`]: one glommio executor per core, each owning a KV shard, talking over a
 //!   channel mesh; executor 0 sequences writes and cross-shard reads.
+//! - [`raft`]: openraft's async runtime on glommio.
 //! - [`preflight`]: checks a machine's limits and kernel settings against what an agent
 //!   needs (`cairn debug preflight`).
 //!
@@ -14,4 +15,5 @@
 
 pub mod kv;
 pub mod preflight;
+pub mod raft;
 pub mod runtime;
