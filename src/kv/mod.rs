@@ -174,7 +174,7 @@ impl KvCommand {
                 if ops.len() > MAX_TXN_OPS {
                     return Err(KvLimitError::TxnTooLarge { ops: ops.len() });
                 }
-                ops.iter().try_for_each(TxnOp::validate)
+                ops.iter().try_for_each(txn::validate_op)
             }
             KvCommand::ReapTombstones { .. } => Ok(()),
             KvCommand::SessionCreate { session } => {

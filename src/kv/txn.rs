@@ -11,65 +11,23 @@ use super::{
     WatchId,
 };
 
-/// One operation of a transaction (Consul's KV verbs).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TxnOp {
-    Set {
-        key: Bytes,
-        value: Bytes,
-        flags: u64,
-    },
-    /// Set only if ModifyIndex equals `index` (0: only if absent).
-    Cas {
-        key: Bytes,
-        value: Bytes,
-        flags: u64,
-        index: u64,
-    },
-    /// Read a key; fails the transaction if it does not exist.
-    Get {
-        key: Bytes,
-    },
-    /// Read every key under a prefix.
-    GetTree {
-        prefix: Bytes,
-    },
-    /// Fail unless the key's ModifyIndex equals `index`.
-    CheckIndex {
-        key: Bytes,
-        index: u64,
-    },
-    /// Fail if the key exists.
-    CheckNotExists {
-        key: Bytes,
-    },
-    Delete {
-        key: Bytes,
-    },
-    /// Delete only if ModifyIndex equals `index`.
-    DeleteCas {
-        key: Bytes,
-        index: u64,
-    },
-    DeleteTree {
-        prefix: Bytes,
-    },
-}
+/// One operation of a transaction (Consul's KV verbs). The same type travels in RPC
+/// requests, so a server hands a request's operations to the state machine as they are.
+pub use cairn_net::rpc::message::TxnOp;
 
-impl TxnOp {
-    pub(super) fn validate(&self) -> Result<(), KvLimitError> {
-        match self {
-            TxnOp::Set { key, value, .. } | TxnOp::Cas { key, value, .. } => {
-                check_key(key)?;
-                check_value(value)
-            }
-            TxnOp::Get { key }
-            | TxnOp::CheckIndex { key, .. }
-            | TxnOp::CheckNotExists { key }
-            | TxnOp::Delete { key }
-            | TxnOp::DeleteCas { key, .. } => check_key(key),
-            TxnOp::GetTree { prefix } | TxnOp::DeleteTree { prefix } => check_prefix(prefix),
+/// Checks one operation against the limits.
+pub(super) fn validate_op(op: &TxnOp) -> Result<(), KvLimitError> {
+    match op {
+        TxnOp::Set { key, value, .. } | TxnOp::Cas { key, value, .. } => {
+            check_key(key)?;
+            check_value(value)
         }
+        TxnOp::Get { key }
+        | TxnOp::CheckIndex { key, .. }
+        | TxnOp::CheckNotExists { key }
+        | TxnOp::Delete { key }
+        | TxnOp::DeleteCas { key, .. } => check_key(key),
+        TxnOp::GetTree { prefix } | TxnOp::DeleteTree { prefix } => check_prefix(prefix),
     }
 }
 
