@@ -3,6 +3,8 @@
 //! - [`kv`]: the KV state machine with Consul's semantics (indexes, check-and-set,
 //!   transactions, tombstones, blocking-query wake-ups), partitioned into shards so each
 //!   core owns one.
+//! - [`catalog`]: nodes, services and health checks with Consul's semantics, replicated
+//!   on every core.
 //! - [`runtime`]: one glommio executor per core, each owning a KV shard, talking over a
 //!   channel mesh; executor 0 sequences writes and cross-shard reads.
 //! - [`raft`]: openraft's async runtime on glommio.
@@ -13,6 +15,7 @@
 //! issues; see ARCHITECTURE.md.
 #![forbid(unsafe_code)]
 
+pub mod catalog;
 pub mod kv;
 pub mod preflight;
 pub mod raft;

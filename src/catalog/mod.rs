@@ -1,0 +1,552 @@
+//! The service catalog's state machine, with Consul's semantics: nodes, their services and
+//! health checks; registration and deregistration; the reads behind Consul's catalog and
+//! health endpoints; and the indexes blocking queries wait on.
+//!
+//! Pure code: no IO, no clock. Decision: unlike the KV store (sharded by key), the catalog
+//! is *replicated* on every core — each core applies every catalog write in the order the
+//! sequencer sends them — because catalog reads (DNS, health queries) are hot and span
+//! every node of a service, while catalog writes (registrations, check status changes) are
+//! comparatively rare. A read is then answered by the core that took the request.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A check's status, ordered from best to worst (so the worst of several is their max).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Status {
+    Passing,
+    Warning,
+    Critical,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Passing => "passing",
+            Status::Warning => "warning",
+            Status::Critical => "critical",
+        }
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Status, String> {
+        match s {
+            "passing" => Ok(Status::Passing),
+            "warning" => Ok(Status::Warning),
+            "critical" => Ok(Status::Critical),
+            other => Err(format!(
+                "unknown check status {other:?}: use passing, warning or critical"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Node {
+    pub name: String,
+    pub id: String,
+    pub address: String,
+    pub datacenter: String,
+    pub meta: BTreeMap<String, String>,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Weights {
+    pub passing: u32,
+    pub warning: u32,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Weights {
+            passing: 1,
+            warning: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Service {
+    /// Unique on its node; defaults to the name.
+    pub id: String,
+    pub name: String,
+    pub tags: Vec<String>,
+    /// Empty: the node's address.
+    pub address: String,
+    pub port: u16,
+    pub meta: BTreeMap<String, String>,
+    pub weights: Weights,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub id: String,
+    pub name: String,
+    pub node: String,
+    pub status: Status,
+    pub output: String,
+    /// Empty: a node-level check (it affects every service on the node).
+    pub service_id: String,
+    pub service_name: String,
+    pub kind: String,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+/// A registration, as Consul's `/v1/catalog/register` takes it: the node (created or
+/// updated), optionally one service, and checks.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Registration {
+    pub node: String,
+    pub id: String,
+    pub address: String,
+    pub datacenter: String,
+    pub node_meta: BTreeMap<String, String>,
+    pub service: Option<Service>,
+    pub checks: Vec<Check>,
+}
+
+/// What a registration or deregistration may be refused for (nothing changes then).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogError {
+    #[error("missing node name")]
+    MissingNode,
+    #[error("missing node address")]
+    MissingAddress,
+    #[error("missing service name")]
+    MissingServiceName,
+    #[error(
+        "check {check:?} refers to service {service:?}, which is not registered on node {node:?}"
+    )]
+    UnknownService {
+        check: String,
+        service: String,
+        node: String,
+    },
+    #[error("missing check id")]
+    MissingCheckId,
+}
+
+/// One service instance with its node and the checks that apply to it (node-level and
+/// its own), as Consul's health endpoint returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub node: Node,
+    pub service: Service,
+    pub checks: Vec<Check>,
+}
+
+impl Instance {
+    /// The worst status among the instance's checks (passing if it has none).
+    pub fn status(&self) -> Status {
+        self.checks
+            .iter()
+            .map(|c| c.status)
+            .max()
+            .unwrap_or(Status::Passing)
+    }
+}
+
+/// The catalog.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    nodes: BTreeMap<String, Node>,
+    /// (node, service id) → service.
+    services: BTreeMap<(String, String), Service>,
+    /// (node, check id) → check.
+    checks: BTreeMap<(String, String), Check>,
+    /// Service name → the (node, service id) instances of it.
+    by_name: BTreeMap<String, BTreeSet<(String, String)>>,
+    /// Index of the last change to each table, and to each service name (including
+    /// changes to its checks and to node-level checks of its nodes): what a blocking
+    /// query on that service waits on.
+    nodes_index: u64,
+    services_index: u64,
+    checks_index: u64,
+    service_index: BTreeMap<String, u64>,
+    /// Index of the last change to each node (its record, services or checks).
+    node_index: BTreeMap<String, u64>,
+}
+
+impl Catalog {
+    /// Registers (creates or updates) a node, a service and checks at Raft index `index`,
+    /// all or nothing.
+    pub fn register(&mut self, index: u64, reg: &Registration) -> Result<(), CatalogError> {
+        if reg.node.is_empty() {
+            return Err(CatalogError::MissingNode);
+        }
+        if reg.address.is_empty() {
+            return Err(CatalogError::MissingAddress);
+        }
+        let service = match &reg.service {
+            Some(s) if s.name.is_empty() => return Err(CatalogError::MissingServiceName),
+            Some(s) => {
+                let mut s = s.clone();
+                if s.id.is_empty() {
+                    s.id = s.name.clone();
+                }
+                Some(s)
+            }
+            None => None,
+        };
+        for c in &reg.checks {
+            if c.id.is_empty() {
+                return Err(CatalogError::MissingCheckId);
+            }
+            if !c.service_id.is_empty() {
+                let known = self
+                    .services
+                    .contains_key(&(reg.node.clone(), c.service_id.clone()))
+                    || service.as_ref().is_some_and(|s| s.id == c.service_id);
+                if !known {
+                    return Err(CatalogError::UnknownService {
+                        check: c.id.clone(),
+                        service: c.service_id.clone(),
+                        node: reg.node.clone(),
+                    });
+                }
+            }
+        }
+
+        // The node: only a real change moves its indexes.
+        let node = Node {
+            name: reg.node.clone(),
+            id: reg.id.clone(),
+            address: reg.address.clone(),
+            datacenter: reg.datacenter.clone(),
+            meta: reg.node_meta.clone(),
+            create_index: index,
+            modify_index: index,
+        };
+        let node_changed = match self.nodes.get(&reg.node) {
+            Some(old) => {
+                let same = old.id == node.id
+                    && old.address == node.address
+                    && old.datacenter == node.datacenter
+                    && old.meta == node.meta;
+                if !same {
+                    let create = old.create_index;
+                    self.nodes.insert(
+                        reg.node.clone(),
+                        Node {
+                            create_index: create,
+                            ..node
+                        },
+                    );
+                }
+                !same
+            }
+            None => {
+                self.nodes.insert(reg.node.clone(), node);
+                true
+            }
+        };
+        if node_changed {
+            self.nodes_index = index;
+            self.touch_node(index, &reg.node);
+            // Every service on the node reports the node's address: their reads change.
+            for name in self.service_names_on(&reg.node) {
+                self.service_index.insert(name, index);
+            }
+        }
+
+        if let Some(mut s) = service {
+            let key = (reg.node.clone(), s.id.clone());
+            let old = self.services.get(&key).cloned();
+            let changed = old.as_ref().is_none_or(|o| {
+                o.name != s.name
+                    || o.tags != s.tags
+                    || o.address != s.address
+                    || o.port != s.port
+                    || o.meta != s.meta
+                    || o.weights != s.weights
+            });
+            if changed {
+                s.create_index = old.as_ref().map_or(index, |o| o.create_index);
+                s.modify_index = index;
+                if let Some(o) = &old {
+                    if o.name != s.name {
+                        self.unlink(&o.name, &key, index);
+                    }
+                }
+                self.by_name
+                    .entry(s.name.clone())
+                    .or_default()
+                    .insert(key.clone());
+                self.service_index.insert(s.name.clone(), index);
+                self.services.insert(key, s);
+                self.services_index = index;
+                self.touch_node(index, &reg.node);
+            }
+        }
+
+        for c in &reg.checks {
+            let mut c = c.clone();
+            c.node = reg.node.clone();
+            if !c.service_id.is_empty() {
+                c.service_name = self
+                    .services
+                    .get(&(reg.node.clone(), c.service_id.clone()))
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default();
+            }
+            let key = (reg.node.clone(), c.id.clone());
+            let old = self.checks.get(&key);
+            let changed = old.is_none_or(|o| {
+                o.status != c.status
+                    || o.output != c.output
+                    || o.name != c.name
+                    || o.service_id != c.service_id
+                    || o.kind != c.kind
+            });
+            if changed {
+                c.create_index = old.map_or(index, |o| o.create_index);
+                c.modify_index = index;
+                self.checks.insert(key, c.clone());
+                self.checks_index = index;
+                self.touch_node(index, &reg.node);
+                self.touch_check_services(index, &c);
+            }
+        }
+        Ok(())
+    }
+
+    /// Deregisters a whole node (with its services and checks), one service (with its
+    /// checks), or one check. Removing something absent changes nothing.
+    pub fn deregister(
+        &mut self,
+        index: u64,
+        node: &str,
+        service_id: Option<&str>,
+        check_id: Option<&str>,
+    ) {
+        match (service_id, check_id) {
+            (None, None) => {
+                if self.nodes.remove(node).is_none() {
+                    return;
+                }
+                self.nodes_index = index;
+                for sid in self.service_ids_on(node) {
+                    self.remove_service(index, node, &sid);
+                }
+                let checks: Vec<String> = self.check_ids_on(node);
+                for cid in checks {
+                    self.remove_check(index, node, &cid);
+                }
+                self.node_index.insert(node.to_string(), index);
+            }
+            (Some(sid), _) => self.remove_service(index, node, sid),
+            (None, Some(cid)) => self.remove_check(index, node, cid),
+        }
+    }
+
+    fn remove_service(&mut self, index: u64, node: &str, sid: &str) {
+        let key = (node.to_string(), sid.to_string());
+        let Some(s) = self.services.remove(&key) else {
+            return;
+        };
+        self.unlink(&s.name, &key, index);
+        self.services_index = index;
+        self.touch_node(index, node);
+        let checks: Vec<String> = self
+            .checks
+            .values()
+            .filter(|c| c.node == node && c.service_id == sid)
+            .map(|c| c.id.clone())
+            .collect();
+        for cid in checks {
+            self.remove_check(index, node, &cid);
+        }
+    }
+
+    fn remove_check(&mut self, index: u64, node: &str, cid: &str) {
+        if let Some(c) = self.checks.remove(&(node.to_string(), cid.to_string())) {
+            self.checks_index = index;
+            self.touch_node(index, node);
+            self.touch_check_services(index, &c);
+        }
+    }
+
+    fn unlink(&mut self, name: &str, key: &(String, String), index: u64) {
+        if let Some(set) = self.by_name.get_mut(name) {
+            set.remove(key);
+            if set.is_empty() {
+                self.by_name.remove(name);
+            }
+        }
+        self.service_index.insert(name.to_string(), index);
+    }
+
+    fn touch_node(&mut self, index: u64, node: &str) {
+        self.node_index.insert(node.to_string(), index);
+    }
+
+    /// A check change affects its service's reads, or, for a node-level check, the reads
+    /// of every service on the node.
+    fn touch_check_services(&mut self, index: u64, c: &Check) {
+        if c.service_id.is_empty() {
+            for name in self.service_names_on(&c.node) {
+                self.service_index.insert(name, index);
+            }
+        } else if !c.service_name.is_empty() {
+            self.service_index.insert(c.service_name.clone(), index);
+        }
+    }
+
+    fn service_ids_on(&self, node: &str) -> Vec<String> {
+        self.services
+            .range((node.to_string(), String::new())..)
+            .take_while(|((n, _), _)| n == node)
+            .map(|((_, id), _)| id.clone())
+            .collect()
+    }
+
+    fn service_names_on(&self, node: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .services
+            .range((node.to_string(), String::new())..)
+            .take_while(|((n, _), _)| n == node)
+            .map(|(_, s)| s.name.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    fn check_ids_on(&self, node: &str) -> Vec<String> {
+        self.checks
+            .range((node.to_string(), String::new())..)
+            .take_while(|((n, _), _)| n == node)
+            .map(|((_, id), _)| id.clone())
+            .collect()
+    }
+
+    // ---- reads ----------------------------------------------------------------------
+
+    /// Every node, by name, and the nodes table's index.
+    pub fn nodes(&self) -> (Vec<&Node>, u64) {
+        (self.nodes.values().collect(), self.nodes_index.max(1))
+    }
+
+    /// Every service name with the union of its instances' tags, and the services index.
+    pub fn services(&self) -> (BTreeMap<&str, BTreeSet<&str>>, u64) {
+        let mut out: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for s in self.services.values() {
+            out.entry(s.name.as_str())
+                .or_default()
+                .extend(s.tags.iter().map(String::as_str));
+        }
+        (out, self.services_index.max(1))
+    }
+
+    /// The instances of service `name` (with `tag`, if given; only those whose checks all
+    /// pass, if `passing_only`), ordered by node name, and the service's index.
+    pub fn instances(
+        &self,
+        name: &str,
+        tag: Option<&str>,
+        passing_only: bool,
+    ) -> (Vec<Instance>, u64) {
+        let index = self
+            .service_index
+            .get(name)
+            .copied()
+            .unwrap_or(self.services_index)
+            .max(1);
+        let Some(keys) = self.by_name.get(name) else {
+            return (Vec::new(), index);
+        };
+        let mut out = Vec::new();
+        for key in keys {
+            let (Some(s), Some(n)) = (self.services.get(key), self.nodes.get(&key.0)) else {
+                continue;
+            };
+            if tag.is_some_and(|t| !s.tags.iter().any(|x| x == t)) {
+                continue;
+            }
+            let checks: Vec<Check> = self
+                .checks
+                .range((key.0.clone(), String::new())..)
+                .take_while(|((node, _), _)| node == &key.0)
+                .map(|(_, c)| c)
+                .filter(|c| c.service_id.is_empty() || c.service_id == s.id)
+                .cloned()
+                .collect();
+            let inst = Instance {
+                node: n.clone(),
+                service: s.clone(),
+                checks,
+            };
+            if passing_only && inst.status() != Status::Passing {
+                continue;
+            }
+            out.push(inst);
+        }
+        (out, index)
+    }
+
+    /// A node's services and the node's index.
+    pub fn node_services(&self, node: &str) -> (Option<&Node>, Vec<&Service>, u64) {
+        let services = self
+            .services
+            .range((node.to_string(), String::new())..)
+            .take_while(|((n, _), _)| n == node)
+            .map(|(_, s)| s)
+            .collect();
+        let index = self
+            .node_index
+            .get(node)
+            .copied()
+            .unwrap_or(self.nodes_index)
+            .max(1);
+        (self.nodes.get(node), services, index)
+    }
+
+    /// A node's checks.
+    pub fn node_checks(&self, node: &str) -> (Vec<&Check>, u64) {
+        let checks = self
+            .checks
+            .range((node.to_string(), String::new())..)
+            .take_while(|((n, _), _)| n == node)
+            .map(|(_, c)| c)
+            .collect();
+        let index = self
+            .node_index
+            .get(node)
+            .copied()
+            .unwrap_or(self.checks_index)
+            .max(1);
+        (checks, index)
+    }
+
+    /// The checks of service `name` (its own checks, on every node).
+    pub fn service_checks(&self, name: &str) -> (Vec<&Check>, u64) {
+        let checks = self
+            .checks
+            .values()
+            .filter(|c| c.service_name == name)
+            .collect();
+        let index = self
+            .service_index
+            .get(name)
+            .copied()
+            .unwrap_or(self.checks_index)
+            .max(1);
+        (checks, index)
+    }
+
+    /// Checks in `state` (`None`: every check, Consul's `any`).
+    pub fn checks_in_state(&self, state: Option<Status>) -> (Vec<&Check>, u64) {
+        let checks = self
+            .checks
+            .values()
+            .filter(|c| state.is_none_or(|s| c.status == s))
+            .collect();
+        (checks, self.checks_index.max(1))
+    }
+}
