@@ -209,3 +209,120 @@ fn a_service_registered_without_an_id_takes_its_name() {
     assert_eq!(services[0].id, "redis");
     assert_eq!(c.service_checks("redis").0.len(), 1);
 }
+
+mod codec {
+    use super::*;
+    use cairn::catalog::CatalogCommand;
+    use proptest::prelude::*;
+
+    fn s() -> impl Strategy<Value = String> {
+        "[a-z0-9-]{0,12}"
+    }
+
+    fn command() -> impl Strategy<Value = CatalogCommand> {
+        let meta = || prop::collection::btree_map(s(), s(), 0..3);
+        let service = (
+            s(),
+            s(),
+            prop::collection::vec(s(), 0..3),
+            s(),
+            any::<u16>(),
+            meta(),
+            0..10u32,
+            0..10u32,
+        )
+            .prop_map(|(id, name, tags, address, port, meta, p, w)| Service {
+                id,
+                name,
+                tags,
+                address,
+                port,
+                meta,
+                weights: cairn::catalog::Weights {
+                    passing: p,
+                    warning: w,
+                },
+                ..Service::default()
+            });
+        let chk = (s(), s(), 0..3u8, s(), s()).prop_map(|(id, name, st, output, service_id)| {
+            Check {
+                status: [Status::Passing, Status::Warning, Status::Critical][st as usize],
+                output,
+                ..check(&id, &service_id, Status::Passing)
+            }
+            .with_name(name)
+        });
+        prop_oneof![
+            (
+                s(),
+                s(),
+                s(),
+                s(),
+                meta(),
+                prop::option::of(service),
+                prop::collection::vec(chk, 0..3)
+            )
+                .prop_map(
+                    |(node, id, address, datacenter, node_meta, service, checks)| {
+                        CatalogCommand::Register(Box::new(Registration {
+                            node,
+                            id,
+                            address,
+                            datacenter,
+                            node_meta,
+                            service,
+                            checks,
+                        }))
+                    }
+                ),
+            (s(), prop::option::of(s()), prop::option::of(s())).prop_map(
+                |(node, service_id, check_id)| CatalogCommand::Deregister {
+                    node,
+                    service_id,
+                    check_id
+                }
+            ),
+        ]
+    }
+
+    trait WithName {
+        fn with_name(self, name: String) -> Self;
+    }
+    impl WithName for Check {
+        fn with_name(mut self, name: String) -> Self {
+            self.name = name;
+            self
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn every_catalog_command_decodes_to_itself(cmd in command()) {
+            prop_assert_eq!(CatalogCommand::decode(&cmd.encode()).unwrap(), cmd);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = CatalogCommand::decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn an_applied_command_is_the_same_as_a_direct_registration() {
+        let r = reg(
+            "n1",
+            "10.0.0.1",
+            Some(("web1", "web", &["x"])),
+            vec![check("c1", "web1", Status::Passing)],
+        );
+        let cmd = CatalogCommand::decode(&CatalogCommand::Register(Box::new(r.clone())).encode())
+            .unwrap();
+        let (mut a, mut b) = (Catalog::default(), Catalog::default());
+        a.register(4, &r).unwrap();
+        b.apply(4, &cmd).unwrap();
+        assert_eq!(
+            a.instances("web", None, false),
+            b.instances("web", None, false)
+        );
+    }
+}

@@ -10,6 +10,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+mod codec;
+pub use codec::{CatalogCommand, DecodeError};
+
 /// A check's status, ordered from best to worst (so the worst of several is their max).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Status {
@@ -174,6 +177,21 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// Applies a catalog command at Raft index `index`.
+    pub fn apply(&mut self, index: u64, cmd: &CatalogCommand) -> Result<(), CatalogError> {
+        match cmd {
+            CatalogCommand::Register(r) => self.register(index, r),
+            CatalogCommand::Deregister {
+                node,
+                service_id,
+                check_id,
+            } => {
+                self.deregister(index, node, service_id.as_deref(), check_id.as_deref());
+                Ok(())
+            }
+        }
+    }
+
     /// Registers (creates or updates) a node, a service and checks at Raft index `index`,
     /// all or nothing.
     pub fn register(&mut self, index: u64, reg: &Registration) -> Result<(), CatalogError> {
