@@ -2,3 +2,5 @@
 //! `cairn-storage` and the state machine over the shard runtime come next (issue 3).
 
 pub mod rt;
+pub mod store;
+pub mod types;

@@ -263,11 +263,11 @@ impl SegmentLog {
         }
 
         if let Some(first) = segments.first() {
-            let start = purged_end.unwrap_or(0);
+            let start = purged_end.or(meta.log_start).unwrap_or(0);
             if first.first_index() > start {
                 let why = match purged_end {
                     Some(pe) => format!("the log was purged up to index {}", pe - 1),
-                    None => "the log was never purged, so it starts at index 0".to_string(),
+                    None => format!("the log starts at index {start}"),
                 };
                 return Err(StorageError::Corrupt {
                     path: first.path.clone(),
@@ -307,7 +307,7 @@ impl SegmentLog {
         let next_index = match (segments.last(), purged_end) {
             (Some(s), _) => s.end_index(),
             (None, Some(pe)) => pe,
-            (None, None) => 0,
+            (None, None) => meta.log_start.unwrap_or(0),
         };
         let last_term = if segments.iter().any(|s| !s.is_empty()) {
             // An empty last segment carries the previous segment's last term.
@@ -404,8 +404,26 @@ impl SegmentLog {
         let Some(first) = entries.first() else {
             return Ok(());
         };
-        // The log continues without a gap. A log that was never purged starts at index 0,
-        // so a lost first segment is detectable at open.
+        // The log continues without a gap. A log that holds no entry and was never purged
+        // may start anywhere; where it started is recorded (`log_start`) with the first
+        // segment, so a lost first segment is detectable at open.
+        let fresh = self.meta.last_purged.is_none() && self.segments.iter().all(|s| s.is_empty());
+        if fresh && first.index != self.next_index {
+            if !self.segments.is_empty() {
+                // Forget the empty segments in the metadata first, so a crash between the
+                // two steps leaves leftovers (removed at open), never a missing segment.
+                let mut meta = self.meta;
+                meta.last_segment = None;
+                meta.log_start = None;
+                meta.store(&self.dir)?;
+                self.meta = meta;
+            }
+            for seg in self.segments.drain(..) {
+                fs::remove_file(&seg.path).ctx("remove empty segment", &seg.path)?;
+            }
+            self.next_index = first.index;
+            self.durable_end = first.index;
+        }
         if first.index != self.next_index {
             return Err(StorageError::Invalid(format!(
                 "append at index {} but the next index is {}",
@@ -509,6 +527,9 @@ impl SegmentLog {
         // later is detected; a crash before this leaves an empty leftover, removed at open.
         let mut meta = self.meta;
         meta.last_segment = Some(first_index);
+        if meta.last_purged.is_none() && self.segments.is_empty() {
+            meta.log_start = Some(first_index);
+        }
         meta.store(&self.dir)?;
         self.meta = meta;
         self.segments.push(seg);
@@ -649,6 +670,34 @@ impl SegmentLog {
             None => self.meta.last_purged.map(|p| p.term),
         };
         Ok(())
+    }
+
+    /// Removes every entry that was not purged (a Raft conflict at the very first entry).
+    pub fn truncate_all(&mut self) -> Result<()> {
+        self.check_writable()?;
+        match self.meta.last_purged {
+            Some(p) => self.truncate_after(p.index),
+            None => {
+                if self.segments.is_empty() {
+                    return Ok(());
+                }
+                self.sync()?;
+                self.generation += 1;
+                let mut meta = self.meta;
+                meta.last_segment = None;
+                meta.log_start = None;
+                meta.store(&self.dir)?;
+                self.meta = meta;
+                while let Some(seg) = self.segments.pop() {
+                    fs::remove_file(&seg.path).ctx("remove segment", &seg.path)?;
+                }
+                fsutil::fsync_dir(&self.dir)?;
+                self.next_index = 0;
+                self.durable_end = 0;
+                self.last_term = None;
+                Ok(())
+            }
+        }
     }
 
     /// Purges entries up to and including `upto` (after a snapshot covers them). The purge

@@ -10,7 +10,7 @@ use crate::LogId;
 
 const META_MAGIC: &[u8; 8] = b"CAIRNMTA";
 const META_VERSION: u32 = 1;
-const META_LEN: usize = 88;
+const META_LEN: usize = 96;
 pub(crate) const META_FILE: &str = "meta";
 
 /// A Raft vote: the term, the candidate voted for, and whether a quorum granted it.
@@ -31,6 +31,10 @@ pub struct Meta {
     /// (newer ones are leftovers of an interrupted roll-over or truncation). `None`: no
     /// segment exists. This is what makes the loss of a whole segment file detectable.
     pub last_segment: Option<u64>,
+    /// Index of the first entry ever appended to a log that was never purged (a log may
+    /// start at any index; Raft's usually starts at 0 or 1). Lets open detect a lost first
+    /// segment.
+    pub log_start: Option<u64>,
 }
 
 impl Meta {
@@ -59,9 +63,13 @@ impl Meta {
             flags |= 8;
             b[72..80].copy_from_slice(&l.to_le_bytes());
         }
+        if let Some(l) = self.log_start {
+            flags |= 16;
+            b[80..88].copy_from_slice(&l.to_le_bytes());
+        }
         b[12..16].copy_from_slice(&flags.to_le_bytes());
-        let crc = crc32fast::hash(&b[..80]);
-        b[80..84].copy_from_slice(&crc.to_le_bytes());
+        let crc = crc32fast::hash(&b[..88]);
+        b[88..92].copy_from_slice(&crc.to_le_bytes());
         b
     }
 
@@ -78,7 +86,7 @@ impl Meta {
         }
         let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4"));
         let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8"));
-        if crc32fast::hash(&b[..80]) != u32_at(80) {
+        if crc32fast::hash(&b[..88]) != u32_at(88) {
             return Err(bad("checksum mismatch"));
         }
         if u32_at(8) != META_VERSION {
@@ -100,6 +108,7 @@ impl Meta {
                 index: u64_at(64),
             }),
             last_segment: (flags & 8 != 0).then(|| u64_at(72)),
+            log_start: (flags & 16 != 0).then(|| u64_at(80)),
         })
     }
 

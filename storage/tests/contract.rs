@@ -50,14 +50,26 @@ fn an_append_that_leaves_a_gap_or_lowers_the_term_writes_nothing() {
 }
 
 #[test]
-fn a_never_purged_log_starts_at_index_zero() {
+fn a_log_remembers_where_it_started_so_losing_its_first_segment_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = SegmentLog::open(dir.path(), small()).unwrap();
+    {
+        let mut log = SegmentLog::open(dir.path(), small()).unwrap();
+        let big = vec![7u8; 30_000];
+        let entries: Vec<NewEntry<'_>> = (5..12).map(|i| e(1, i, &big)).collect();
+        log.append(&entries).unwrap();
+        log.sync().unwrap();
+        assert!(log.segment_summary().len() >= 2);
+    }
+    {
+        let log = SegmentLog::open(dir.path(), small()).unwrap();
+        assert_eq!(log.first_index(), 5);
+        assert_eq!(log.get(5).unwrap().payload.len(), 30_000);
+    }
+    std::fs::remove_file(dir.path().join(format!("{:020}.seg", 5))).unwrap();
     assert!(matches!(
-        log.append(&[e(1, 5, b"x")]),
-        Err(StorageError::Invalid(_))
+        SegmentLog::open(dir.path(), small()),
+        Err(StorageError::Corrupt { .. })
     ));
-    log.append(&[e(1, 0, b"x")]).unwrap();
 }
 
 #[test]
@@ -178,4 +190,22 @@ fn concurrent_writers_share_fdatasyncs_and_lose_nothing() {
     for (index, t, i) in ranges.into_inner().unwrap() {
         assert_eq!(log.get(index).unwrap().payload.as_ref(), &[t, i]);
     }
+}
+
+#[test]
+fn truncating_everything_leaves_an_empty_log_that_starts_again_at_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut log = SegmentLog::open(dir.path(), small()).unwrap();
+        log.append(&[e(1, 0, b"a"), e(1, 1, b"b")]).unwrap();
+        log.sync().unwrap();
+        log.truncate_all().unwrap();
+        assert_eq!(log.next_index(), 0);
+        assert!(log.last_log_id().is_none());
+        log.append(&[e(2, 0, b"x")]).unwrap();
+        log.sync().unwrap();
+    }
+    let log = SegmentLog::open(dir.path(), small()).unwrap();
+    assert_eq!(log.get(0).unwrap().payload.as_ref(), b"x");
+    assert_eq!(log.next_index(), 1);
 }

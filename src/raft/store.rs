@@ -1,0 +1,443 @@
+//! openraft's storage over Cairn's: the Raft log is a [`SegmentLog`], the state machine is
+//! the KV store, snapshots are `StateImage` files.
+//!
+//! Both live on the core that runs the Raft group (openraft is single-threaded here), so
+//! they share state through `Rc<RefCell<_>>`; no borrow is held across an await.
+
+use std::cell::RefCell;
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::Bytes;
+use cairn_storage::snapshot::{list_snapshots, write_snapshot, Snapshot as SnapshotFile};
+use cairn_storage::state::StateImage;
+use cairn_storage::transfer::{Chunk, SnapshotReceiver, DEFAULT_MAX_SNAPSHOT_BYTES};
+use cairn_storage::{LogId as StoreLogId, LogOptions, NewEntry, SegmentLog, Vote as StoreVote};
+use futures_util::StreamExt;
+use openraft::impls::leader_id_std::LeaderId;
+use openraft::impls::EntryPayload;
+use openraft::storage::{EntryResponder, IOFlushed, LogState, RaftLogStorage, RaftStateMachine};
+use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::{OptionalSend, RaftLogReader, RaftSnapshotBuilder, StoredMembership};
+
+use super::types::{decode_payload, encode_payload, Entry, Outcome, RaftLogId, TypeConfig, Vote};
+use crate::kv::ShardedKv;
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+fn to_raft(id: StoreLogId) -> RaftLogId {
+    RaftLogId::new_term_index(id.term, id.index)
+}
+
+fn to_store(id: &RaftLogId) -> StoreLogId {
+    StoreLogId {
+        term: id.leader_id.term,
+        index: id.index,
+    }
+}
+
+/// The Raft log.
+#[derive(Clone)]
+pub struct LogStore {
+    log: Rc<RefCell<SegmentLog>>,
+}
+
+impl LogStore {
+    pub fn open(dir: &Path, opts: LogOptions) -> io::Result<LogStore> {
+        let log = SegmentLog::open(dir, opts).map_err(io_err)?;
+        Ok(LogStore {
+            log: Rc::new(RefCell::new(log)),
+        })
+    }
+}
+
+fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(s) => *s,
+        Bound::Excluded(s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(e) => e.saturating_add(1),
+        Bound::Excluded(e) => *e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> io::Result<Vec<Entry>> {
+        let (start, end) = bounds(&range);
+        let log = self.log.borrow();
+        log.range(start..end)
+            .into_iter()
+            .map(|e| {
+                Ok(Entry {
+                    log_id: RaftLogId::new_term_index(e.term, e.index),
+                    payload: decode_payload(&e.payload)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
+        Ok(self.log.borrow().meta().vote.map(|v| Vote {
+            leader_id: LeaderId {
+                term: v.term,
+                voted_for: v.node_id,
+            },
+            committed: v.committed,
+        }))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
+        let log = self.log.borrow();
+        Ok(LogState {
+            last_purged_log_id: log.last_purged().map(to_raft),
+            last_log_id: log.last_log_id().map(to_raft),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> LogStore {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
+        self.log
+            .borrow_mut()
+            .save_vote(StoreVote {
+                term: vote.leader_id.term,
+                node_id: vote.leader_id.voted_for,
+                committed: vote.committed,
+            })
+            .map_err(io_err)
+    }
+
+    async fn save_committed(&mut self, committed: Option<RaftLogId>) -> io::Result<()> {
+        self.log
+            .borrow_mut()
+            .save_committed(committed.as_ref().map(to_store))
+            .map_err(io_err)
+    }
+
+    async fn read_committed(&mut self) -> io::Result<Option<RaftLogId>> {
+        Ok(self.log.borrow().meta().committed.map(to_raft))
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let payloads: Vec<Bytes> = entries.iter().map(|e| encode_payload(&e.payload)).collect();
+        let batch: Vec<NewEntry<'_>> = entries
+            .iter()
+            .zip(&payloads)
+            .map(|(e, p)| NewEntry {
+                term: e.log_id.leader_id.term,
+                index: e.log_id.index,
+                payload: p,
+            })
+            .collect();
+        let result = {
+            let mut log = self.log.borrow_mut();
+            log.append(&batch).and_then(|()| log.sync().map(|_| ()))
+        };
+        // Reported durable only after the fdatasync that covers the entries returned.
+        match result {
+            Ok(()) => {
+                callback.io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let e = io_err(e);
+                callback.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
+                Err(e)
+            }
+        }
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<RaftLogId>) -> io::Result<()> {
+        let mut log = self.log.borrow_mut();
+        match last_log_id {
+            Some(id) => log.truncate_after(id.index),
+            None => log.truncate_all(),
+        }
+        .map_err(io_err)
+    }
+
+    async fn purge(&mut self, log_id: RaftLogId) -> io::Result<()> {
+        self.log
+            .borrow_mut()
+            .purge_to(to_store(&log_id))
+            .map_err(io_err)
+    }
+}
+
+/// The state machine: the KV store, the last applied log id and membership, and the
+/// snapshot directory.
+#[derive(Clone)]
+pub struct StateMachine {
+    inner: Rc<RefCell<SmInner>>,
+}
+
+struct SmInner {
+    kv: ShardedKv,
+    last_applied: Option<RaftLogId>,
+    membership: StoredMembershipOf<TypeConfig>,
+    dir: PathBuf,
+}
+
+/// The snapshot data handed to openraft: the whole snapshot file.
+pub type SnapshotData = Bytes;
+
+impl StateMachine {
+    /// A state machine whose snapshots live in `dir`; restores the newest valid one.
+    pub fn open(dir: &Path) -> io::Result<StateMachine> {
+        std::fs::create_dir_all(dir)?;
+        let sm = StateMachine {
+            inner: Rc::new(RefCell::new(SmInner {
+                kv: ShardedKv::new(1),
+                last_applied: None,
+                membership: StoredMembership::default(),
+                dir: dir.to_path_buf(),
+            })),
+        };
+        if let Some(newest) = list_snapshots(dir).map_err(io_err)?.into_iter().next() {
+            sm.restore(&newest)?;
+        }
+        Ok(sm)
+    }
+
+    fn restore(&self, path: &Path) -> io::Result<SnapshotMetaOf<TypeConfig>> {
+        let snap = SnapshotFile::<StateImage>::open(path).map_err(io_err)?;
+        let backing = snap.archive_bytes();
+        let kv = ShardedKv::from_archived(snap.state(), &backing, 1);
+        let meta = decode_meta(snap.state().membership.as_slice(), snap.last_included())?;
+        let mut inner = self.inner.borrow_mut();
+        inner.kv = kv;
+        inner.last_applied = meta.last_log_id;
+        inner.membership = meta.last_membership.clone();
+        Ok(meta)
+    }
+}
+
+/// Snapshot metadata rides in `StateImage::membership`: the membership's log id, then the
+/// membership as a Raft membership payload.
+fn encode_meta(m: &StoredMembershipOf<TypeConfig>) -> Vec<u8> {
+    let mut out = Vec::new();
+    match m.log_id() {
+        Some(id) => {
+            out.push(1);
+            out.extend_from_slice(&id.leader_id.term.to_le_bytes());
+            out.extend_from_slice(&id.index.to_le_bytes());
+        }
+        None => out.push(0),
+    }
+    out.extend_from_slice(&encode_payload(&EntryPayload::Membership(
+        m.membership().clone(),
+    )));
+    out
+}
+
+fn decode_meta(b: &[u8], last: Option<StoreLogId>) -> io::Result<SnapshotMetaOf<TypeConfig>> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "snapshot membership is damaged");
+    let (log_id, rest) = match b.first() {
+        Some(0) => (None, &b[1..]),
+        Some(1) if b.len() >= 17 => {
+            let term = u64::from_le_bytes(b[1..9].try_into().expect("8"));
+            let index = u64::from_le_bytes(b[9..17].try_into().expect("8"));
+            (Some(RaftLogId::new_term_index(term, index)), &b[17..])
+        }
+        _ => return Err(bad()),
+    };
+    let membership = match decode_payload(&Bytes::copy_from_slice(rest))? {
+        EntryPayload::Membership(m) => m,
+        _ => return Err(bad()),
+    };
+    Ok(SnapshotMetaOf::<TypeConfig> {
+        last_log_id: last.map(to_raft),
+        last_membership: StoredMembership::new(log_id, membership),
+    })
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<TypeConfig, SnapshotData>> {
+        let (image, last, dir, membership) = {
+            let inner = self.inner.borrow();
+            let (kv, tombstones, kv_index) = inner.kv.to_image();
+            let (sessions, lock_delays) = inner.kv.sessions_image();
+            let image = StateImage {
+                kv,
+                tombstones,
+                kv_index,
+                sessions,
+                lock_delays,
+                membership: encode_meta(&inner.membership),
+                ..StateImage::default()
+            };
+            (
+                image,
+                inner.last_applied,
+                inner.dir.clone(),
+                inner.membership.clone(),
+            )
+        };
+        let path = write_snapshot(&dir, last.as_ref().map(to_store), &image, 2).map_err(io_err)?;
+        let data = Bytes::from(std::fs::read(&path)?);
+        Ok(SnapshotOf::<TypeConfig, SnapshotData> {
+            meta: SnapshotMetaOf::<TypeConfig> {
+                last_log_id: last,
+                last_membership: membership,
+            },
+            snapshot: data,
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> io::Result<(Option<RaftLogId>, StoredMembershipOf<TypeConfig>)> {
+        let inner = self.inner.borrow();
+        Ok((inner.last_applied, inner.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
+    where
+        Strm: futures_util::Stream<Item = io::Result<EntryResponder<TypeConfig>>>
+            + Unpin
+            + OptionalSend,
+    {
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let outcome = {
+                let mut inner = self.inner.borrow_mut();
+                inner.last_applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => Outcome(None),
+                    EntryPayload::Normal(cmd) => {
+                        Outcome(Some(inner.kv.apply(entry.log_id.index, &cmd.0).0))
+                    }
+                    EntryPayload::Membership(m) => {
+                        inner.membership = StoredMembership::new(Some(entry.log_id), m);
+                        Outcome(None)
+                    }
+                }
+            };
+            if let Some(r) = responder {
+                r.send(outcome);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> StateMachine {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        snapshot: SnapshotData,
+    ) -> io::Result<()> {
+        let dir = self.inner.borrow().dir.clone();
+        let name =
+            cairn_storage::snapshot::snapshot_file_name(meta.last_log_id.as_ref().map(to_store));
+        let mut rx = SnapshotReceiver::begin(
+            &dir,
+            &name,
+            snapshot.len() as u64,
+            DEFAULT_MAX_SNAPSHOT_BYTES,
+        )
+        .map_err(io_err)?;
+        rx.accept(&Chunk {
+            offset: 0,
+            data: snapshot,
+        })
+        .map_err(io_err)?;
+        let path = rx.finish().map_err(io_err)?;
+        match self.restore(&path) {
+            Ok(_) => {
+                let mut inner = self.inner.borrow_mut();
+                inner.last_applied = meta.last_log_id;
+                inner.membership = meta.last_membership.clone();
+                Ok(())
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(e)
+            }
+        }
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> io::Result<Option<SnapshotOf<TypeConfig, SnapshotData>>> {
+        let dir = self.inner.borrow().dir.clone();
+        let Some(newest) = list_snapshots(&dir).map_err(io_err)?.into_iter().next() else {
+            return Ok(None);
+        };
+        let snap = SnapshotFile::<StateImage>::open(&newest).map_err(io_err)?;
+        let meta = decode_meta(snap.state().membership.as_slice(), snap.last_included())?;
+        let data = Bytes::from(std::fs::read(&newest)?);
+        Ok(Some(SnapshotOf::<TypeConfig, SnapshotData> {
+            meta,
+            snapshot: data,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::testing::log::{StoreBuilder, Suite};
+    use openraft::StorageError;
+    use openraft_rt::AsyncRuntime;
+
+    use super::*;
+    use crate::raft::rt::GlommioRuntime;
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
+        async fn build(
+            &self,
+        ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let opts = LogOptions {
+                segment_size: 64 * 1024,
+            };
+            let log = LogStore::open(&dir.path().join("log"), opts).expect("log");
+            let sm = StateMachine::open(&dir.path().join("snapshots")).expect("state machine");
+            Ok((dir, log, sm))
+        }
+    }
+
+    #[test]
+    fn the_log_store_and_state_machine_pass_openraft_storage_suite() {
+        let mut rt = GlommioRuntime::new(1);
+        rt.block_on(async {
+            Suite::test_all(Builder)
+                .await
+                .expect("openraft storage suite");
+        });
+    }
+}
