@@ -15,7 +15,9 @@
 //! issues; see ARCHITECTURE.md.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod catalog;
+pub mod client;
 pub mod kv;
 pub mod preflight;
 pub mod raft;

@@ -1,7 +1,8 @@
 //! `cairn`: the agent and its command-line tools.
 //!
-//! Today it carries the storage tools; the agent (`cairn agent`) arrives with the servers
-//! issue, the catalog and the interfaces after it.
+//! `cairn agent` runs a one-server cluster (Raft on the segment log, the KV state machine,
+//! the binary RPC protocol); `cairn kv` and `cairn status` talk to it; `cairn debug`
+//! inspects files and machines.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cli;
 mod debug;
 
 #[derive(Parser, Debug)]
@@ -24,7 +26,23 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Inspect Cairn's on-disk files.
+    /// Run an agent (today: a one-server cluster, `--dev` or `--server`).
+    Agent(cli::AgentArgs),
+    /// Read and write the KV store through an agent.
+    Kv {
+        #[command(subcommand)]
+        cmd: cli::KvCommand,
+        #[command(flatten)]
+        rpc: cli::RpcArgs,
+    },
+    /// Ask an agent about the cluster's servers.
+    Status {
+        #[command(subcommand)]
+        cmd: cli::StatusCommand,
+        #[command(flatten)]
+        rpc: cli::RpcArgs,
+    },
+    /// Inspect Cairn's on-disk files and this machine.
     #[command(subcommand)]
     Debug(DebugCommand),
 }
@@ -76,6 +94,9 @@ enum DebugCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Agent(a) => cli::agent(a),
+        Command::Kv { cmd, rpc } => cli::kv(cmd, &rpc),
+        Command::Status { cmd, rpc } => cli::status(cmd, &rpc),
         Command::Debug(DebugCommand::LogCheck { dir, json }) => debug::log_check(&dir, json),
         Command::Debug(DebugCommand::SnapshotCheck { file }) => debug::snapshot_check(&file),
         Command::Debug(DebugCommand::Preflight { cores }) => debug::preflight(cores),

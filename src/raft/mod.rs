@@ -8,6 +8,7 @@
 //! Not yet: the Raft network (server-to-server RPC), the sharded state machine on the
 //! runtime's sequencer, and group commit across append calls (each `append` syncs once).
 
+pub mod network;
 pub mod rt;
 pub mod store;
 pub mod types;

@@ -205,6 +205,11 @@ struct SmInner {
 pub type SnapshotData = Bytes;
 
 impl StateMachine {
+    /// Runs `f` on the KV store as applied so far (a local, possibly stale, read).
+    pub fn with_kv<R>(&self, f: impl FnOnce(&ShardedKv) -> R) -> R {
+        f(&self.inner.borrow().kv)
+    }
+
     /// A state machine whose snapshots live in `dir`; restores the newest valid one.
     pub fn open(dir: &Path) -> io::Result<StateMachine> {
         std::fs::create_dir_all(dir)?;

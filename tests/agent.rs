@@ -1,0 +1,210 @@
+//! A real agent process on loopback, driven through the `cairn` CLI: writes, reads,
+//! check-and-set, kill -9 and restart, and clear refusals of clashes and bad flags.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Agent {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(args: &[&str], port: u16) -> Agent {
+    let port_s = port.to_string();
+    let mut all = vec!["agent", "--server-port", &port_s];
+    all.extend_from_slice(args);
+    let log = std::env::temp_dir().join(format!(
+        "cairn-agent-test-{port}-{}.log",
+        std::process::id()
+    ));
+    let child = Command::new(CAIRN)
+        .args(&all)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let agent = Agent {
+        child,
+        addr: format!("127.0.0.1:{port}"),
+    };
+    // Ready when it names a leader; bounded wait.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, out, err) = cli(&agent, &["status", "leader"]);
+        if code == 0 && out.trim() == agent.addr {
+            return agent;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agent on {} never became ready (last answer: {code} {out:?} {err:?}): {}",
+            agent.addr,
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn cli(agent: &Agent, args: &[&str]) -> (i32, String, String) {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend_from_slice(&["--rpc-addr", &agent.addr, "--timeout-ms", "5000"]);
+    let out = Command::new(CAIRN).args(&all).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_dev_agent_serves_writes_reads_and_check_and_set() {
+    let a = start(&["--dev"], free_port());
+    assert_eq!(cli(&a, &["kv", "put", "greeting", "hello"]).0, 0);
+    let (code, out, _) = cli(&a, &["kv", "get", "greeting"]);
+    assert_eq!((code, out.as_str()), (0, "hello\n"));
+    let (code, _, err) = cli(&a, &["kv", "put", "--cas", "0", "greeting", "again"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("CAS failed"), "{err}");
+    for (k, v) in [("app/a", "1"), ("app/b/c", "2"), ("other", "3")] {
+        assert_eq!(cli(&a, &["kv", "put", k, v]).0, 0);
+    }
+    let (_, out, _) = cli(&a, &["kv", "keys", "app/", "--separator", "/"]);
+    assert_eq!(out, "app/a\napp/b/\n");
+    let (_, out, _) = cli(&a, &["kv", "get", "--recurse", "--consistent", "app/"]);
+    assert_eq!(out, "app/a:1\napp/b/c:2\n");
+    assert_eq!(cli(&a, &["kv", "delete", "--recurse", "app/"]).0, 0);
+    let (code, _, err) = cli(&a, &["kv", "get", "app/a"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("No key exists at: app/a"), "{err}");
+}
+
+#[test]
+fn acknowledged_writes_survive_kill_9_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap().to_string();
+    let port = free_port();
+    let args = [
+        "--server",
+        "--bootstrap-expect",
+        "1",
+        "--data-dir",
+        d.as_str(),
+    ];
+    {
+        let a = start(&args, port);
+        for i in 0..40 {
+            let (code, _, err) = cli(&a, &["kv", "put", &format!("k/{i:02}"), &format!("v{i}")]);
+            assert_eq!(code, 0, "{err}");
+        }
+        // Dropping the agent kills it with SIGKILL.
+    }
+    // The kernel releases a killed process's io_uring listener asynchronously: wait for
+    // the port (bounded) so the restart is not refused as a clash.
+    let t = Instant::now();
+    while std::net::TcpListener::bind(("127.0.0.1", port)).is_err()
+        && t.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let a = start(&args, port);
+    let (_, out, _) = cli(&a, &["kv", "keys", "k/"]);
+    assert_eq!(out.lines().count(), 40, "{out}");
+    let (_, out, _) = cli(&a, &["kv", "get", "k/39"]);
+    assert_eq!(out, "v39\n");
+    // Still writable after the restart, and the log is healthy.
+    assert_eq!(cli(&a, &["kv", "put", "after", "restart"]).0, 0);
+    drop(a);
+    let out = Command::new(CAIRN)
+        .args(["debug", "log-check", &format!("{d}/raft/log")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn a_second_agent_on_the_same_port_or_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let port = free_port();
+    let _a = start(&["--server", "--data-dir", d], port);
+    let out = Command::new(CAIRN)
+        .args(["agent", "--dev", "--server-port", &port.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already in use"));
+    let out = Command::new(CAIRN)
+        .args([
+            "agent",
+            "--server",
+            "--data-dir",
+            d,
+            "--server-port",
+            &free_port().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use by another process"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn unsupported_or_incomplete_agent_flags_are_clear_errors() {
+    for (args, needle) in [
+        (vec!["agent"], "give --dev"),
+        (vec!["agent", "--server"], "needs --data-dir"),
+        (
+            vec!["agent", "--dev", "--bootstrap-expect", "3"],
+            "multi-server",
+        ),
+        (
+            vec!["agent", "--dev", "--data-dir", "/tmp/x"],
+            "cannot be used with",
+        ),
+    ] {
+        let out = Command::new(CAIRN).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_cli_call_with_no_agent_says_how_to_start_one() {
+    let out = Command::new(CAIRN)
+        .args([
+            "kv",
+            "get",
+            "x",
+            "--rpc-addr",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cairn agent --dev"));
+}
