@@ -1,7 +1,6 @@
 //! End to end through one `cairn agent --dev` on loopback: durable writes through Raft and
 //! reads, from C client threads each with its own connection, one request in flight each
-//! (closed loop). Run with `cargo bench --bench agent`. Prints a table; the agent binary
-//! must be built (`cargo build --release` first).
+//! (closed loop). Run with `cargo bench --bench agent`. Prints a table.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,7 +27,7 @@ fn main() {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .unwrap_or_else(|e| panic!("starting {bin}: {e} (run `cargo build --release` first)"));
+        .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
     let addr = format!("127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut ready = false;
