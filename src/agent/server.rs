@@ -30,6 +30,9 @@ const MAX_WAIT: Duration = Duration::from_secs(600);
 /// How often a blocking read looks again. The one-server state machine has no wake-ups
 /// yet (the shard runtime has them; it is not wired to Raft yet).
 const BLOCKING_POLL: Duration = Duration::from_millis(20);
+/// Most client connections served at once; more are closed on accept, so a flood of
+/// connections cannot exhaust file descriptors or memory.
+const MAX_CONNECTIONS: usize = 10_000;
 
 fn io(what: &str) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
     move |source| AgentError::Io {
@@ -121,12 +124,23 @@ async fn run(cfg: AgentConfig, ready: impl FnOnce(&AgentConfig)) -> Result<(), A
         raft,
         sm,
         addr: addr.to_string(),
+        connections: std::cell::Cell::new(0),
     });
     loop {
         match listener.accept().await {
             Ok(stream) => {
+                if state.connections.get() >= MAX_CONNECTIONS {
+                    eprintln!("cairn: {MAX_CONNECTIONS} connections open; refusing another");
+                    drop(stream);
+                    continue;
+                }
+                state.connections.set(state.connections.get() + 1);
                 let s = state.clone();
-                glommio::spawn_local(async move { s.connection(stream).await }).detach();
+                glommio::spawn_local(async move {
+                    s.connection(stream).await;
+                    s.connections.set(s.connections.get() - 1);
+                })
+                .detach();
             }
             Err(e) => {
                 eprintln!("cairn: accept on {addr}: {e}");
@@ -140,6 +154,8 @@ struct Server {
     raft: CairnRaft,
     sm: StateMachine,
     addr: String,
+    /// Connections being served.
+    connections: std::cell::Cell<usize>,
 }
 
 fn entry(e: &KvEntry) -> WireEntry {
