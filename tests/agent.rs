@@ -256,3 +256,54 @@ fn garbage_and_oversize_requests_get_clear_errors_and_the_agent_stays_up() {
     // Still serving.
     assert_eq!(cli(&a, &["kv", "put", "ok", "1"]).0, 0);
 }
+
+#[test]
+fn a_blocking_get_returns_as_soon_as_the_key_changes() {
+    use cairn_net::rpc::message::{Op, ReadOpts, Request, Response};
+    let a = start(&["--dev"], free_port());
+    assert_eq!(cli(&a, &["kv", "put", "watched", "v1"]).0, 0);
+    let get = |index: u64, wait_ms: u64| Request {
+        datacenter: String::new(),
+        token: String::new(),
+        op: Op::KvGet {
+            key: bytes::Bytes::from_static(b"watched"),
+            opts: ReadOpts {
+                index,
+                wait_ms,
+                ..ReadOpts::default()
+            },
+        },
+    };
+    let mut c = cairn::client::RpcClient::connect(&a.addr, Duration::from_secs(30)).unwrap();
+    let Response::Entries { meta, .. } = c.call(&get(0, 0)).unwrap() else {
+        panic!()
+    };
+    let addr = a.addr.clone();
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let out = Command::new(CAIRN)
+            .args(["kv", "put", "watched", "v2", "--rpc-addr", &addr])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    });
+    let t = Instant::now();
+    let Response::Entries { entries, meta: m2 } = c.call(&get(meta.index, 20_000)).unwrap() else {
+        panic!()
+    };
+    let took = t.elapsed();
+    writer.join().unwrap();
+    assert_eq!(entries[0].value.as_ref(), b"v2");
+    assert!(m2.index > meta.index);
+    assert!(
+        took < Duration::from_secs(10),
+        "woke by timeout after {took:?}"
+    );
+    // With nothing changing, the wait runs out and the current value comes back.
+    let t = Instant::now();
+    let Response::Entries { meta: m3, .. } = c.call(&get(m2.index, 300)).unwrap() else {
+        panic!()
+    };
+    assert_eq!(m3.index, m2.index);
+    assert!(t.elapsed() >= Duration::from_millis(300));
+}

@@ -27,9 +27,9 @@ type CairnRaft = Raft<TypeConfig, StateMachine>;
 const NODE_ID: u64 = 1;
 /// Longest blocking wait, as Consul.
 const MAX_WAIT: Duration = Duration::from_secs(600);
-/// How often a blocking read looks again. The one-server state machine has no wake-ups
-/// yet (the shard runtime has them; it is not wired to Raft yet).
-const BLOCKING_POLL: Duration = Duration::from_millis(20);
+/// Longest a blocking read sleeps between looks when nothing is applied (it is woken at
+/// once by every applied batch).
+const BLOCKING_RECHECK: Duration = Duration::from_secs(1);
 /// Most client connections served at once; more are closed on accept, so a flood of
 /// connections cannot exhaust file descriptors or memory.
 const MAX_CONNECTIONS: usize = 10_000;
@@ -148,6 +148,25 @@ async fn run(cfg: AgentConfig, ready: impl FnOnce(&AgentConfig)) -> Result<(), A
             }
         }
     }
+}
+
+/// Waits until something is applied, the deadline passes, or [`BLOCKING_RECHECK`].
+async fn wait_applied(applied: &mut tokio::sync::watch::Receiver<u64>, deadline: Instant) {
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .min(BLOCKING_RECHECK);
+    let timer = glommio::timer::sleep(left);
+    let changed = applied.changed();
+    futures_lite::future::or(
+        async {
+            if changed.await.is_err() {
+                // The state machine is gone: only the timer can end the wait.
+                std::future::pending::<()>().await;
+            }
+        },
+        timer,
+    )
+    .await;
 }
 
 struct Server {
@@ -277,6 +296,7 @@ impl Server {
                     return r;
                 }
                 let deadline = Instant::now() + Duration::from_millis(opts.wait_ms).min(MAX_WAIT);
+                let mut applied = self.sm.applied();
                 loop {
                     let (e, index) = self.sm.with_kv(|kv| {
                         let (e, i) = kv.get(&key);
@@ -288,7 +308,7 @@ impl Server {
                             meta: self.meta(index),
                         };
                     }
-                    glommio::timer::sleep(BLOCKING_POLL).await;
+                    wait_applied(&mut applied, deadline).await;
                 }
             }
             Op::KvList {
@@ -301,6 +321,7 @@ impl Server {
                     return r;
                 }
                 let deadline = Instant::now() + Duration::from_millis(opts.wait_ms).min(MAX_WAIT);
+                let mut applied = self.sm.applied();
                 loop {
                     let resp = self.sm.with_kv(|kv| {
                         if keys_only {
@@ -315,7 +336,7 @@ impl Server {
                     if opts.index == 0 || resp.1 > opts.index || Instant::now() >= deadline {
                         return resp.0;
                     }
-                    glommio::timer::sleep(BLOCKING_POLL).await;
+                    wait_applied(&mut applied, deadline).await;
                 }
             }
             Op::KvPut {

@@ -199,12 +199,19 @@ struct SmInner {
     last_applied: Option<RaftLogId>,
     membership: StoredMembershipOf<TypeConfig>,
     dir: PathBuf,
+    /// The index of the last applied entry, for blocking reads to wait on.
+    applied: tokio::sync::watch::Sender<u64>,
 }
 
 /// The snapshot data handed to openraft: the whole snapshot file.
 pub type SnapshotData = Bytes;
 
 impl StateMachine {
+    /// A receiver that changes whenever entries were applied (blocking reads wait on it).
+    pub fn applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.borrow().applied.subscribe()
+    }
+
     /// Runs `f` on the KV store as applied so far (a local, possibly stale, read).
     pub fn with_kv<R>(&self, f: impl FnOnce(&ShardedKv) -> R) -> R {
         f(&self.inner.borrow().kv)
@@ -219,6 +226,7 @@ impl StateMachine {
                 last_applied: None,
                 membership: StoredMembership::default(),
                 dir: dir.to_path_buf(),
+                applied: tokio::sync::watch::channel(0).0,
             })),
         };
         if let Some(newest) = list_snapshots(dir).map_err(io_err)?.into_iter().next() {
@@ -352,6 +360,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 r.send(outcome);
             }
         }
+        let inner = self.inner.borrow();
+        let index = inner.last_applied.map_or(0, |l| l.index);
+        inner.applied.send_replace(index);
         Ok(())
     }
 
