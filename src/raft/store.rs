@@ -125,11 +125,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(io_err)
     }
 
+    /// The committed id may lag after a restart (openraft re-learns it from the leader),
+    /// so it is kept in memory and persisted with the next metadata write instead of
+    /// costing three fsyncs on every commit.
     async fn save_committed(&mut self, committed: Option<RaftLogId>) -> io::Result<()> {
         self.log
             .borrow_mut()
-            .save_committed(committed.as_ref().map(to_store))
-            .map_err(io_err)
+            .note_committed(committed.as_ref().map(to_store));
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> io::Result<Option<RaftLogId>> {

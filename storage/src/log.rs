@@ -769,6 +769,14 @@ impl SegmentLog {
         Ok(())
     }
 
+    /// Records the committed log id in memory only; it reaches the disk with the next
+    /// metadata write (a vote, a roll-over, a truncation or a purge). For Raft the
+    /// committed id is a hint that may lag after a restart: persisting it on every commit
+    /// would cost three fsyncs per write.
+    pub fn note_committed(&mut self, committed: Option<LogId>) {
+        self.meta.committed = committed;
+    }
+
     /// Path of the metadata file.
     pub fn meta_path(&self) -> PathBuf {
         self.dir.join(META_FILE)
