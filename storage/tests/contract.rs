@@ -209,3 +209,30 @@ fn truncating_everything_leaves_an_empty_log_that_starts_again_at_zero() {
     assert_eq!(log.get(0).unwrap().payload.as_ref(), b"x");
     assert_eq!(log.next_index(), 1);
 }
+
+#[test]
+fn a_noted_committed_id_is_persisted_with_the_next_metadata_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Some(LogId { term: 2, index: 1 });
+    {
+        let mut log = SegmentLog::open(dir.path(), small()).unwrap();
+        log.append(&[e(2, 0, b"a"), e(2, 1, b"b")]).unwrap();
+        log.note_committed(c);
+        assert_eq!(log.meta().committed, c, "readable at once");
+    }
+    // Not persisted by itself (it may lag)...
+    {
+        let mut log = SegmentLog::open(dir.path(), small()).unwrap();
+        assert_eq!(log.meta().committed, None);
+        log.note_committed(c);
+        log.save_vote(Vote {
+            term: 2,
+            node_id: 1,
+            committed: true,
+        })
+        .unwrap();
+    }
+    // ...but it rides along with the next metadata write.
+    let log = SegmentLog::open(dir.path(), small()).unwrap();
+    assert_eq!(log.meta().committed, c);
+}
