@@ -9,5 +9,6 @@
 
 pub mod compare;
 pub mod hgrm;
+pub mod kv;
 pub mod measure;
 pub mod workload;

@@ -20,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Drive a Cairn cluster through the binary RPC protocol and report latencies.
+    Kv(KvArgs),
     /// Plot the percentile spectra of several runs (.hgrm files from any source) into one
     /// picture, and print throughput and p50/p90/p99/p99.9/max side by side.
     Compare {
@@ -42,9 +44,185 @@ enum Command {
     },
 }
 
+#[derive(clap::Args, Debug)]
+struct KvArgs {
+    /// Server RPC addresses, comma-separated; connections are spread over them.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:8300")]
+    servers: Vec<String>,
+    /// read | write | mixed:R/W | cas | list
+    #[arg(long, default_value = "read")]
+    workload: loadgen::workload::Mix,
+    /// Number of distinct keys.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    keys: u64,
+    /// uniform | zipf:S
+    #[arg(long, default_value = "uniform")]
+    key_dist: loadgen::workload::KeyDist,
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(0..=524_288))]
+    value_size: u64,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    connections: u64,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pipeline: u64,
+    /// Requests per second in total (open loop, latency from the intended send time);
+    /// 0 = closed loop.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Seconds to measure.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// stale | default | consistent
+    #[arg(long, default_value = "default")]
+    consistency: String,
+    /// Write every key once before the run.
+    #[arg(long)]
+    preload: bool,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Give up on a request after this many milliseconds (counted as a timeout).
+    #[arg(long, default_value_t = 5_000)]
+    timeout_ms: u64,
+    /// HdrHistogram interval log.
+    #[arg(long)]
+    hlog: Option<PathBuf>,
+    /// Percentile distribution (.hgrm).
+    #[arg(long)]
+    hgrm: Option<PathBuf>,
+    /// JSON summary.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn kv(a: KvArgs) -> ExitCode {
+    use cairn_net::rpc::message::Consistency;
+    let consistency = match a.consistency.as_str() {
+        "stale" => Consistency::Stale,
+        "default" => Consistency::Default,
+        "consistent" => Consistency::Consistent,
+        other => {
+            eprintln!("loadgen: unknown consistency {other:?}: use stale, default or consistent");
+            return ExitCode::from(2);
+        }
+    };
+    let valid = a.rate.is_finite()
+        && a.rate >= 0.0
+        && a.duration.is_finite()
+        && a.duration > 0.0
+        && a.warmup.is_finite()
+        && a.warmup >= 0.0;
+    if !valid {
+        eprintln!("loadgen: --rate and --warmup must be >= 0 and --duration > 0");
+        return ExitCode::from(2);
+    }
+    let run = loadgen::kv::KvRun {
+        servers: a.servers.clone(),
+        mix: a.workload,
+        keys: a.keys,
+        dist: a.key_dist,
+        value_size: a.value_size as usize,
+        connections: a.connections as usize,
+        pipeline: a.pipeline as usize,
+        rate: a.rate,
+        duration: std::time::Duration::from_secs_f64(a.duration),
+        warmup: std::time::Duration::from_secs_f64(a.warmup),
+        consistency,
+        seed: a.seed,
+        timeout: std::time::Duration::from_millis(a.timeout_ms),
+    };
+    if a.preload {
+        eprintln!("loadgen: preloading {} keys", a.keys);
+        if let Err(e) = loadgen::kv::preload(&run) {
+            eprintln!("loadgen: preload failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let out = match loadgen::kv::run(&run, |p| eprintln!("{p}")) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let params = serde_json::json!({
+        "servers": a.servers, "workload": format!("{:?}", a.workload), "keys": a.keys,
+        "key_dist": format!("{:?}", a.key_dist), "value_size": a.value_size,
+        "connections": a.connections, "pipeline": a.pipeline, "rate": a.rate,
+        "duration_s": a.duration, "warmup_s": a.warmup, "consistency": a.consistency,
+        "preload": a.preload, "seed": a.seed, "timeout_ms": a.timeout_ms,
+    });
+    let summary = out.recorder.summary(out.measured, params);
+    let h = out.recorder.total();
+    println!(
+        "ops/s      {:>12.0}",
+        summary["ops_per_s"].as_f64().unwrap_or(0.0)
+    );
+    println!("ops        {:>12}", h.len());
+    for (k, name) in [
+        ("timeouts", "timeouts"),
+        ("not_leader", "not leader"),
+        ("cas_failed", "cas failed"),
+        ("other_errors", "other errors"),
+    ] {
+        println!("{name:<11}{:>12}", summary[k]);
+    }
+    for (label, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)] {
+        println!("{label:<11}{:>9.3} ms", h.value_at_quantile(q) as f64 / 1e3);
+    }
+    println!("max        {:>9.3} ms", h.max() as f64 / 1e3);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    if out.cpu_cores_used > 0.9 * cores {
+        println!(
+            "note: loadgen used {:.1} of {cores} cores: it, not the server, may be the limit",
+            out.cpu_cores_used
+        );
+    }
+    if a.rate > 0.0 {
+        let achieved = summary["ops_per_s"].as_f64().unwrap_or(0.0);
+        if achieved < 0.95 * a.rate {
+            println!("note: achieved {achieved:.0} ops/s of the {} requested: the target rate was not sustained", a.rate);
+        }
+    }
+    let write = |path: &Option<PathBuf>, bytes: Vec<u8>| -> bool {
+        match path {
+            Some(p) => match std::fs::write(p, bytes) {
+                Ok(()) => true,
+                Err(e) => {
+                    eprintln!("loadgen: writing {}: {e}", p.display());
+                    false
+                }
+            },
+            None => true,
+        }
+    };
+    let mut ok = write(&a.hgrm, loadgen::hgrm::write(h, 5).into_bytes());
+    ok &= write(
+        &a.json,
+        serde_json::to_vec_pretty(&summary).unwrap_or_default(),
+    );
+    if a.hlog.is_some() {
+        match out.recorder.interval_log(out.started) {
+            Ok(b) => ok &= write(&a.hlog, b),
+            Err(e) => {
+                eprintln!("loadgen: interval log: {e}");
+                ok = false;
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Kv(a) => kv(a),
         Command::Compare {
             files,
             out,
