@@ -22,6 +22,9 @@ struct Cli {
 enum Command {
     /// Drive a Cairn cluster through the binary RPC protocol and report latencies.
     Kv(KvArgs),
+    /// Start local clusters of each size from the `cairn` binary, run the same workload
+    /// against each, and write histograms, summaries and a comparison plot to one folder.
+    Sweep(SweepArgs),
     /// Plot the percentile spectra of several runs (.hgrm files from any source) into one
     /// picture, and print throughput and p50/p90/p99/p99.9/max side by side.
     Compare {
@@ -44,7 +47,7 @@ enum Command {
     },
 }
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 struct KvArgs {
     /// Server RPC addresses, comma-separated; connections are spread over them.
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:8300")]
@@ -95,6 +98,141 @@ struct KvArgs {
     /// JSON summary.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct SweepArgs {
+    /// Cluster sizes to compare. Only 1 works until multi-server Raft networking exists.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    sizes: Vec<u32>,
+    /// Folder for the results (created if missing).
+    #[arg(long)]
+    out_dir: PathBuf,
+    /// The `cairn` binary (default: the one next to loadgen, else `cairn` on PATH).
+    #[arg(long)]
+    cairn: Option<PathBuf>,
+    #[command(flatten)]
+    kv: KvArgs,
+}
+
+/// A local agent started by `sweep`, stopped on drop.
+struct LocalAgent(std::process::Child);
+
+impl Drop for LocalAgent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_agent(
+    cairn: &std::path::Path,
+    dir: &std::path::Path,
+) -> Result<(LocalAgent, String), String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("finding a free port: {e}"))?
+        .port();
+    let d = dir.to_str().ok_or("data dir is not UTF-8")?;
+    let agent = LocalAgent(
+        std::process::Command::new(cairn)
+            .args([
+                "agent",
+                "--server",
+                "--bootstrap-expect",
+                "1",
+                "--data-dir",
+                d,
+            ])
+            .args(["--server-port", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", cairn.display()))?,
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        let up = std::process::Command::new(cairn)
+            .args(["status", "leader", "--rpc-addr", &addr])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if up {
+            return Ok((agent, addr));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Err(format!(
+        "the agent on {addr} did not elect a leader within 30 s"
+    ))
+}
+
+fn sweep(a: SweepArgs) -> ExitCode {
+    if let Some(n) = a.sizes.iter().find(|n| **n != 1) {
+        eprintln!(
+            "loadgen: sweep: clusters of {n} servers need multi-server Raft networking, which \
+             Cairn does not have yet; use --sizes 1"
+        );
+        return ExitCode::from(2);
+    }
+    let cairn = a.cairn.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("cairn")))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("cairn"))
+    });
+    if let Err(e) = std::fs::create_dir_all(&a.out_dir) {
+        eprintln!("loadgen: sweep: creating {}: {e}", a.out_dir.display());
+        return ExitCode::FAILURE;
+    }
+    let mut files = Vec::new();
+    for n in &a.sizes {
+        let dir = a.out_dir.join(format!("cluster-{n}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (agent, addr) = match start_agent(&cairn, &dir.join("server-1")) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("loadgen: sweep: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        eprintln!("loadgen: sweep: {n} server(s) at {addr}");
+        let mut k = a.kv.clone();
+        k.servers = vec![addr];
+        let stem = a.out_dir.join(format!("size-{n}"));
+        k.hgrm = Some(stem.with_extension("hgrm"));
+        k.json = Some(stem.with_extension("json"));
+        k.hlog = Some(stem.with_extension("hlog"));
+        let code = kv(k);
+        drop(agent);
+        if code != ExitCode::SUCCESS {
+            return code;
+        }
+        files.push((stem.with_extension("hgrm"), format!("{n} server(s)")));
+    }
+    let out = a.out_dir.join("compare.svg");
+    let result = (|| {
+        compare::register_font(None)?;
+        let runs = files
+            .iter()
+            .map(|(f, label)| compare::load(f, Some(label.clone())))
+            .collect::<Result<Vec<_>, _>>()?;
+        compare::plot(&runs, &out, "Latency by cluster size")?;
+        Ok::<_, compare::CompareError>(runs)
+    })();
+    match result {
+        Ok(runs) => {
+            print!("{}", compare::table(&runs));
+            println!("wrote {}", a.out_dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("loadgen: sweep: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn kv(a: KvArgs) -> ExitCode {
@@ -223,6 +361,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Kv(a) => kv(a),
+        Command::Sweep(a) => sweep(a),
         Command::Compare {
             files,
             out,

@@ -85,3 +85,29 @@ fn compare_refuses_bad_input_with_clear_errors() {
     assert_eq!(code, 1);
     assert!(err.contains("/nonexistent.hgrm"), "{err}");
 }
+
+#[test]
+fn sweep_refuses_cluster_sizes_cairn_cannot_form_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = loadgen(&[
+        "sweep",
+        "--sizes",
+        "1,3",
+        "--out-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("clusters of 3 servers"), "{err}");
+}
+
+#[test]
+fn kv_rejects_bad_workloads_and_rates_before_connecting() {
+    let (code, _, err) = loadgen(&["kv", "--workload", "mixed:3"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("mixed:R/W"), "{err}");
+    let (code, _, err) = loadgen(&["kv", "--rate", "-5"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = loadgen(&["kv", "--key-dist", "zipf:0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("zipf:S"), "{err}");
+}
