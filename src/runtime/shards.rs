@@ -11,6 +11,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,6 +33,8 @@ const MESH_CAPACITY: usize = 1024;
 /// executor from another core costs tens of microseconds; spinning briefly keeps a
 /// cross-core request near a microsecond while load is flowing (see ARCHITECTURE.md).
 pub const DEFAULT_SPIN_BEFORE_PARK: Duration = Duration::from_micros(200);
+/// Period of each executor's wake-up tick (see `run_with`).
+const WAKE_TICK: Duration = Duration::from_millis(5);
 
 /// What travels between cores.
 #[derive(Debug)]
@@ -48,8 +52,6 @@ pub enum Msg {
     Barrier { origin: Origin, read: ReadReq },
     /// Shard → the requesting core.
     Reply { id: u64, reply: Reply },
-    /// This core's work is done; it serves requests until every core said so.
-    Done,
 }
 
 struct Local {
@@ -58,8 +60,6 @@ struct Local {
     next_id: u64,
     /// Deadlines of parked blocking reads, by origin.
     deadlines: HashMap<Origin, Instant>,
-    done_from: usize,
-    done_notify: Option<oneshot::Sender<()>>,
     jitter_state: u64,
 }
 
@@ -120,6 +120,9 @@ where
         PoolPlacement::Unbound(cores)
     };
     let mesh: MeshBuilder<Msg, Full> = MeshBuilder::full(cores, MESH_CAPACITY);
+    // How many cores finished their work; each keeps serving the others until all did.
+    // An atomic, not a message: shutdown must not depend on a wake-up arriving.
+    let finished = Arc::new(AtomicUsize::new(0));
     let handles = LocalExecutorPoolBuilder::new(placement)
         .io_memory(io_memory)
         .spin_before_park(spin)
@@ -128,7 +131,6 @@ where
             let (senders, mut receivers) = mesh.join().await.expect("mesh join");
             let me = senders.peer_id();
             let n = senders.nr_consumers();
-            let (done_tx, done_rx) = oneshot::channel();
             let (seq_tx, seq_rx) = local_channel::new_unbounded::<Step>();
             let mut shards = Shards {
                 me,
@@ -138,8 +140,6 @@ where
                     pending: HashMap::new(),
                     next_id: 1,
                     deadlines: HashMap::new(),
-                    done_from: 0,
-                    done_notify: Some(done_tx),
                     jitter_state: 0x9e37_79b9_7f4a_7c15 ^ me as u64,
                 })),
                 senders: Rc::new(senders),
@@ -165,17 +165,24 @@ where
                 })
                 .detach();
             }
-            if n == 1 {
-                let _ = shards.local.borrow_mut().done_notify.take();
-            }
-            let out = f(shards.clone()).await;
-            for peer in 0..n {
-                if peer != me {
-                    let _ = shards.senders.send_to(peer, Msg::Done).await;
+            // A tick that wakes the executor now and then: a cross-core wake-up that races
+            // with the executor going to sleep is then picked up within one tick instead of
+            // never (seen as a rare hang of a parked core before this was added).
+            let ticking = Rc::new(std::cell::Cell::new(true));
+            let t = ticking.clone();
+            glommio::spawn_local(async move {
+                while t.get() {
+                    glommio::timer::sleep(WAKE_TICK).await;
                 }
-            }
+            })
+            .detach();
+            let out = f(shards.clone()).await;
+            finished.fetch_add(1, Ordering::AcqRel);
             // Keep serving the other cores until every one of them is done.
-            let _ = done_rx.await;
+            while finished.load(Ordering::Acquire) < n {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+            ticking.set(false);
             out
         })
         .map_err(|e| RuntimeError::Spawn(e.to_string()))?;
@@ -243,16 +250,6 @@ impl Shards {
             Msg::Reply { id, reply } => {
                 if let Some(tx) = self.local.borrow_mut().pending.remove(&id) {
                     let _ = tx.send(reply);
-                }
-                Vec::new()
-            }
-            Msg::Done => {
-                let mut l = self.local.borrow_mut();
-                l.done_from += 1;
-                if l.done_from + 1 == self.n {
-                    if let Some(tx) = l.done_notify.take() {
-                        let _ = tx.send(());
-                    }
                 }
                 Vec::new()
             }
