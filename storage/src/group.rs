@@ -4,8 +4,7 @@
 //! running becomes the syncer: it prepares a sync covering everything written so far, runs
 //! the fdatasync without holding the lock, and wakes everyone it covered. Appends that
 //! arrive during a sync are covered by the next one, so N concurrent writers share
-//! fdatasyncs instead of paying one each. (On glommio the agent does the same on one core
-//! with [`SegmentLog::prepare_sync`] and an io_uring fdatasync, without a lock.)
+//! fdatasyncs instead of paying one each.
 
 use std::ops::Range;
 use std::sync::{Condvar, Mutex, MutexGuard};

@@ -10,9 +10,10 @@
 //!   the receiving server.
 //!
 //! This crate does no networking and knows nothing of Raft's rules beyond what a log store
-//! must enforce (contiguous indexes, non-decreasing terms). The agent drives it: on glommio
-//! it runs the fdatasync through io_uring with [`SegmentLog::prepare_sync`]; tools and tests
-//! use the plain [`SegmentLog::sync`] or the threaded [`GroupCommitLog`].
+//! must enforce (contiguous indexes, non-decreasing terms). The agent's Raft log store
+//! appends and calls [`SegmentLog::sync`] once per append; the split
+//! [`SegmentLog::prepare_sync`] / [`SegmentLog::complete_sync`] lets a caller run the
+//! fdatasync elsewhere, and [`GroupCommitLog`] shares fdatasyncs between threads.
 //!
 //! All `unsafe` code (memory maps, reading archives in place) is in the private `sys`
 //! module.
