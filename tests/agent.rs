@@ -274,7 +274,7 @@ fn a_blocking_get_returns_as_soon_as_the_key_changes() {
             },
         },
     };
-    let mut c = cairn::client::RpcClient::connect(&a.addr, Duration::from_secs(30)).unwrap();
+    let mut c = cairn::client::RpcClient::connect(&a.addr, Duration::from_secs(700)).unwrap();
     let Response::Entries { meta, .. } = c.call(&get(0, 0)).unwrap() else {
         panic!()
     };
@@ -287,18 +287,13 @@ fn a_blocking_get_returns_as_soon_as_the_key_changes() {
             .unwrap();
         assert!(out.status.success());
     });
-    let t = Instant::now();
-    let Response::Entries { entries, meta: m2 } = c.call(&get(meta.index, 20_000)).unwrap() else {
+    // A wait longer than the test's time limit: only the write can end it.
+    let Response::Entries { entries, meta: m2 } = c.call(&get(meta.index, 600_000)).unwrap() else {
         panic!()
     };
-    let took = t.elapsed();
     writer.join().unwrap();
     assert_eq!(entries[0].value.as_ref(), b"v2");
     assert!(m2.index > meta.index);
-    assert!(
-        took < Duration::from_secs(10),
-        "woke by timeout after {took:?}"
-    );
     // With nothing changing, the wait runs out and the current value comes back.
     let t = Instant::now();
     let Response::Entries { meta: m3, .. } = c.call(&get(m2.index, 300)).unwrap() else {

@@ -90,13 +90,15 @@ fn a_closed_loop_run_measures_without_errors_and_writes_its_logs() {
 }
 
 #[test]
-fn an_open_loop_run_keeps_its_rate_and_counts_cas_refusals_as_such() {
+fn an_open_loop_run_completes_without_errors_and_counts_cas_refusals_as_such() {
     let (_a, addr) = agent();
     let p = params(&addr, Mix::Read, 400.0);
     preload(&p).unwrap();
     let out = run(&p, |_| {}).unwrap();
-    let rate = out.recorder.total().len() as f64 / out.measured.as_secs_f64();
-    assert!((300.0..=500.0).contains(&rate), "rate {rate}");
+    // Whether the rate was kept is a measurement (loadgen prints a note when it is not),
+    // not a test: the schedule itself is tested in loadgen's workload module.
+    assert!(!out.recorder.total().is_empty());
+    assert_eq!(out.recorder.error_total(), 0);
     // CAS "only if absent" on preloaded keys: refused, counted apart, not as latency.
     let out = run(&params(&addr, Mix::Cas, 0.0), |_| {}).unwrap();
     assert!(out.recorder.errors(loadgen::measure::ErrorKind::CasFailed) > 0);
