@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use cairn_net::rpc::frame::{encode, FrameDecoder, Kind};
+use cairn_net::rpc::frame::{encode_with, FrameDecoder, Kind};
 use cairn_net::rpc::message::{
     Consistency, Entry as WireEntry, ErrorCode, Limits, Meta, Op, Request, Response, RpcError,
 };
@@ -218,16 +218,13 @@ impl Server {
                             Ok(req) => self.handle(req).await,
                             Err(e) => error(ErrorCode::Invalid, e.to_string()),
                         };
-                        let mut payload = BytesMut::new();
-                        resp.encode(&mut payload);
-                        encode(&mut out, Kind::Response, frame.id, &payload);
+                        encode_with(&mut out, Kind::Response, frame.id, |b| resp.encode(b));
                     }
                     Ok(None) => break,
                     Err(e) => {
                         // The stream is out of step: say why and close.
-                        let mut payload = BytesMut::new();
-                        error(ErrorCode::Invalid, e.to_string()).encode(&mut payload);
-                        encode(&mut out, Kind::Response, 0, &payload);
+                        let resp = error(ErrorCode::Invalid, e.to_string());
+                        encode_with(&mut out, Kind::Response, 0, |b| resp.encode(b));
                         let _ = stream.write_all(&out).await;
                         return;
                     }

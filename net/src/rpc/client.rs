@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use super::frame::{encode, FrameDecoder, FrameError, Kind};
+use super::frame::{encode_with, FrameDecoder, FrameError, Kind};
 use super::message::{Limits, MessageError, Request, Response};
 
 /// Why a request did not get a response.
@@ -85,9 +85,7 @@ impl ClientConn {
         }
         let id = self.next_id;
         self.next_id += 1;
-        let mut payload = BytesMut::new();
-        req.encode(&mut payload);
-        encode(&mut self.outgoing, Kind::Request, id, &payload);
+        encode_with(&mut self.outgoing, Kind::Request, id, |out| req.encode(out));
         self.in_flight.insert(id, deadline);
         self.deadlines.insert((deadline, id), ());
         Ok(id)
@@ -183,6 +181,7 @@ fn frame_error_text(e: &FrameError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rpc::frame::encode;
     use crate::rpc::message::{Meta, Op};
     use std::time::Duration;
 

@@ -81,6 +81,28 @@ pub fn encode(out: &mut BytesMut, kind: Kind, id: u64, payload: &[u8]) {
     out.put_slice(payload);
 }
 
+/// Appends a frame whose payload `write` produces straight into `out`, so the payload is
+/// not built in a buffer of its own and copied (the header is written first and its length
+/// and checksum filled in afterwards).
+pub fn encode_with(out: &mut BytesMut, kind: Kind, id: u64, write: impl FnOnce(&mut BytesMut)) {
+    let start = out.len();
+    out.put_slice(&MAGIC);
+    out.put_u8(VERSION);
+    out.put_u8(match kind {
+        Kind::Request => 0,
+        Kind::Response => 1,
+    });
+    out.put_u32_le(0);
+    out.put_u64_le(id);
+    out.put_u64_le(0); // length and crc, filled in below
+    write(out);
+    let len = out.len() - start - HEADER_LEN;
+    let len32 = u32::try_from(len).expect("payloads are limited far below 4 GiB");
+    out[start + 16..start + 20].copy_from_slice(&len32.to_le_bytes());
+    let c = crc(&out[start..start + 20], &out[start + HEADER_LEN..]);
+    out[start + 20..start + 24].copy_from_slice(&c.to_le_bytes());
+}
+
 /// Splits frames off a connection's read buffer.
 #[derive(Debug, Clone)]
 pub struct FrameDecoder {
@@ -189,6 +211,17 @@ mod tests {
         let mut b = BytesMut::new();
         encode(&mut b, Kind::Request, 42, b"hello");
         b
+    }
+
+    #[test]
+    fn a_frame_written_in_place_equals_one_written_from_a_buffer() {
+        let mut a = BytesMut::new();
+        encode(&mut a, Kind::Response, 9, b"payload bytes");
+        let mut b = BytesMut::from(&b"already here"[..]);
+        encode_with(&mut b, Kind::Response, 9, |out| {
+            out.put_slice(b"payload bytes")
+        });
+        assert_eq!(&b[12..], &a[..]);
     }
 
     #[test]
