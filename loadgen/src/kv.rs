@@ -6,23 +6,25 @@
 //! measured from when each was due, so a stalled server is charged for every request it
 //! delayed (no coordinated omission).
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use cairn_net::rpc::client::{CallError, ClientConn};
-use cairn_net::rpc::frame::FrameDecoder;
-use cairn_net::rpc::message::{Consistency, ErrorCode, Limits, Op, ReadOpts, Request, Response};
+use cairn_net::rpc::message::Consistency;
 
 use crate::measure::{ErrorKind, Recorder};
-use crate::workload::{intended_offset, key_name, Generator, KeyDist, Mix, Op as WOp};
+use crate::targets::{self, Done, Kind, Session};
+use crate::workload::{intended_offset, Generator, KeyDist, Mix, Op as WOp};
 
 /// One run's parameters.
 #[derive(Debug, Clone)]
 pub struct KvRun {
+    /// `HOST:PORT` (Cairn's RPC), or with a scheme: `cairn://`, `redis://`, `etcd://`,
+    /// `consul+http://` (see [`targets::parse_servers`]).
     pub servers: Vec<String>,
     pub mix: Mix,
     pub keys: u64,
@@ -48,65 +50,20 @@ pub struct Outcome {
     pub cpu_cores_used: f64,
 }
 
-fn request(op: Op) -> Request {
-    Request {
-        datacenter: String::new(),
-        token: String::new(),
-        op,
-    }
-}
+/// Requests in flight per preload connection: enough to hide the round trip, few enough
+/// that a slow server does not time them out.
+const PRELOAD_DEPTH: usize = 16;
 
-fn build(op: WOp, value: &Bytes, consistency: Consistency) -> Op {
-    let key = |k: u64| Bytes::from(key_name(k));
-    let opts = ReadOpts {
-        consistency,
-        ..ReadOpts::default()
-    };
-    match op {
-        WOp::Read(k) => Op::KvGet { key: key(k), opts },
-        WOp::Write(k) => Op::KvPut {
-            key: key(k),
-            value: value.clone(),
-            flags: 0,
-            cas: None,
-            acquire: None,
-            release: None,
-        },
-        // Check-and-set "only if absent" on a key that usually exists: measures the CAS
-        // path and counts the expected refusals apart.
-        WOp::Cas(k) => Op::KvPut {
-            key: key(k),
-            value: value.clone(),
-            flags: 0,
-            cas: Some(0),
-            acquire: None,
-            release: None,
-        },
-        WOp::List(k) => Op::KvList {
-            prefix: Bytes::from(format!("loadgen/{:09}", k / 1000)),
-            keys_only: true,
-            separator: None,
-            opts,
-        },
-    }
-}
-
-fn classify(r: &Result<Response, CallError>) -> Option<ErrorKind> {
-    match r {
-        Ok(Response::Error(e)) => Some(match e.code {
-            ErrorCode::NotLeader | ErrorCode::NoLeader => ErrorKind::NotLeader,
-            ErrorCode::Timeout => ErrorKind::Timeout,
-            _ => ErrorKind::Other,
-        }),
-        Ok(Response::Bool(false)) => Some(ErrorKind::CasFailed),
-        Ok(_) => None,
-        Err(CallError::Timeout) => Some(ErrorKind::Timeout),
-        Err(_) => Some(ErrorKind::Other),
-    }
+/// The servers of `run`, checked against its workload.
+pub fn targets_of(run: &KvRun) -> Result<targets::Targets, String> {
+    let t = targets::parse_servers(&run.servers).map_err(|e| e.to_string())?;
+    t.kind.supports(run.mix).map_err(|e| e.to_string())?;
+    Ok(t)
 }
 
 /// Writes every key once (before a read workload).
 pub fn preload(run: &KvRun) -> Result<(), String> {
+    let t = targets::parse_servers(&run.servers).map_err(|e| e.to_string())?;
     let value = Bytes::from(vec![b'v'; run.value_size]);
     let workers = run.connections.clamp(1, 8);
     let per = run.keys.div_ceil(workers as u64);
@@ -114,21 +71,35 @@ pub fn preload(run: &KvRun) -> Result<(), String> {
         let handles: Vec<_> = (0..workers as u64)
             .map(|w| {
                 let value = value.clone();
-                let server = run.servers[w as usize % run.servers.len()].clone();
+                let addr = t.addrs[w as usize % t.addrs.len()].clone();
                 s.spawn(move || -> Result<(), String> {
-                    let mut c = cairn_client(&server, run.timeout)?;
-                    for k in w * per..((w + 1) * per).min(run.keys) {
-                        let op = Op::KvPut {
-                            key: Bytes::from(key_name(k)),
-                            value: value.clone(),
-                            flags: 0,
-                            cas: None,
-                            acquire: None,
-                            release: None,
-                        };
-                        match c.call(&request(op)) {
-                            Ok(Response::Bool(true)) => {}
-                            other => return Err(format!("preload of key {k}: {other:?}")),
+                    let mut c = Conn::connect(
+                        t.kind,
+                        &addr,
+                        &value,
+                        run.consistency,
+                        PRELOAD_DEPTH,
+                        run.timeout,
+                    )?;
+                    let (mut next, end) = (w * per, ((w + 1) * per).min(run.keys));
+                    let mut key_of: HashMap<u64, u64> = HashMap::new();
+                    while next < end || !key_of.is_empty() {
+                        while key_of.len() < PRELOAD_DEPTH && next < end {
+                            let id = c
+                                .session
+                                .send(WOp::Write(next), Instant::now() + run.timeout)
+                                .map_err(|e| format!("preload of key {next}: {e:?}"))?;
+                            key_of.insert(id, next);
+                            next += 1;
+                        }
+                        if let Err(e) = c.flush() {
+                            return Err(format!("preload: writing to {addr}: {e}"));
+                        }
+                        for d in c.poll(Instant::now() + Duration::from_millis(50)) {
+                            let k = key_of.remove(&d.id);
+                            if let (Some(k), Err(e)) = (k, d.result) {
+                                return Err(format!("preload of key {k}: {}", e.detail));
+                            }
                         }
                     }
                     Ok(())
@@ -146,56 +117,53 @@ pub fn preload(run: &KvRun) -> Result<(), String> {
     Ok(())
 }
 
-/// A connection with up to `pipeline` requests in flight.
+/// A socket and the protocol session on it.
 struct Conn {
     stream: TcpStream,
-    conn: ClientConn,
+    session: Box<dyn Session>,
     buf: Vec<u8>,
 }
 
-fn cairn_client(server: &str, timeout: Duration) -> Result<SimpleClient, String> {
-    SimpleClient::connect(server, timeout)
-}
-
-/// One request at a time (preload).
-struct SimpleClient(Conn, Duration);
-
-impl SimpleClient {
-    fn connect(server: &str, timeout: Duration) -> Result<SimpleClient, String> {
-        Ok(SimpleClient(Conn::connect(server, 1)?, timeout))
-    }
-    fn call(&mut self, req: &Request) -> Result<Response, CallError> {
-        let id = self.0.conn.send(req, Instant::now() + self.1)?;
-        self.0
-            .flush()
-            .map_err(|e| CallError::Connection(e.to_string()))?;
-        loop {
-            for c in self.0.poll(Instant::now() + self.1)? {
-                if c.id == id {
-                    return c.result;
-                }
-            }
+/// Connects within `timeout`, so a target that is down or unreachable is a clear error,
+/// not a hang.
+fn connect_stream(addr: &str, timeout: Duration) -> Result<TcpStream, String> {
+    let resolved = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("resolving {addr}: {e}"))?;
+    let mut last = format!("{addr} resolves to no address");
+    for a in resolved {
+        match TcpStream::connect_timeout(&a, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = format!("connect to {addr}: {e}"),
         }
     }
+    Err(last)
 }
 
 impl Conn {
-    fn connect(server: &str, pipeline: usize) -> Result<Conn, String> {
-        let stream = TcpStream::connect(server).map_err(|e| format!("connect to {server}: {e}"))?;
+    fn connect(
+        kind: Kind,
+        addr: &str,
+        value: &Bytes,
+        consistency: Consistency,
+        pipeline: usize,
+        timeout: Duration,
+    ) -> Result<Conn, String> {
+        let stream = connect_stream(addr, timeout)?;
         let _ = stream.set_nodelay(true);
         stream
             .set_nonblocking(true)
-            .map_err(|e| format!("connect to {server}: {e}"))?;
+            .map_err(|e| format!("connect to {addr}: {e}"))?;
         Ok(Conn {
             stream,
-            conn: ClientConn::new(pipeline.max(1), Limits::default(), FrameDecoder::default()),
+            session: targets::session(kind, addr, value, consistency, pipeline),
             buf: vec![0u8; 256 * 1024],
         })
     }
 
     /// Writes everything queued; waits for room when the socket's buffer is full.
     fn flush(&mut self) -> std::io::Result<()> {
-        let out = self.conn.take_outgoing();
+        let out = self.session.take_outgoing();
         let mut at = 0;
         while at < out.len() {
             match self.stream.write(&out[at..]) {
@@ -220,31 +188,28 @@ impl Conn {
     /// timeout would be rounded up to a scheduler tick, ~4 ms, and make an open-loop
     /// generator late); a shorter wait yields the CPU and returns, so the caller can send
     /// what is due on time.
-    fn poll(
-        &mut self,
-        until: Instant,
-    ) -> Result<Vec<cairn_net::rpc::client::Completion>, CallError> {
-        let mut done = self.conn.expire(Instant::now());
+    fn poll(&mut self, until: Instant) -> Vec<Done> {
+        let mut done = self.session.expire(Instant::now());
         match self.stream.read(&mut self.buf) {
             Ok(0) => {
-                done.extend(self.conn.closed("the server closed the connection"));
-                return Ok(done);
+                done.extend(self.session.closed("the server closed the connection"));
+                return done;
             }
             Ok(n) => {
-                done.extend(self.conn.receive(&self.buf[..n]));
-                return Ok(done);
+                done.extend(self.session.receive(&self.buf[..n]));
+                return done;
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => {
-                done.extend(self.conn.closed(&e.to_string()));
-                return Ok(done);
+                done.extend(self.session.closed(&e.to_string()));
+                return done;
             }
         }
         if !done.is_empty() {
-            return Ok(done);
+            return done;
         }
         let mut until = until;
-        if let Some(d) = self.conn.next_deadline() {
+        if let Some(d) = self.session.next_deadline() {
             until = until.min(d);
         }
         let left = until.saturating_duration_since(Instant::now());
@@ -262,7 +227,7 @@ impl Conn {
         } else {
             std::thread::yield_now();
         }
-        Ok(done)
+        done
     }
 }
 
@@ -282,6 +247,7 @@ pub fn run(
     run: &KvRun,
     mut progress: impl FnMut(&crate::measure::Progress),
 ) -> Result<Outcome, String> {
+    let t = targets_of(run)?;
     let recorder = Arc::new(Mutex::new(Recorder::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(run.warmup.is_zero()));
@@ -296,15 +262,21 @@ pub fn run(
     let cpu0 = cpu_seconds();
     let mut conns = Vec::new();
     for c in 0..run.connections {
-        conns.push(Conn::connect(
-            &run.servers[c % run.servers.len()],
+        let addr = t.addrs[c % t.addrs.len()].clone();
+        let conn = Conn::connect(
+            t.kind,
+            &addr,
+            &value,
+            run.consistency,
             run.pipeline,
-        )?);
+            run.timeout,
+        )?;
+        conns.push((addr, conn));
     }
     let handles: Vec<_> = conns
         .into_iter()
         .enumerate()
-        .map(|(c, mut conn)| {
+        .map(|(c, (addr, mut conn))| {
             let (recorder, stop, measuring, value) = (
                 recorder.clone(),
                 stop.clone(),
@@ -312,16 +284,40 @@ pub fn run(
                 value.clone(),
             );
             let run = run.clone();
+            let kind = t.kind;
             std::thread::spawn(move || {
                 let mut gen =
                     Generator::new(run.seed ^ (c as u64) << 32, run.keys, run.dist, run.mix);
                 // id → when the request was due (open loop) or sent (closed loop).
-                let mut due: std::collections::HashMap<u64, Instant> = Default::default();
+                let mut due: HashMap<u64, Instant> = Default::default();
                 let mut batch: Vec<Result<Duration, ErrorKind>> = Vec::with_capacity(1024);
                 let mut last_flush = Instant::now();
+                let mut last_connect = Instant::now();
                 let t0 = Instant::now();
                 let mut issued = 0u64;
                 while !stop.load(Ordering::Relaxed) {
+                    if conn.session.failed() {
+                        // Whatever was in flight has failed (and was counted); open a new
+                        // connection, at most ten times a second. In an open loop the
+                        // requests due meanwhile are sent late and charged for it.
+                        for _ in due.drain() {
+                            batch.push(Err(ErrorKind::Other));
+                        }
+                        let wait =
+                            Duration::from_millis(100).saturating_sub(last_connect.elapsed());
+                        std::thread::sleep(wait);
+                        last_connect = Instant::now();
+                        if let Ok(fresh) = Conn::connect(
+                            kind,
+                            &addr,
+                            &value,
+                            run.consistency,
+                            run.pipeline,
+                            run.timeout,
+                        ) {
+                            conn = fresh;
+                        }
+                    }
                     // Issue what is due, up to the pipeline depth.
                     while due.len() < run.pipeline {
                         let when = if per_conn_rate > 0.0 {
@@ -333,8 +329,10 @@ pub fn run(
                         } else {
                             Instant::now()
                         };
-                        let op = build(gen.next_op(), &value, run.consistency);
-                        match conn.conn.send(&request(op), Instant::now() + run.timeout) {
+                        match conn
+                            .session
+                            .send(gen.next_op(), Instant::now() + run.timeout)
+                        {
                             Ok(id) => {
                                 due.insert(id, when);
                                 issued += 1;
@@ -342,29 +340,27 @@ pub fn run(
                             Err(_) => break,
                         }
                     }
-                    if conn.flush().is_err() {
-                        batch.push(Err(ErrorKind::Other));
-                        break;
-                    }
+                    let mut done = match conn.flush() {
+                        Ok(()) => Vec::new(),
+                        Err(e) => conn.session.closed(&e.to_string()),
+                    };
                     let until = if per_conn_rate > 0.0 {
                         t0 + intended_offset(issued, per_conn_rate)
                     } else {
                         Instant::now() + Duration::from_millis(50)
                     };
-                    let done = match conn.poll(until) {
-                        Ok(d) => d,
-                        Err(_) => break,
-                    };
+                    if !conn.session.failed() {
+                        done.extend(conn.poll(until));
+                    }
                     let now = Instant::now();
                     for d in done {
                         let Some(when) = due.remove(&d.id) else {
                             continue;
                         };
-                        let r = match classify(&d.result) {
-                            None => Ok(now.saturating_duration_since(when)),
-                            Some(k) => Err(k),
-                        };
-                        batch.push(r);
+                        batch.push(match d.result {
+                            Ok(()) => Ok(now.saturating_duration_since(when)),
+                            Err(e) => Err(e.kind),
+                        });
                     }
                     if batch.len() >= 1024 || last_flush.elapsed() > Duration::from_millis(20) {
                         if measuring.load(Ordering::Relaxed) {

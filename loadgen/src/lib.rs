@@ -11,4 +11,5 @@ pub mod compare;
 pub mod hgrm;
 pub mod kv;
 pub mod measure;
+pub mod targets;
 pub mod workload;

@@ -20,7 +20,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Drive a Cairn cluster through the binary RPC protocol and report latencies.
+    /// Drive a Cairn cluster through the binary RPC protocol (or Redis, etcd, a Consul HTTP
+    /// API, for baselines) and report latencies.
     Kv(KvArgs),
     /// Start local clusters of each size from the `cairn` binary, run the same workload
     /// against each, and write histograms, summaries and a comparison plot to one folder.
@@ -49,7 +50,10 @@ enum Command {
 
 #[derive(clap::Args, Debug, Clone)]
 struct KvArgs {
-    /// Server RPC addresses, comma-separated; connections are spread over them.
+    /// Server addresses, comma-separated; connections are spread over them. `HOST:PORT` or
+    /// `cairn://HOST:PORT` is Cairn's binary RPC; baselines: `redis://HOST:PORT` (RESP),
+    /// `etcd://HOST:PORT,HOST:PORT...` (v3 HTTP/JSON gateway), `consul+http://HOST:PORT`
+    /// (Consul's HTTP KV API). An address without a scheme takes the one before it.
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:8300")]
     servers: Vec<String>,
     /// read | write | mixed:R/W | cas | list
@@ -271,6 +275,10 @@ fn kv(a: KvArgs) -> ExitCode {
         seed: a.seed,
         timeout: std::time::Duration::from_millis(a.timeout_ms),
     };
+    if let Err(e) = loadgen::kv::targets_of(&run) {
+        eprintln!("loadgen: {e}");
+        return ExitCode::from(2);
+    }
     if a.preload {
         eprintln!("loadgen: preloading {} keys", a.keys);
         if let Err(e) = loadgen::kv::preload(&run) {
