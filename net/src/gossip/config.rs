@@ -1,0 +1,253 @@
+//! Gossip parameters and the `lan`, `wan` and `local` profiles.
+//!
+//! Every field is public so a driver can override any of them from flags; the profiles
+//! are starting points whose reasons are given field by field on [`Config::lan`]. Times
+//! are milliseconds. Where a default is "from memberlist" it is the value Consul has run
+//! with for years; where Cairn departs from it the reason is given.
+
+/// Tunables of one gossip pool. See [`Config::lan`] for each default and its reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Time between two probes started by this node (SWIM's protocol period T').
+    pub probe_interval_ms: u64,
+    /// How long the direct ping may go unanswered before ping-reqs are sent.
+    pub probe_timeout_ms: u64,
+    /// k: members asked to ping a silent target on our behalf (SWIM §3.1).
+    pub indirect_checks: usize,
+    /// Resend the direct ping when it times out, alongside the ping-reqs. Stands in for
+    /// memberlist's TCP fallback ping: a second try on an independent packet squares the
+    /// direct path's loss rate at the cost of one packet per failed ping.
+    pub probe_retry: bool,
+    /// Upper bound of Lifeguard's local health multiplier: a node that misses acks and
+    /// nacks stretches its probe interval and timeouts by up to this factor.
+    pub awareness_max_multiplier: u32,
+    /// Time between two rounds of pushing queued broadcasts to random members. Rounds
+    /// with nothing to say send nothing.
+    pub gossip_interval_ms: u64,
+    /// Members each gossip round sends to.
+    pub gossip_fanout: usize,
+    /// A broadcast is sent `retransmit_mult * ceil(log10(N + 1))` times by each node
+    /// that queues it (memberlist's formula).
+    pub retransmit_mult: u32,
+    /// The suspicion timeout's minimum is `suspicion_mult * log10(N + 1) *
+    /// gossip_interval_ms`, floored at `suspicion_min_floor_ms`.
+    pub suspicion_mult: u32,
+    /// Floor of the suspicion timeout's minimum, whatever the cluster size.
+    pub suspicion_min_floor_ms: u64,
+    /// The suspicion timeout starts at `suspicion_max_timeout_mult` times its minimum.
+    pub suspicion_max_timeout_mult: u32,
+    /// K: independent confirmations after which the suspicion timeout reaches its
+    /// minimum (Lifeguard §4.2).
+    pub suspicion_confirmations: usize,
+    /// Largest datagram built or accepted, headers included.
+    pub max_packet_bytes: usize,
+    /// Most broadcasts waiting to be piggybacked; beyond it the most-sent are dropped.
+    pub broadcast_queue_max: usize,
+    /// Largest encoded per-node metadata.
+    pub max_meta_bytes: usize,
+    /// Most members (live and tombstones) kept; news of more is ignored and counted.
+    pub max_members: usize,
+    /// Most ping-reqs served at once as a helper; more are ignored (the requester
+    /// counts them as missing nacks, which is what an overloaded helper should cause).
+    pub max_indirect_pending: usize,
+    /// Most seeds contacted by one `join`.
+    pub max_join_seeds: usize,
+    /// Time between two digest exchanges with a random member (anti-entropy).
+    pub sync_interval_ms: u64,
+    /// Buckets in an anti-entropy digest (each an 8-byte hash of its members).
+    pub sync_digest_buckets: usize,
+    /// Most mismatched buckets repaired per digest exchange.
+    pub sync_max_buckets: usize,
+    /// Every `sync_reconnect_every`-th digest goes to a dead member instead of a live
+    /// one, so that both sides of a healed partition find each other again.
+    pub sync_reconnect_every: u32,
+    /// How long dead and left members are remembered (so old news about them is
+    /// recognised as old) before they are dropped.
+    pub tombstone_timeout_ms: u64,
+    /// Time between two sweeps for expired tombstones.
+    pub reclaim_interval_ms: u64,
+}
+
+impl Config {
+    /// A datacenter LAN: sub-millisecond round trips, thousands of members.
+    pub fn lan() -> Config {
+        Config {
+            // memberlist's LAN value: one probe per second keeps steady-state traffic at
+            // two datagrams per second per node (ping + the ack we send for someone
+            // else's ping), and bounds the time until a crashed node is first probed by
+            // someone at about one second whatever the cluster size.
+            probe_interval_ms: 1_000,
+            // memberlist's: a LAN round trip is under 1 ms, so 500 ms only expires on loss
+            // or a stalled peer; shorter would count GC pauses as failures.
+            probe_timeout_ms: 500,
+            // SWIM's and memberlist's k = 3: with 5% loss a helper path (4 datagrams)
+            // fails 18.5% of the time, three of them 0.6%.
+            indirect_checks: 3,
+            probe_retry: true,
+            // memberlist's: up to 8x slower probing when this node is the sick one.
+            awareness_max_multiplier: 8,
+            // memberlist's 200 ms x 3 members: news reaches 10,000 members in about 7
+            // rounds (each informed node informs 3 more per round), about 1.5 s.
+            gossip_interval_ms: 200,
+            gossip_fanout: 3,
+            // memberlist's 4: about 20 sends per node per broadcast at 10,000 members.
+            retransmit_mult: 4,
+            // Cairn departs from memberlist here. memberlist scales the suspicion
+            // timeout with the probe interval (4 * log10(N) * 1 s = 16 s at 10,000). What
+            // the timeout must cover is the time a refutation needs to reach everyone,
+            // which is log(N) gossip rounds: 6 * log10(N+1) * 200 ms = 4.8 s at 10,000,
+            // 2.2 s at 64.
+            suspicion_mult: 6,
+            // Never below 2 s: a node stalled by a 1-2 s pause must get the chance to
+            // refute before it is declared dead.
+            suspicion_min_floor_ms: 2_000,
+            // memberlist's: a lone suspicion waits 6x the minimum; independent
+            // confirmations bring it down to the minimum.
+            suspicion_max_timeout_mult: 6,
+            // The helpers that nacked a failed probe (3 of them) count as confirmations,
+            // so a crash seen from four vantage points goes straight to the minimum.
+            suspicion_confirmations: 3,
+            // Under a 1,500-byte Ethernet MTU with room for IP/UDP and encryption
+            // headers: a datagram is never fragmented.
+            max_packet_bytes: 1_400,
+            // Enough for a 1% crash wave at 10,000 members (100 deaths plus their
+            // suspicions and refutations); older, most-sent news goes first when full.
+            broadcast_queue_max: 4_096,
+            // memberlist's MetaMaxSize: a member's entry with meta still fits a datagram.
+            max_meta_bytes: 512,
+            // Room for the 10,000-node target with churn and tombstones, bounded so a
+            // flood of forged joins cannot grow memory without end.
+            max_members: 65_536,
+            max_indirect_pending: 256,
+            max_join_seeds: 16,
+            // A digest is one ~530-byte datagram each way, so every 30 s costs ~35 B/s
+            // per node whatever N is; lost broadcasts are rare, so repairs can be slow.
+            sync_interval_ms: 30_000,
+            // 64 buckets x 8 bytes fit one datagram; at 10,000 members a bucket holds
+            // ~156 members, about 4 datagrams to repair.
+            sync_digest_buckets: 64,
+            sync_max_buckets: 4,
+            sync_reconnect_every: 4,
+            // An hour: long enough for a partition to heal and for slow news of a dead
+            // member to be recognised as old; tombstones cost ~100 bytes each.
+            tombstone_timeout_ms: 3_600_000,
+            reclaim_interval_ms: 60_000,
+        }
+    }
+
+    /// Between datacenters: round trips of tens to hundreds of milliseconds, a few
+    /// servers per datacenter (memberlist's WAN timings).
+    pub fn wan() -> Config {
+        Config {
+            probe_interval_ms: 5_000,
+            probe_timeout_ms: 3_000,
+            gossip_interval_ms: 500,
+            gossip_fanout: 4,
+            suspicion_mult: 6,
+            suspicion_min_floor_ms: 6_000,
+            sync_interval_ms: 60_000,
+            ..Config::lan()
+        }
+    }
+
+    /// One machine (tests, `--dev`): loopback never drops, so detect fast.
+    pub fn local() -> Config {
+        Config {
+            probe_interval_ms: 1_000,
+            probe_timeout_ms: 200,
+            gossip_interval_ms: 100,
+            suspicion_mult: 4,
+            suspicion_min_floor_ms: 1_000,
+            sync_interval_ms: 15_000,
+            tombstone_timeout_ms: 60_000,
+            reclaim_interval_ms: 10_000,
+            ..Config::lan()
+        }
+    }
+
+    /// The profile named `lan`, `wan` or `local`.
+    pub fn profile(name: &str) -> Option<Config> {
+        match name {
+            "lan" => Some(Config::lan()),
+            "wan" => Some(Config::wan()),
+            "local" => Some(Config::local()),
+            _ => None,
+        }
+    }
+
+    /// Times each node resends a broadcast in a cluster of `n` members.
+    pub fn retransmit_limit(&self, n: usize) -> u32 {
+        let scale = ((n as f64 + 1.0).log10()).ceil().max(1.0) as u32;
+        self.retransmit_mult * scale
+    }
+
+    /// (minimum, maximum) suspicion timeout in a cluster of `n` members.
+    pub fn suspicion_timeouts_ms(&self, n: usize) -> (u64, u64) {
+        let scale = (n as f64 + 1.0).log10().max(1.0);
+        let min = (self.suspicion_mult as f64 * scale * self.gossip_interval_ms as f64) as u64;
+        let min = min.max(self.suspicion_min_floor_ms);
+        (min, min * self.suspicion_max_timeout_mult.max(1) as u64)
+    }
+
+    /// Lifeguard's suspicion timeout after `confirmations` independent confirmations out
+    /// of `expected`: `max - (max - min) * log(c + 1) / log(K + 1)`, never below `min`.
+    pub fn suspicion_timeout_ms(&self, n: usize, confirmations: usize, expected: usize) -> u64 {
+        let (min, max) = self.suspicion_timeouts_ms(n);
+        if expected == 0 {
+            return min;
+        }
+        let frac = ((confirmations as f64) + 1.0).ln() / ((expected as f64) + 1.0).ln();
+        let t = max as f64 - (max - min) as f64 * frac;
+        (t.floor() as u64).max(min)
+    }
+
+    /// Checks that the parameters can work together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_packet_bytes < 512 || self.max_packet_bytes > 65_507 {
+            return Err(ConfigError::PacketSize(self.max_packet_bytes));
+        }
+        if self.probe_timeout_ms == 0 || self.probe_timeout_ms >= self.probe_interval_ms {
+            return Err(ConfigError::ProbeTimeout {
+                timeout_ms: self.probe_timeout_ms,
+                interval_ms: self.probe_interval_ms,
+            });
+        }
+        if self.gossip_interval_ms == 0 || self.sync_interval_ms == 0 {
+            return Err(ConfigError::ZeroInterval);
+        }
+        // A digest must fit a datagram: 8 bytes per bucket plus headers.
+        if self.sync_digest_buckets == 0
+            || self.sync_digest_buckets * 8 + 16 > self.max_packet_bytes
+        {
+            return Err(ConfigError::DigestBuckets(self.sync_digest_buckets));
+        }
+        // A member entry with full metadata must fit a datagram.
+        if self.max_meta_bytes + 64 > self.max_packet_bytes {
+            return Err(ConfigError::MetaSize(self.max_meta_bytes));
+        }
+        Ok(())
+    }
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config::lan()
+    }
+}
+
+/// Why a [`Config`] was refused. Nothing was built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("max_packet_bytes {0} is outside 512..=65507")]
+    PacketSize(usize),
+    #[error(
+        "probe_timeout_ms {timeout_ms} must be above 0 and below probe_interval_ms {interval_ms}"
+    )]
+    ProbeTimeout { timeout_ms: u64, interval_ms: u64 },
+    #[error("gossip and sync intervals must be above 0")]
+    ZeroInterval,
+    #[error("a digest of {0} buckets does not fit a datagram")]
+    DigestBuckets(usize),
+    #[error("max_meta_bytes {0} leaves no room in a datagram for the member entry")]
+    MetaSize(usize),
+}
