@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cairn::agent::{AgentConfig, DEFAULT_SERVER_PORT};
+use cairn::agent::{AgentConfig, RaftTuning, DEFAULT_SERVER_PORT};
 use cairn::client::RpcClient;
-use cairn_net::rpc::message::{Consistency, Op, ReadOpts, Request, Response};
+use cairn_net::rpc::message::{Consistency, Limits, Op, ReadOpts, Request, Response};
 use clap::{Args, Subcommand};
 
 #[derive(Args, Debug)]
@@ -20,10 +20,38 @@ pub struct AgentArgs {
     /// Run as a server (the only mode so far; client agents come with the catalog).
     #[arg(long)]
     pub server: bool,
-    /// Servers to wait for before bootstrapping. Only 1 works until multi-server Raft
-    /// networking exists.
-    #[arg(long, default_value_t = 1)]
-    pub bootstrap_expect: u32,
+    /// Servers to wait for before bootstrapping a new cluster (3 or 5 in production).
+    /// Without it a server never bootstraps: it joins the cluster its --retry-join
+    /// addresses belong to. A server that has Raft state never bootstraps again.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub bootstrap_expect: Option<u32>,
+    /// A server's RPC address (HOST:PORT) to contact to form or join the cluster;
+    /// repeat it or separate addresses with commas. Retried every second until this
+    /// server belongs to a cluster. (Gossip will take discovery over; the flag stays.)
+    #[arg(long = "retry-join", alias = "join", value_delimiter = ',')]
+    pub retry_join: Vec<String>,
+    /// Leader heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = RaftTuning::default().heartbeat_ms, value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    pub raft_heartbeat_ms: u64,
+    /// Election timeout in milliseconds (randomized up to twice this); must exceed the
+    /// heartbeat interval.
+    #[arg(long, default_value_t = RaftTuning::default().election_timeout_ms, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    pub raft_election_timeout_ms: u64,
+    /// Snapshot after this many applied entries (Consul's raft_snapshot_threshold).
+    #[arg(long, default_value_t = RaftTuning::default().snapshot_threshold, value_parser = clap::value_parser!(u64).range(1..))]
+    pub raft_snapshot_threshold: u64,
+    /// Entries kept behind a snapshot for lagging followers (Consul's raft_trailing_logs).
+    #[arg(long, default_value_t = RaftTuning::default().trailing_logs)]
+    pub raft_trailing_logs: u64,
+    /// Largest value in bytes (at most Consul's 512 KiB).
+    #[arg(long, default_value_t = Limits::default().max_value, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=524_288))]
+    pub max_value_size: usize,
+    /// Largest key in bytes (at most 8 KiB).
+    #[arg(long, default_value_t = Limits::default().max_key, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=8192))]
+    pub max_key_size: usize,
+    /// Most operations in one transaction (at most Consul's 128).
+    #[arg(long, default_value_t = Limits::default().max_txn_ops, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=128))]
+    pub max_txn_ops: usize,
     /// Where the server keeps its Raft log and snapshots.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -46,14 +74,25 @@ pub fn agent(a: AgentArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    if a.bootstrap_expect != 1 {
+    if a.raft_election_timeout_ms <= a.raft_heartbeat_ms {
         eprintln!(
-            "cairn: agent: --bootstrap-expect {} needs multi-server Raft networking, which is \
-             not built yet; use --bootstrap-expect 1",
-            a.bootstrap_expect
+            "cairn: agent: --raft-election-timeout-ms ({}) must exceed --raft-heartbeat-ms ({})",
+            a.raft_election_timeout_ms, a.raft_heartbeat_ms
         );
         return ExitCode::from(2);
     }
+    let bootstrap_expect = match (a.dev, a.bootstrap_expect) {
+        (true, _) => 1,
+        (false, Some(n)) => n,
+        (false, None) if a.retry_join.is_empty() => {
+            eprintln!(
+                "cairn: agent: a server needs --bootstrap-expect N (to form a new cluster) or \
+                 --retry-join ADDR (to join an existing one)"
+            );
+            return ExitCode::from(2);
+        }
+        (false, None) => 0,
+    };
     let (data_dir, ephemeral) = match (&a.data_dir, a.dev) {
         (Some(d), _) => (d.clone(), false),
         (None, true) => (
@@ -76,6 +115,20 @@ pub fn agent(a: AgentArgs) -> ExitCode {
         bind: a.bind,
         server_port: a.server_port,
         ephemeral,
+        bootstrap_expect,
+        retry_join: a.retry_join.clone(),
+        raft: RaftTuning {
+            heartbeat_ms: a.raft_heartbeat_ms,
+            election_timeout_ms: a.raft_election_timeout_ms,
+            snapshot_threshold: a.raft_snapshot_threshold,
+            trailing_logs: a.raft_trailing_logs,
+        },
+        limits: Limits {
+            max_key: a.max_key_size,
+            max_value: a.max_value_size,
+            max_txn_ops: a.max_txn_ops,
+            ..Limits::default()
+        },
     };
     // Everything acknowledged is already durable: on SIGINT/SIGTERM leave at once, and
     // remove dev mode's temporary state.
@@ -94,9 +147,9 @@ pub fn agent(a: AgentArgs) -> ExitCode {
             }
         });
     }
-    let result = cairn::agent::serve(cfg, |c| {
+    let result = cairn::agent::serve(cfg, |c, id| {
         println!(
-            "cairn: agent running: node {}, server RPC on {}, data in {}{}",
+            "cairn: agent running: node {} (raft id {id}), server RPC on {}, data in {}{}",
             c.node,
             c.rpc_addr(),
             c.data_dir.display(),

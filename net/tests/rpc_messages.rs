@@ -85,6 +85,8 @@ fn op() -> impl Strategy<Value = Op> {
         (any::<u64>(), text()).prop_map(|(id, address)| Op::RaftAddVoter { id, address }),
         any::<u64>().prop_map(|id| Op::RaftRemovePeer { id }),
         prop::option::of(any::<u64>()).prop_map(|to| Op::RaftTransferLeader { to }),
+        (any::<u8>(), bytes(40)).prop_map(|(kind, body)| Op::Internal { kind, body }),
+        Just(Op::RaftConfiguration),
     ]
 }
 
@@ -141,6 +143,19 @@ fn response() -> impl Strategy<Value = Response> {
         prop::option::of(text()).prop_map(Response::Leader),
         prop::collection::vec(text(), 0..5).prop_map(Response::Peers),
         Just(Response::Done),
+        bytes(40).prop_map(Response::Internal),
+        prop::collection::vec(
+            (any::<u64>(), text(), any::<bool>(), any::<bool>()).prop_map(
+                |(id, address, leader, voter)| RaftServer {
+                    id,
+                    address,
+                    leader,
+                    voter
+                }
+            ),
+            0..4
+        )
+        .prop_map(Response::Servers),
         (0..3usize, text(), prop::option::of(text())).prop_map(|(c, message, leader)| {
             Response::Error(RpcError {
                 code: [

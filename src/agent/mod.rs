@@ -1,12 +1,20 @@
-//! The agent in server mode, for a one-server cluster: `cairn agent --dev`, or
-//! `cairn agent --server --bootstrap-expect 1 --data-dir DIR`.
+//! The agent in server mode: `cairn agent --dev` (one throwaway server), or
+//! `cairn agent --server --data-dir DIR --bootstrap-expect N --retry-join ADDR ...`.
 //!
 //! One glommio executor runs the Raft group (log on the segment store, KV state machine,
-//! snapshots) and serves the binary RPC protocol on the server port. Every write goes
-//! through Raft and is acknowledged only once it is durable and applied. Multi-server
-//! clusters (the Raft network, `--retry-join`), the thread-per-core shard runtime behind
-//! the state machine, and client mode come with the rest of issue 3.
+//! snapshots) and serves the binary RPC protocol on the server port, which also carries
+//! the Raft traffic between servers. Every write goes through Raft and is acknowledged
+//! only once a quorum has it durable and the leader applied it. A follower forwards what
+//! only the leader may answer.
+//!
+//! - `server`: the request loop, consistency, forwarding, server-to-server messages.
+//! - `cluster`: forming a cluster or joining one (`--bootstrap-expect`, `--retry-join`).
+//! - `peer`: multiplexed connections to other servers.
+//!
+//! Not yet: the thread-per-core shard runtime behind the state machine, client mode.
 
+mod cluster;
+pub mod peer;
 mod server;
 
 use std::net::{IpAddr, SocketAddr};
@@ -26,6 +34,42 @@ pub struct AgentConfig {
     pub server_port: u16,
     /// Remove `data_dir` on exit (dev mode's temporary state).
     pub ephemeral: bool,
+    /// Servers to wait for before bootstrapping a new cluster; 0: never bootstrap, only
+    /// join an existing cluster.
+    pub bootstrap_expect: u32,
+    /// Server RPC addresses to contact to form or join a cluster.
+    pub retry_join: Vec<String>,
+    pub raft: RaftTuning,
+    /// Request limits (key, value and transaction sizes).
+    pub limits: cairn_net::rpc::message::Limits,
+}
+
+/// Raft timing and log retention.
+#[derive(Debug, Clone, Copy)]
+pub struct RaftTuning {
+    /// How often the leader heartbeats followers.
+    pub heartbeat_ms: u64,
+    /// A follower that hears nothing for between this and twice this starts an election.
+    pub election_timeout_ms: u64,
+    /// Take a snapshot after this many entries were applied since the last one.
+    pub snapshot_threshold: u64,
+    /// Entries kept in the log behind a snapshot, so a briefly lagging follower catches
+    /// up from the log instead of receiving the whole snapshot.
+    pub trailing_logs: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        // Consul's LAN defaults are a 1 s heartbeat and election timeout scaled by
+        // raft_multiplier 5 for slow clouds; bare-metal servers on a LAN can afford a 100
+        // ms heartbeat, so a failed leader is replaced in about a second.
+        RaftTuning {
+            heartbeat_ms: 100,
+            election_timeout_ms: 500,
+            snapshot_threshold: 16_384,
+            trailing_logs: 10_240,
+        }
+    }
 }
 
 impl AgentConfig {

@@ -1,30 +1,41 @@
-//! The server loop: open storage, start Raft, accept RPC connections, answer requests.
+//! The server: open storage, start Raft, form or join the cluster, accept RPC connections,
+//! answer requests, forward what only the leader may answer.
 
-use std::collections::BTreeMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use cairn_net::rpc::frame::{encode_with, FrameDecoder, Kind};
+use bytes::{Bytes, BytesMut};
+use cairn_net::rpc::frame::{encode_with, FrameDecoder, Kind as FrameKind};
 use cairn_net::rpc::message::{
-    Consistency, Entry as WireEntry, ErrorCode, Limits, Meta, Op, Request, Response, RpcError,
+    Consistency, Entry as WireEntry, ErrorCode, Limits, Meta, Op, RaftServer, Request, Response,
+    RpcError,
 };
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::impls::BasicNode;
-use openraft::{Config, Raft};
+use openraft::metrics::RaftMetrics;
+use openraft::raft::ReadPolicy;
+use openraft::type_config::alias::{SnapshotOf, WatchReceiverOf};
+use openraft::{ChangeMembers, Config, Raft, SnapshotPolicy};
+use openraft_rt::watch::WatchReceiver;
+use tokio::sync::Notify;
 
+use super::cluster::Seen;
+use super::peer::Peers;
 use super::{AgentConfig, AgentError};
 use crate::kv::{KvCommand, KvEntry, KvOutcome};
-use crate::raft::network::SingleServer;
-use crate::raft::store::{LogStore, StateMachine};
+use crate::raft::network::Network;
+use crate::raft::store::{LogStore, SnapshotData, StateMachine};
 use crate::raft::types::{Command, TypeConfig};
+use crate::raft::wire::{self, Kind};
 
 type CairnRaft = Raft<TypeConfig, StateMachine>;
+type Metrics = WatchReceiverOf<TypeConfig, RaftMetrics<TypeConfig>>;
 
-/// The node id of the only server (multi-server ids come with cluster formation).
-const NODE_ID: u64 = 1;
 /// Longest blocking wait, as Consul.
 const MAX_WAIT: Duration = Duration::from_secs(600);
 /// Longest a blocking read sleeps between looks when nothing is applied (it is woken at
@@ -33,6 +44,18 @@ const BLOCKING_RECHECK: Duration = Duration::from_secs(1);
 /// Most client connections served at once; more are closed on accept, so a flood of
 /// connections cannot exhaust file descriptors or memory.
 const MAX_CONNECTIONS: usize = 10_000;
+/// Most requests one connection may have in flight; the server stops reading from a
+/// connection at this many, so a client cannot queue unbounded work.
+const MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
+/// How long a request waits for a leader to be known (during an election) before it is
+/// answered with `NoLeader`.
+const LEADER_WAIT: Duration = Duration::from_secs(5);
+/// Attempts to reach the leader for one forwarded request.
+const FORWARD_ATTEMPTS: usize = 8;
+/// Longest a forwarded write waits for the leader's answer.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest snapshot a follower accepts from a leader.
+const MAX_SNAPSHOT_BYTES: u64 = cairn_storage::transfer::DEFAULT_MAX_SNAPSHOT_BYTES;
 
 fn io(what: &str) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
     move |source| AgentError::Io {
@@ -45,7 +68,7 @@ fn io(what: &str) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
 /// stopping (Ctrl-C, SIGTERM, or a crash) loses nothing that was acknowledged.
 pub fn serve(
     cfg: AgentConfig,
-    ready: impl FnOnce(&AgentConfig) + Send + 'static,
+    ready: impl FnOnce(&AgentConfig, u64) + Send + 'static,
 ) -> Result<(), AgentError> {
     let io_memory = crate::runtime::io_memory_per_executor(1)?;
     // glommio binds with SO_REUSEPORT, so a second agent on the same port would silently
@@ -67,11 +90,8 @@ pub fn serve(
 fn probe_port(addr: std::net::SocketAddr) -> Result<(), AgentError> {
     let deadline = Instant::now() + PORT_CLASH_GRACE;
     loop {
-        match std::net::TcpListener::bind(addr) {
-            Ok(l) => {
-                drop(l);
-                return Ok(());
-            }
+        match probe_bind(addr) {
+            Ok(()) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -80,10 +100,56 @@ fn probe_port(addr: std::net::SocketAddr) -> Result<(), AgentError> {
     }
 }
 
-/// How long a port clash must last before the agent gives up (see [`probe_port`]).
-const PORT_CLASH_GRACE: Duration = Duration::from_secs(3);
+/// Binds and listens on `addr` once, the way a listener that shares nothing would:
+/// SO_REUSEADDR (so connections of a previous agent lingering in TIME_WAIT do not count
+/// as a clash) but not SO_REUSEPORT (so another listener does).
+fn probe_bind(addr: std::net::SocketAddr) -> std::io::Result<()> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1)
+}
 
-async fn run(cfg: AgentConfig, ready: impl FnOnce(&AgentConfig)) -> Result<(), AgentError> {
+/// How long a port clash must last before the agent gives up (see [`probe_port`]).
+const PORT_CLASH_GRACE: Duration = Duration::from_secs(10);
+
+/// The server's Raft node id: chosen at random when its data directory is new, kept in
+/// `DATA_DIR/node-id` so a restart is the same server to its peers.
+fn node_id(data_dir: &std::path::Path) -> Result<u64, AgentError> {
+    let path = data_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => s.trim().parse::<u64>().map_err(|_| AgentError::Io {
+            what: format!("reading {}", path.display()),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{:?} is not a node id (a decimal number)", s.trim()),
+            ),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data_dir).map_err(io("creating the data directory"))?;
+            // Never 0: some tools read 0 as "no node".
+            let id = rand010::random::<u64>().max(1);
+            cairn_storage::fsutil::write_atomic(&path, format!("{id}\n").as_bytes()).map_err(
+                |e| AgentError::Io {
+                    what: format!("writing {}", path.display()),
+                    source: std::io::Error::other(e.to_string()),
+                },
+            )?;
+            Ok(id)
+        }
+        Err(source) => Err(AgentError::Io {
+            what: format!("reading {}", path.display()),
+            source,
+        }),
+    }
+}
+
+async fn run(cfg: AgentConfig, ready: impl FnOnce(&AgentConfig, u64)) -> Result<(), AgentError> {
+    let id = node_id(&cfg.data_dir)?;
     let raft_dir = cfg.data_dir.join("raft");
     let log = LogStore::open(&raft_dir.join("log"), cairn_storage::LogOptions::default())
         .map_err(io("opening the raft log"))?;
@@ -91,53 +157,76 @@ async fn run(cfg: AgentConfig, ready: impl FnOnce(&AgentConfig)) -> Result<(), A
         StateMachine::open(&raft_dir.join("snapshots")).map_err(io("opening the state machine"))?;
     let config = Config {
         cluster_name: "cairn".into(),
-        heartbeat_interval: 100,
-        election_timeout_min: 300,
-        election_timeout_max: 600,
+        heartbeat_interval: cfg.raft.heartbeat_ms,
+        election_timeout_min: cfg.raft.election_timeout_ms,
+        election_timeout_max: cfg.raft.election_timeout_ms * 2,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.raft.snapshot_threshold),
+        max_in_snapshot_log_to_keep: cfg.raft.trailing_logs,
+        enable_pre_vote: Some(true),
         ..Config::default()
     }
     .validate()
     .map_err(|e| AgentError::Raft(e.to_string()))?;
-    let raft = Raft::new(NODE_ID, Arc::new(config), SingleServer, log, sm.clone())
-        .await
-        .map_err(|e| AgentError::Raft(e.to_string()))?;
+    let peers = Peers::new();
+    let raft = Raft::new(
+        id,
+        Arc::new(config),
+        Network::new(peers.clone()),
+        log,
+        sm.clone(),
+    )
+    .await
+    .map_err(|e| AgentError::Raft(e.to_string()))?;
     let addr = cfg.rpc_addr();
-    // Bootstrap exactly once: a server that already has a vote or a log never does again.
-    let members = BTreeMap::from([(
-        NODE_ID,
-        BasicNode {
-            addr: addr.to_string(),
-        },
-    )]);
-    match raft.initialize(members).await {
-        Ok(()) => {}
-        Err(e) if e.to_string().contains("not allowed") || e.to_string().contains("NotAllowed") => {
-        }
-        Err(e) => return Err(AgentError::Raft(format!("bootstrap: {e}"))),
-    }
     let listener = TcpListener::bind(addr).map_err(|e| AgentError::Io {
         what: format!("listening on {addr}"),
         source: std::io::Error::other(e.to_string()),
     })?;
-    ready(&cfg);
-    let state = Rc::new(Server {
+    let server = Rc::new(Server {
+        metrics: raft.metrics(),
         raft,
         sm,
+        id,
         addr: addr.to_string(),
-        connections: std::cell::Cell::new(0),
+        peers,
+        connections: Cell::new(0),
+        incoming_snapshot: RefCell::new(None),
+        last_leader_contact: Cell::new(None),
+        limits: cfg.limits,
+        seen: RefCell::new(BTreeMap::new()),
     });
+    // Form the cluster (or join one) in the background: requests are served meanwhile
+    // (and answered "no leader" until there is one).
+    let initialized = server
+        .raft
+        .is_initialized()
+        .await
+        .map_err(|e| AgentError::Raft(e.to_string()))?;
+    if !initialized {
+        if cfg.bootstrap_expect == 1 && cfg.retry_join.is_empty() {
+            super::cluster::bootstrap_alone(&server)
+                .await
+                .map_err(|e| AgentError::Raft(format!("bootstrap: {e}")))?;
+        } else {
+            let s = server.clone();
+            let (expect, join) = (cfg.bootstrap_expect, cfg.retry_join.clone());
+            glommio::spawn_local(async move { super::cluster::form(&s, expect, &join).await })
+                .detach();
+        }
+    }
+    ready(&cfg, id);
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                if state.connections.get() >= MAX_CONNECTIONS {
+                if server.connections.get() >= MAX_CONNECTIONS {
                     eprintln!("cairn: {MAX_CONNECTIONS} connections open; refusing another");
                     drop(stream);
                     continue;
                 }
-                state.connections.set(state.connections.get() + 1);
-                let s = state.clone();
+                server.connections.set(server.connections.get() + 1);
+                let s = server.clone();
                 glommio::spawn_local(async move {
-                    s.connection(stream).await;
+                    s.clone().connection(stream).await;
                     s.connections.set(s.connections.get() - 1);
                 })
                 .detach();
@@ -169,12 +258,23 @@ async fn wait_applied(applied: &mut tokio::sync::watch::Receiver<u64>, deadline:
     .await;
 }
 
-struct Server {
-    raft: CairnRaft,
+pub(super) struct Server {
+    pub(super) raft: CairnRaft,
+    metrics: Metrics,
     sm: StateMachine,
-    addr: String,
+    pub(super) id: u64,
+    /// This server's RPC address, as its peers reach it.
+    pub(super) addr: String,
+    pub(super) peers: Rc<Peers>,
     /// Connections being served.
-    connections: std::cell::Cell<usize>,
+    connections: Cell<usize>,
+    /// A snapshot arriving from the leader: its id and the bytes so far.
+    incoming_snapshot: RefCell<Option<(String, BytesMut)>>,
+    /// When the leader last reached this follower (Consul's LastContact).
+    last_leader_contact: Cell<Option<Instant>>,
+    limits: Limits,
+    /// Servers that said hello, or answered ours, while this one formed a cluster.
+    seen: RefCell<BTreeMap<u64, Seen>>,
 }
 
 fn entry(e: &KvEntry) -> WireEntry {
@@ -197,54 +297,315 @@ fn error(code: ErrorCode, message: impl Into<String>) -> Response {
     })
 }
 
+/// The typed error for a request that does not decode: a limit names its own code.
+fn decode_error_code(e: &cairn_net::rpc::message::MessageError) -> ErrorCode {
+    match e {
+        cairn_net::rpc::message::MessageError::Limit { what, .. } => match *what {
+            "key" => ErrorCode::KeyTooLarge,
+            "value" => ErrorCode::ValueTooLarge,
+            "transaction operations" => ErrorCode::TxnTooLarge,
+            _ => ErrorCode::Invalid,
+        },
+        _ => ErrorCode::Invalid,
+    }
+}
+
+/// What running a request on this server gave.
+enum Local {
+    Done(Response),
+    /// Only the leader may answer, and this server is not it. Nothing was changed, so the
+    /// request may be sent to the leader (named if known).
+    NotLeader(Option<(u64, String)>),
+}
+
+fn not_leader(hint: Option<(u64, String)>) -> Response {
+    Response::Error(RpcError {
+        code: ErrorCode::NotLeader,
+        message: "this server is not the leader".into(),
+        leader: hint.map(|(_, a)| a),
+    })
+}
+
+/// Reads that may be answered by any server from its own state, and questions about the
+/// cluster that every server answers from what it knows.
+fn answers_locally(op: &Op) -> bool {
+    match op {
+        Op::KvGet { opts, .. } | Op::KvList { opts, .. } => opts.consistency == Consistency::Stale,
+        Op::StatusLeader | Op::StatusPeers | Op::RaftConfiguration | Op::Internal { .. } => true,
+        _ => false,
+    }
+}
+
+fn is_read(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::KvGet { .. }
+            | Op::KvList { .. }
+            | Op::StatusLeader
+            | Op::StatusPeers
+            | Op::RaftConfiguration
+    )
+}
+
+/// How long the leader may take to answer a forwarded request.
+fn forward_timeout(op: &Op) -> Duration {
+    match op {
+        Op::KvGet { opts, .. } | Op::KvList { opts, .. } if opts.index > 0 => {
+            Duration::from_millis(opts.wait_ms).min(MAX_WAIT) + MAX_WAIT / 16 + FORWARD_TIMEOUT
+        }
+        _ => FORWARD_TIMEOUT,
+    }
+}
+
 impl Server {
-    async fn connection(&self, mut stream: TcpStream) {
+    pub(super) fn note_peer(&self, h: &wire::Hello) {
+        if h.id == self.id {
+            return;
+        }
+        self.seen.borrow_mut().insert(
+            h.id,
+            Seen {
+                addr: h.addr.clone(),
+                initialized: h.initialized,
+                leader: h.leader.clone(),
+                at: Instant::now(),
+            },
+        );
+    }
+
+    pub(super) fn seen_peers(&self) -> BTreeMap<u64, Seen> {
+        self.seen.borrow().clone()
+    }
+
+    /// The leader this server knows of, with its RPC address.
+    pub(super) fn leader(&self) -> Option<(u64, String)> {
+        let m = self.metrics.borrow_watched();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?;
+        Some((id, node.addr.clone()))
+    }
+
+    fn is_leader(&self) -> bool {
+        self.metrics.borrow_watched().current_leader == Some(self.id)
+    }
+
+    /// Waits (at most [`LEADER_WAIT`]) until a leader is known.
+    async fn wait_leader(&self) -> Option<(u64, String)> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            if let Some(l) = self.leader() {
+                return Some(l);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Serves one client or peer connection: requests are read and run concurrently (up
+    /// to [`MAX_IN_FLIGHT_PER_CONNECTION`]) and answered in the order they finish.
+    async fn connection(self: Rc<Self>, stream: TcpStream) {
         let _ = stream.set_nodelay(true);
+        let (mut reader, mut writer) = futures_lite::io::split(stream);
         let decoder = FrameDecoder::default();
-        let limits = Limits::default();
+        let out = Rc::new(RefCell::new(BytesMut::new()));
+        // Wakes the writer (answers are ready) and the reader (a slot is free).
+        let ready = Rc::new(Notify::new());
+        let slot_free = Rc::new(Notify::new());
+        let in_flight = Rc::new(Cell::new(0usize));
+        let closed = Rc::new(Cell::new(false));
+        // The writer: sends whatever answers are ready, in batches; after the client
+        // stopped sending, it still delivers the answers to what it sent.
+        let writer_task = {
+            let (out, ready, closed, in_flight) = (
+                out.clone(),
+                ready.clone(),
+                closed.clone(),
+                in_flight.clone(),
+            );
+            glommio::spawn_local(async move {
+                loop {
+                    let batch = out.borrow_mut().split();
+                    if batch.is_empty() {
+                        if closed.get() && in_flight.get() == 0 {
+                            return;
+                        }
+                        ready.notified().await;
+                        continue;
+                    }
+                    if writer.write_all(&batch).await.is_err() {
+                        closed.set(true);
+                        return;
+                    }
+                }
+            })
+        };
         let mut inbuf = BytesMut::with_capacity(64 * 1024);
         let mut chunk = vec![0u8; 64 * 1024];
-        loop {
-            let n = match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
+        'read: loop {
+            // Back-pressure: stop reading while this connection has too much in flight.
+            while in_flight.get() >= MAX_IN_FLIGHT_PER_CONNECTION {
+                slot_free.notified().await;
+            }
+            let n = match reader.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            if closed.get() {
+                break; // the writer failed: the client is gone
+            }
             inbuf.extend_from_slice(&chunk[..n]);
-            let mut out = BytesMut::new();
             loop {
                 match decoder.decode(&mut inbuf) {
                     Ok(Some(frame)) => {
-                        let resp = match Request::decode(&frame.payload, &limits) {
-                            Ok(req) => self.handle(req).await,
-                            Err(e) => error(ErrorCode::Invalid, e.to_string()),
+                        let req = match Request::decode(&frame.payload, &self.limits) {
+                            Ok(req) => req,
+                            Err(e) => {
+                                let resp = error(decode_error_code(&e), e.to_string());
+                                encode_with(
+                                    &mut out.borrow_mut(),
+                                    FrameKind::Response,
+                                    frame.id,
+                                    |b| resp.encode(b),
+                                );
+                                ready.notify_one();
+                                continue;
+                            }
                         };
-                        encode_with(&mut out, Kind::Response, frame.id, |b| resp.encode(b));
+                        in_flight.set(in_flight.get() + 1);
+                        let (s, out, ready, slot_free, in_flight) = (
+                            self.clone(),
+                            out.clone(),
+                            ready.clone(),
+                            slot_free.clone(),
+                            in_flight.clone(),
+                        );
+                        glommio::spawn_local(async move {
+                            let resp = s.handle(req).await;
+                            encode_with(
+                                &mut out.borrow_mut(),
+                                FrameKind::Response,
+                                frame.id,
+                                |b| resp.encode(b),
+                            );
+                            in_flight.set(in_flight.get() - 1);
+                            ready.notify_one();
+                            slot_free.notify_one();
+                        })
+                        .detach();
                     }
                     Ok(None) => break,
                     Err(e) => {
                         // The stream is out of step: say why and close.
                         let resp = error(ErrorCode::Invalid, e.to_string());
-                        encode_with(&mut out, Kind::Response, 0, |b| resp.encode(b));
-                        let _ = stream.write_all(&out).await;
-                        return;
+                        encode_with(&mut out.borrow_mut(), FrameKind::Response, 0, |b| {
+                            resp.encode(b)
+                        });
+                        break 'read;
                     }
                 }
             }
-            if !out.is_empty() && stream.write_all(&out).await.is_err() {
-                return;
-            }
+            ready.notify_one();
         }
+        // Let answers in flight finish (bounded by their own timeouts), then close.
+        closed.set(true);
+        ready.notify_one();
+        writer_task.await;
     }
 
     fn meta(&self, index: u64) -> Meta {
+        let leader = self.leader();
+        let last_contact_ms = match &leader {
+            Some((id, _)) if *id == self.id => 0,
+            _ => self
+                .last_leader_contact
+                .get()
+                .map_or(0, |t| t.elapsed().as_millis() as u64),
+        };
         Meta {
             index,
-            known_leader: true,
-            last_contact_ms: 0,
+            known_leader: leader.is_some(),
+            last_contact_ms,
         }
     }
 
-    async fn write(&self, cmd: KvCommand) -> Result<KvOutcome, Response> {
+    /// Answers a request: here if this server may, otherwise through the leader.
+    pub(super) async fn handle(&self, req: Request) -> Response {
+        if !req.datacenter.is_empty() && req.datacenter != "dc1" {
+            return error(
+                ErrorCode::NoPathToDatacenter,
+                format!("No path to datacenter {:?}", req.datacenter),
+            );
+        }
+        if let Op::Internal { kind, body } = &req.op {
+            return self.internal(*kind, body.clone()).await;
+        }
+        if answers_locally(&req.op) || self.is_leader() {
+            match self.local(&req).await {
+                Local::Done(r) => return r,
+                Local::NotLeader(_) => {}
+            }
+        }
+        self.forward(req).await
+    }
+
+    /// Sends a request to the leader and returns its answer. Retries only what is safe:
+    /// a request the leader certainly did not act on (not sent, or refused as not-leader)
+    /// and reads.
+    async fn forward(&self, req: Request) -> Response {
+        let mut payload = BytesMut::new();
+        req.encode(&mut payload);
+        let fwd = Request {
+            datacenter: String::new(),
+            token: String::new(),
+            op: Op::Internal {
+                kind: Kind::Forward as u8,
+                body: payload.freeze(),
+            },
+        };
+        let timeout = forward_timeout(&req.op);
+        let mut last = String::from("no leader");
+        for attempt in 0..FORWARD_ATTEMPTS {
+            if attempt > 0 {
+                glommio::timer::sleep(Duration::from_millis(25 << attempt.min(4))).await;
+            }
+            let Some((leader, addr)) = self.wait_leader().await else {
+                return error(
+                    ErrorCode::NoLeader,
+                    "no cluster leader (an election is under way, or too few servers are up)",
+                );
+            };
+            if leader == self.id {
+                match self.local(&req).await {
+                    Local::Done(r) => return r,
+                    Local::NotLeader(_) => continue,
+                }
+            }
+            match self.peers.call(&addr, &fwd, timeout).await {
+                Ok(Response::Error(e)) if e.code == ErrorCode::NotLeader => {
+                    last = format!("server {addr} is no longer the leader");
+                }
+                Ok(resp) => return resp,
+                Err(e) if e.not_sent() || is_read(&req.op) => last = e.to_string(),
+                Err(e) => {
+                    return error(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "lost the connection to the leader while it handled the write \
+                             ({e}); the write may or may not have been applied"
+                        ),
+                    )
+                }
+            }
+        }
+        error(
+            ErrorCode::NoLeader,
+            format!("could not reach the leader after {FORWARD_ATTEMPTS} attempts: {last}"),
+        )
+    }
+
+    async fn write(&self, cmd: KvCommand) -> Result<KvOutcome, Local> {
         if let Err(e) = cmd.validate() {
             let code = match e {
                 crate::kv::KvLimitError::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
@@ -252,47 +613,95 @@ impl Server {
                 crate::kv::KvLimitError::KeyTooLarge { .. } => ErrorCode::KeyTooLarge,
                 _ => ErrorCode::Invalid,
             };
-            return Err(error(code, e.to_string()));
+            return Err(Local::Done(error(code, e.to_string())));
         }
         match self.raft.client_write(Command(cmd)).await {
             Ok(resp) => match resp.data.0 {
                 Some(KvOutcome::Rejected(why)) if why.contains("session") => {
-                    Err(error(ErrorCode::InvalidSession, why))
+                    Err(Local::Done(error(ErrorCode::InvalidSession, why)))
                 }
-                Some(KvOutcome::Rejected(why)) => Err(error(ErrorCode::Invalid, why)),
+                Some(KvOutcome::Rejected(why)) => Err(Local::Done(error(ErrorCode::Invalid, why))),
                 Some(o) => Ok(o),
-                None => Err(error(
+                None => Err(Local::Done(error(
                     ErrorCode::Internal,
                     "write applied without an outcome",
-                )),
+                ))),
             },
-            Err(e) => Err(error(ErrorCode::NoLeader, e.to_string())),
+            Err(e) => Err(self.write_failed(e)),
         }
     }
 
-    async fn read_barrier(&self, consistency: Consistency) -> Result<(), Response> {
-        if consistency == Consistency::Consistent {
-            self.raft
-                .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex)
+    fn write_failed(&self, e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Local {
+        match e.api_error() {
+            // Refused before it was appended: nothing happened, send it to the leader.
+            Some(ClientWriteError::ForwardToLeader(f)) => Local::NotLeader(
+                f.leader_id
+                    .zip(f.leader_node.as_ref().map(|n| n.addr.clone())),
+            ),
+            _ => Local::Done(error(
+                ErrorCode::Unavailable,
+                format!("the write's outcome is unknown (leadership changed while it was in flight): {e}"),
+            )),
+        }
+    }
+
+    /// Makes a read on the leader as fresh as its consistency asks.
+    async fn read_barrier(&self, consistency: Consistency) -> Result<(), Local> {
+        let lease = match consistency {
+            Consistency::Stale => return Ok(()),
+            Consistency::Default => true,
+            Consistency::Consistent => false,
+        };
+        let policy = if lease {
+            ReadPolicy::LeaseRead
+        } else {
+            ReadPolicy::ReadIndex
+        };
+        if self.raft.ensure_linearizable(policy).await.is_ok() {
+            return Ok(());
+        }
+        // A lease can run out between heartbeats while leadership still holds: confirm
+        // with a quorum before giving up.
+        if lease
+            && self
+                .raft
+                .ensure_linearizable(ReadPolicy::ReadIndex)
                 .await
-                .map_err(|e| error(ErrorCode::NoLeader, e.to_string()))?;
+                .is_ok()
+        {
+            return Ok(());
         }
-        Ok(())
+        Err(Local::NotLeader(
+            self.leader().filter(|(id, _)| *id != self.id),
+        ))
     }
 
-    async fn handle(&self, req: Request) -> Response {
-        if !req.datacenter.is_empty() && req.datacenter != "dc1" {
-            return error(
-                ErrorCode::NoPathToDatacenter,
-                format!("No path to datacenter {:?}", req.datacenter),
-            );
+    /// Blocking-read deadline: the wait (capped) plus up to wait/16 of jitter, so many
+    /// watchers of one key do not all come back at the same instant.
+    fn deadline(wait_ms: u64) -> Instant {
+        let wait = Duration::from_millis(wait_ms).min(MAX_WAIT);
+        let jitter_ms = (wait.as_millis() as u64) / 16;
+        let jitter = if jitter_ms > 0 {
+            rand010::random::<u64>() % jitter_ms
+        } else {
+            0
+        };
+        Instant::now() + wait + Duration::from_millis(jitter)
+    }
+
+    /// Runs a request on this server.
+    async fn local(&self, req: &Request) -> Local {
+        match self.local_inner(req).await {
+            Ok(r) => Local::Done(r),
+            Err(l) => l,
         }
-        match req.op {
+    }
+
+    async fn local_inner(&self, req: &Request) -> Result<Response, Local> {
+        Ok(match req.op.clone() {
             Op::KvGet { key, opts } => {
-                if let Err(r) = self.read_barrier(opts.consistency).await {
-                    return r;
-                }
-                let deadline = Instant::now() + Duration::from_millis(opts.wait_ms).min(MAX_WAIT);
+                self.read_barrier(opts.consistency).await?;
+                let deadline = Self::deadline(opts.wait_ms);
                 let mut applied = self.sm.applied();
                 loop {
                     let (e, index) = self.sm.with_kv(|kv| {
@@ -300,10 +709,10 @@ impl Server {
                         (e.map(entry), i)
                     });
                     if opts.index == 0 || index > opts.index || Instant::now() >= deadline {
-                        return Response::Entries {
+                        return Ok(Response::Entries {
                             entries: e.into_iter().collect(),
                             meta: self.meta(index),
-                        };
+                        });
                     }
                     wait_applied(&mut applied, deadline).await;
                 }
@@ -314,24 +723,34 @@ impl Server {
                 separator,
                 opts,
             } => {
-                if let Err(r) = self.read_barrier(opts.consistency).await {
-                    return r;
-                }
-                let deadline = Instant::now() + Duration::from_millis(opts.wait_ms).min(MAX_WAIT);
+                self.read_barrier(opts.consistency).await?;
+                let deadline = Self::deadline(opts.wait_ms);
                 let mut applied = self.sm.applied();
                 loop {
                     let resp = self.sm.with_kv(|kv| {
                         if keys_only {
                             let (keys, index) = kv.keys(&prefix, separator.as_deref());
-                            (Response::Keys { keys, meta: self.meta(index) }, index)
+                            (
+                                Response::Keys {
+                                    keys,
+                                    meta: self.meta(index),
+                                },
+                                index,
+                            )
                         } else {
                             let l = kv.list(&prefix);
                             let entries = l.entries.iter().map(entry).collect();
-                            (Response::Entries { entries, meta: self.meta(l.index) }, l.index)
+                            (
+                                Response::Entries {
+                                    entries,
+                                    meta: self.meta(l.index),
+                                },
+                                l.index,
+                            )
                         }
                     });
                     if opts.index == 0 || resp.1 > opts.index || Instant::now() >= deadline {
-                        return resp.0;
+                        return Ok(resp.0);
                     }
                     wait_applied(&mut applied, deadline).await;
                 }
@@ -348,15 +767,30 @@ impl Server {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64);
                 let cmd = match (acquire, release, cas) {
-                    (Some(session), _, _) => KvCommand::Acquire { key, value, flags, session, now_ms },
-                    (None, Some(session), _) => KvCommand::Release { key, value, flags, session },
-                    (None, None, Some(index)) => KvCommand::Cas { key, value, flags, index },
+                    (Some(session), _, _) => KvCommand::Acquire {
+                        key,
+                        value,
+                        flags,
+                        session,
+                        now_ms,
+                    },
+                    (None, Some(session), _) => KvCommand::Release {
+                        key,
+                        value,
+                        flags,
+                        session,
+                    },
+                    (None, None, Some(index)) => KvCommand::Cas {
+                        key,
+                        value,
+                        flags,
+                        index,
+                    },
                     (None, None, None) => KvCommand::Set { key, value, flags },
                 };
-                match self.write(cmd).await {
-                    Ok(KvOutcome::Applied(ok)) => Response::Bool(ok),
-                    Ok(other) => error(ErrorCode::Internal, format!("unexpected outcome {other:?}")),
-                    Err(r) => r,
+                match self.write(cmd).await? {
+                    KvOutcome::Applied(ok) => Response::Bool(ok),
+                    other => error(ErrorCode::Internal, format!("unexpected outcome {other:?}")),
                 }
             }
             Op::KvDelete { key, recurse, cas } => {
@@ -365,35 +799,350 @@ impl Server {
                     (false, Some(index)) => KvCommand::DeleteCas { key, index },
                     (false, None) => KvCommand::Delete { key },
                 };
-                match self.write(cmd).await {
-                    Ok(KvOutcome::Applied(ok)) => Response::Bool(ok),
-                    Ok(other) => error(ErrorCode::Internal, format!("unexpected outcome {other:?}")),
-                    Err(r) => r,
+                match self.write(cmd).await? {
+                    KvOutcome::Applied(ok) => Response::Bool(ok),
+                    other => error(ErrorCode::Internal, format!("unexpected outcome {other:?}")),
                 }
             }
-            Op::Txn { ops } => match self.write(KvCommand::Txn { ops }).await {
-                Ok(KvOutcome::Txn(Ok(results))) => Response::Txn {
+            Op::Txn { ops } => match self.write(KvCommand::Txn { ops }).await? {
+                KvOutcome::Txn(Ok(results)) => Response::Txn {
                     results: results.iter().map(entry).collect(),
                     errors: Vec::new(),
                     index: self.sm.with_kv(|kv| kv.index()),
                 },
-                Ok(KvOutcome::Txn(Err(errors))) => Response::Txn {
+                KvOutcome::Txn(Err(errors)) => Response::Txn {
                     results: Vec::new(),
-                    errors: errors.into_iter().map(|e| (e.op_index as u32, e.what)).collect(),
+                    errors: errors
+                        .into_iter()
+                        .map(|e| (e.op_index as u32, e.what))
+                        .collect(),
                     index: self.sm.with_kv(|kv| kv.index()),
                 },
-                Ok(other) => error(ErrorCode::Internal, format!("unexpected outcome {other:?}")),
-                Err(r) => r,
+                other => error(ErrorCode::Internal, format!("unexpected outcome {other:?}")),
             },
-            Op::StatusLeader => {
-                let leader = self.raft.current_leader().await;
-                Response::Leader(leader.map(|_| self.addr.clone()))
+            Op::StatusLeader => Response::Leader(self.leader().map(|(_, a)| a)),
+            Op::StatusPeers => {
+                let m = self.metrics.borrow_watched();
+                let membership = m.membership_config.membership();
+                Response::Peers(
+                    membership
+                        .voter_ids()
+                        .filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone()))
+                        .collect(),
+                )
             }
-            Op::StatusPeers => Response::Peers(vec![self.addr.clone()]),
-            Op::RaftAddVoter { .. } | Op::RaftRemovePeer { .. } | Op::RaftTransferLeader { .. } => error(
+            Op::RaftConfiguration => {
+                let m = self.metrics.borrow_watched();
+                let membership = m.membership_config.membership();
+                let voters: BTreeSet<u64> = membership.voter_ids().collect();
+                Response::Servers(
+                    membership
+                        .nodes()
+                        .map(|(id, n)| RaftServer {
+                            id: *id,
+                            address: n.addr.clone(),
+                            leader: m.current_leader == Some(*id),
+                            voter: voters.contains(id),
+                        })
+                        .collect(),
+                )
+            }
+            Op::RaftAddVoter { id, address } => {
+                self.add_voter(id, address).await?;
+                Response::Done
+            }
+            Op::RaftRemovePeer { id } => {
+                let voters: BTreeSet<u64> = {
+                    let m = self.metrics.borrow_watched();
+                    let v = m.membership_config.membership().voter_ids().collect();
+                    v
+                };
+                if !voters.contains(&id)
+                    && self
+                        .metrics
+                        .borrow_watched()
+                        .membership_config
+                        .membership()
+                        .get_node(&id)
+                        .is_none()
+                {
+                    return Ok(error(
+                        ErrorCode::Invalid,
+                        format!("server {id} is not in the Raft configuration"),
+                    ));
+                }
+                if voters.len() == 1 && voters.contains(&id) {
+                    return Ok(error(
+                        ErrorCode::Invalid,
+                        "refusing to remove the last voter",
+                    ));
+                }
+                self.raft
+                    .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                    .await
+                    .map_err(|e| self.write_failed(e))?;
+                Response::Done
+            }
+            Op::RaftTransferLeader { to } => {
+                if !self.is_leader() {
+                    return Err(Local::NotLeader(self.leader()));
+                }
+                let target = match to {
+                    Some(t) => t,
+                    None => {
+                        let m = self.metrics.borrow_watched();
+                        let other = m
+                            .membership_config
+                            .membership()
+                            .voter_ids()
+                            .find(|v| *v != self.id);
+                        match other {
+                            Some(t) => t,
+                            None => {
+                                return Ok(error(
+                                    ErrorCode::Invalid,
+                                    "no other voter to transfer leadership to",
+                                ))
+                            }
+                        }
+                    }
+                };
+                if target == self.id {
+                    return Ok(Response::Done);
+                }
+                let is_voter = self
+                    .metrics
+                    .borrow_watched()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == target);
+                if !is_voter {
+                    return Ok(error(
+                        ErrorCode::Invalid,
+                        format!("server {target} is not a voter"),
+                    ));
+                }
+                self.raft
+                    .trigger()
+                    .transfer_leader(target)
+                    .await
+                    .map_err(|e| Local::Done(error(ErrorCode::Internal, e.to_string())))?;
+                Response::Done
+            }
+            Op::Internal { .. } => error(ErrorCode::Invalid, "internal requests are not forwarded"),
+        })
+    }
+
+    /// Adds a server as a voter: first as a learner that catches up, then promoted. A
+    /// server already in the configuration under another id at the same address (its data
+    /// directory was wiped) is replaced.
+    async fn add_voter(&self, id: u64, address: String) -> Result<(), Local> {
+        if !self.is_leader() {
+            return Err(Local::NotLeader(self.leader()));
+        }
+        let (voters, stale): (BTreeSet<u64>, Vec<u64>) = {
+            let m = self.metrics.borrow_watched();
+            let membership = m.membership_config.membership();
+            let stale = membership
+                .nodes()
+                .filter(|(nid, n)| **nid != id && n.addr == address)
+                .map(|(nid, _)| *nid)
+                .collect();
+            (membership.voter_ids().collect(), stale)
+        };
+        if voters.contains(&id) && stale.is_empty() {
+            return Ok(());
+        }
+        self.raft
+            .add_learner(id, BasicNode { addr: address }, true)
+            .await
+            .map_err(|e| self.write_failed(e))?;
+        let mut new_voters = voters;
+        for s in &stale {
+            new_voters.remove(s);
+        }
+        new_voters.insert(id);
+        self.raft
+            .change_membership(ChangeMembers::ReplaceAllVoters(new_voters), false)
+            .await
+            .map_err(|e| self.write_failed(e))?;
+        Ok(())
+    }
+
+    /// Server-to-server messages.
+    async fn internal(&self, kind: u8, body: Bytes) -> Response {
+        let Some(kind) = Kind::from_u8(kind) else {
+            return error(
                 ErrorCode::Invalid,
-                "this agent runs a one-server cluster; membership changes need the Raft network, which is not built yet",
-            ),
+                format!("unknown server message kind {kind}"),
+            );
+        };
+        let bad = |e: wire::WireError| error(ErrorCode::Invalid, e.to_string());
+        let fatal = |e: &dyn std::fmt::Display| error(ErrorCode::Internal, format!("raft: {e}"));
+        match kind {
+            Kind::AppendEntries => {
+                let req = match wire::decode_append(&body) {
+                    Ok(r) => r,
+                    Err(e) => return bad(e),
+                };
+                match self.raft.append_entries(req).await {
+                    Ok(resp) => {
+                        if resp.is_success() {
+                            self.last_leader_contact.set(Some(Instant::now()));
+                        }
+                        Response::Internal(wire::encode_append_response(&resp))
+                    }
+                    Err(e) => fatal(&e),
+                }
+            }
+            Kind::Vote | Kind::PreVote => {
+                let req = match wire::decode_vote(&body) {
+                    Ok(r) => r,
+                    Err(e) => return bad(e),
+                };
+                let resp = if kind == Kind::Vote {
+                    self.raft.vote(req).await
+                } else {
+                    self.raft.pre_vote(req).await
+                };
+                match resp {
+                    Ok(resp) => Response::Internal(wire::encode_vote_response(&resp)),
+                    Err(e) => fatal(&e),
+                }
+            }
+            Kind::SnapshotChunk => {
+                let c = match wire::decode_chunk(&body) {
+                    Ok(c) => c,
+                    Err(e) => return bad(e),
+                };
+                match self.accept_chunk(c) {
+                    Ok(()) => Response::Internal(Bytes::new()),
+                    Err(why) => error(ErrorCode::Invalid, why),
+                }
+            }
+            Kind::InstallSnapshot => {
+                let m = match wire::decode_install(&body) {
+                    Ok(m) => m,
+                    Err(e) => return bad(e),
+                };
+                let data = match self.incoming_snapshot.borrow_mut().take() {
+                    Some((id, data)) if id == m.snapshot_id => data.freeze(),
+                    _ => {
+                        return error(
+                            ErrorCode::Invalid,
+                            format!("snapshot {} was not received whole", m.snapshot_id),
+                        )
+                    }
+                };
+                let snapshot = SnapshotOf::<TypeConfig, SnapshotData> {
+                    meta: m.meta,
+                    snapshot: data,
+                };
+                match self.raft.install_full_snapshot(m.vote, snapshot).await {
+                    Ok(resp) => Response::Internal(wire::encode_snapshot_response(&resp)),
+                    Err(e) => fatal(&e),
+                }
+            }
+            Kind::TransferLeader => {
+                let req = match wire::decode_transfer(&body) {
+                    Ok(r) => r,
+                    Err(e) => return bad(e),
+                };
+                match self.raft.handle_transfer_leader(req).await {
+                    Ok(Ok(())) => Response::Internal(Bytes::from_static(&[0])),
+                    Ok(Err(refused)) => {
+                        let mut b = vec![1u8];
+                        b.extend_from_slice(refused.to_string().as_bytes());
+                        Response::Internal(Bytes::from(b))
+                    }
+                    Err(e) => fatal(&e),
+                }
+            }
+            Kind::Hello => {
+                // A forming server names itself; remember it for our own formation.
+                if !body.is_empty() {
+                    match wire::decode_hello(&body) {
+                        Ok(h) => self.note_peer(&h),
+                        Err(e) => return bad(e),
+                    }
+                }
+                let initialized = self.raft.is_initialized().await.unwrap_or(true);
+                Response::Internal(wire::encode_hello(&wire::Hello {
+                    id: self.id,
+                    addr: self.addr.clone(),
+                    initialized,
+                    leader: self.leader(),
+                }))
+            }
+            Kind::Join => {
+                let j = match wire::decode_join(&body) {
+                    Ok(j) => j,
+                    Err(e) => return bad(e),
+                };
+                match self.add_voter(j.id, j.addr).await {
+                    Ok(()) => Response::Internal(Bytes::new()),
+                    Err(Local::NotLeader(hint)) => not_leader(hint),
+                    Err(Local::Done(r)) => r,
+                }
+            }
+            Kind::Forward => {
+                let req = match Request::decode(&body, &self.limits) {
+                    Ok(r) => r,
+                    Err(e) => return error(ErrorCode::Invalid, e.to_string()),
+                };
+                if let Op::Internal { .. } = req.op {
+                    return error(ErrorCode::Invalid, "internal requests are not forwarded");
+                }
+                if !self.is_leader() {
+                    return not_leader(self.leader());
+                }
+                match self.local(&req).await {
+                    Local::Done(r) => r,
+                    Local::NotLeader(hint) => not_leader(hint),
+                }
+            }
         }
     }
+
+    fn accept_chunk(&self, c: wire::SnapshotChunk) -> Result<(), String> {
+        if c.total > MAX_SNAPSHOT_BYTES {
+            return Err(format!(
+                "snapshot of {} bytes exceeds the limit of {MAX_SNAPSHOT_BYTES}",
+                c.total
+            ));
+        }
+        let mut slot = self.incoming_snapshot.borrow_mut();
+        if c.offset == 0 {
+            *slot = Some((
+                c.snapshot_id.clone(),
+                BytesMut::with_capacity(c.total as usize),
+            ));
+        }
+        match slot.as_mut() {
+            Some((id, data)) if *id == c.snapshot_id && data.len() as u64 == c.offset => {
+                if c.offset + c.data.len() as u64 > c.total {
+                    *slot = None;
+                    return Err("snapshot chunk runs past the announced size".into());
+                }
+                data.extend_from_slice(&c.data);
+                Ok(())
+            }
+            _ => {
+                *slot = None;
+                Err(format!(
+                    "snapshot chunk at offset {} of {} arrived out of order",
+                    c.offset, c.snapshot_id
+                ))
+            }
+        }
+    }
+}
+
+/// The Raft configuration a set of servers bootstraps with.
+pub(super) fn bootstrap_members(servers: &[(u64, String)]) -> BTreeMap<u64, BasicNode> {
+    servers
+        .iter()
+        .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+        .collect()
 }

@@ -12,3 +12,4 @@ pub mod network;
 pub mod rt;
 pub mod store;
 pub mod types;
+pub mod wire;

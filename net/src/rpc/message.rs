@@ -157,6 +157,15 @@ pub enum Op {
     RaftTransferLeader {
         to: Option<u64>,
     },
+    /// The Raft configuration: every server with its id, address and role.
+    RaftConfiguration,
+    /// Server-to-server traffic (Raft messages, cluster formation), opaque to this crate:
+    /// `kind` says which message `body` holds; the agent's Raft layer encodes both. It
+    /// shares the server port as Consul's Raft traffic shares port 8300.
+    Internal {
+        kind: u8,
+        body: Bytes,
+    },
 }
 
 /// A request: where it goes, who asks, and what.
@@ -204,6 +213,9 @@ pub enum ErrorCode {
     Internal = 10,
     InvalidSession = 11,
     Overloaded = 12,
+    /// The request could not be carried out now (e.g. the leader could not be reached);
+    /// the message says whether it may have taken effect.
+    Unavailable = 13,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,6 +249,20 @@ pub enum Response {
     Peers(Vec<String>),
     Done,
     Error(RpcError),
+    /// The answer to an [`Op::Internal`] request, opaque to this crate.
+    Internal(Bytes),
+    /// The answer to [`Op::RaftConfiguration`].
+    Servers(Vec<RaftServer>),
+}
+
+/// One server in the Raft configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftServer {
+    pub id: u64,
+    pub address: String,
+    pub leader: bool,
+    /// A voter (false: a learner still catching up).
+    pub voter: bool,
 }
 
 // ---- encoding -------------------------------------------------------------------------
@@ -420,6 +446,12 @@ impl Request {
                 w.u8(10);
                 w.opt_u64(*to);
             }
+            Op::RaftConfiguration => w.u8(12),
+            Op::Internal { kind, body } => {
+                w.u8(11);
+                w.u8(*kind);
+                w.bytes(body);
+            }
         }
     }
 
@@ -479,6 +511,11 @@ impl Request {
             9 => Op::RaftRemovePeer { id: r.u64()? },
             10 => Op::RaftTransferLeader {
                 to: r.opt(|r| r.u64())?,
+            },
+            12 => Op::RaftConfiguration,
+            11 => Op::Internal {
+                kind: r.u8()?,
+                body: r.raw("internal message", usize::MAX)?,
             },
             tag => {
                 return Err(MessageError::UnknownTag {
@@ -555,6 +592,20 @@ impl Response {
                 w.bytes(e.message.as_bytes());
                 w.opt_bytes(e.leader.as_deref().map(str::as_bytes));
             }
+            Response::Internal(body) => {
+                w.u8(9);
+                w.bytes(body);
+            }
+            Response::Servers(servers) => {
+                w.u8(10);
+                w.0.put_u32_le(servers.len() as u32);
+                for s in servers {
+                    w.u64(s.id);
+                    w.bytes(s.address.as_bytes());
+                    w.bool(s.leader);
+                    w.bool(s.voter);
+                }
+            }
         }
     }
 
@@ -612,6 +663,20 @@ impl Response {
                 Response::Peers(p)
             }
             7 => Response::Done,
+            9 => Response::Internal(r.raw("internal message", usize::MAX)?),
+            10 => {
+                let n = r.count("servers")?;
+                let mut servers = Vec::with_capacity(n.min(64));
+                for _ in 0..n {
+                    servers.push(RaftServer {
+                        id: r.u64()?,
+                        address: r.string("address")?,
+                        leader: r.bool()?,
+                        voter: r.bool()?,
+                    });
+                }
+                Response::Servers(servers)
+            }
             8 => {
                 let code = match r.u8()? {
                     1 => ErrorCode::NotLeader,
@@ -626,6 +691,7 @@ impl Response {
                     10 => ErrorCode::Internal,
                     11 => ErrorCode::InvalidSession,
                     12 => ErrorCode::Overloaded,
+                    13 => ErrorCode::Unavailable,
                     tag => {
                         return Err(MessageError::UnknownTag {
                             what: "error code",

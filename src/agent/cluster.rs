@@ -1,0 +1,159 @@
+//! Cluster formation: a new server finds its peers, and either bootstraps a new cluster
+//! with them or joins the one they belong to. It runs only while this server has no Raft
+//! state; a server that has a vote or a log never bootstraps again, so restarting a
+//! server (or the whole cluster) can neither re-bootstrap nor fork it.
+//!
+//! Discovery (until gossip takes it over): every second the server says hello to each
+//! `--retry-join` address; a hello names the sender, so a server also learns of the
+//! servers that reach it. Then:
+//! - if any peer already belongs to a cluster, ask that cluster's leader to add this
+//!   server (as a learner that catches up, then a voter);
+//! - else, once at least `--bootstrap-expect` servers without state are known (this one
+//!   included), the one with the lowest node id bootstraps with all of them, and the
+//!   others receive the configuration from it through Raft. Only one server calls
+//!   `initialize`, so two servers can never bootstrap different configurations from the
+//!   same set of peers.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use cairn_net::rpc::message::{Op, Request, Response};
+
+use super::server::{bootstrap_members, Server};
+use crate::raft::wire::{self, Kind};
+
+/// How often a forming server contacts its peers.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a hello answers for a peer: a server not heard from for longer is not
+/// counted toward `--bootstrap-expect`.
+const SEEN_FOR: Duration = Duration::from_secs(5);
+/// How often the server says what it is waiting for.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+fn internal(kind: Kind, body: bytes::Bytes) -> Request {
+    Request {
+        datacenter: String::new(),
+        token: String::new(),
+        op: Op::Internal {
+            kind: kind as u8,
+            body,
+        },
+    }
+}
+
+/// What a forming server knows of one peer.
+#[derive(Debug, Clone)]
+pub(super) struct Seen {
+    pub addr: String,
+    pub initialized: bool,
+    pub leader: Option<(u64, String)>,
+    pub at: Instant,
+}
+
+/// Runs until this server belongs to a cluster.
+pub(super) async fn form(s: &Server, expect: u32, join: &[String]) {
+    let mut last_report = Instant::now();
+    loop {
+        if s.raft.is_initialized().await.unwrap_or(false) {
+            return;
+        }
+        let me = wire::Hello {
+            id: s.id,
+            addr: s.addr.clone(),
+            initialized: false,
+            leader: None,
+        };
+        for addr in join {
+            if *addr == s.addr {
+                continue;
+            }
+            let req = internal(Kind::Hello, wire::encode_hello(&me));
+            if let Ok(Response::Internal(b)) = s.peers.call(addr, &req, RETRY_INTERVAL).await {
+                if let Ok(h) = wire::decode_hello(&b) {
+                    s.note_peer(&h);
+                }
+            }
+        }
+        let view: BTreeMap<u64, Seen> = s
+            .seen_peers()
+            .into_iter()
+            .filter(|(_, p)| p.at.elapsed() < SEEN_FOR)
+            .collect();
+        // Join an existing cluster through its leader.
+        if let Some((_, leader_addr)) = view
+            .values()
+            .filter(|p| p.initialized)
+            .find_map(|p| p.leader.clone())
+        {
+            let req = internal(
+                Kind::Join,
+                wire::encode_join(&wire::Join {
+                    id: s.id,
+                    addr: s.addr.clone(),
+                }),
+            );
+            match s
+                .peers
+                .call(&leader_addr, &req, Duration::from_secs(30))
+                .await
+            {
+                Ok(Response::Internal(_)) => {
+                    eprintln!("cairn: joined the cluster through its leader at {leader_addr}");
+                }
+                Ok(Response::Error(e)) => {
+                    eprintln!(
+                        "cairn: the leader at {leader_addr} refused to add this server: {}",
+                        e.message
+                    );
+                }
+                Ok(_) | Err(_) => {}
+            }
+        } else if expect > 0 {
+            let mut servers: Vec<(u64, String)> = view
+                .iter()
+                .filter(|(_, p)| !p.initialized)
+                .map(|(id, p)| (*id, p.addr.clone()))
+                .collect();
+            servers.push((s.id, s.addr.clone()));
+            servers.sort();
+            servers.dedup_by_key(|(id, _)| *id);
+            if servers.len() >= expect as usize && servers[0].0 == s.id {
+                let list: Vec<String> = servers.iter().map(|(id, a)| format!("{id}@{a}")).collect();
+                match s.raft.initialize(bootstrap_members(&servers)).await {
+                    Ok(()) => {
+                        eprintln!(
+                            "cairn: bootstrapped a cluster of {}: {}",
+                            servers.len(),
+                            list.join(", ")
+                        );
+                        return;
+                    }
+                    Err(e) => eprintln!("cairn: bootstrap: {e}"),
+                }
+            }
+        }
+        if last_report.elapsed() >= REPORT_EVERY {
+            last_report = Instant::now();
+            let known: Vec<String> = view
+                .iter()
+                .map(|(id, p)| format!("{id}@{}", p.addr))
+                .collect();
+            eprintln!(
+                "cairn: waiting to form a cluster: expecting {expect} servers, know of {} other(s) [{}]{}",
+                known.len(),
+                known.join(", "),
+                if join.is_empty() { "; no --retry-join given, waiting to be contacted" } else { "" }
+            );
+        }
+        glommio::timer::sleep(RETRY_INTERVAL).await;
+    }
+}
+
+/// A lone server with nothing to wait for bootstraps at once (dev mode, or
+/// `--bootstrap-expect 1` without peers).
+pub(super) async fn bootstrap_alone(s: &Server) -> Result<(), String> {
+    s.raft
+        .initialize(bootstrap_members(&[(s.id, s.addr.clone())]))
+        .await
+        .map_err(|e| e.to_string())
+}
