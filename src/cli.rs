@@ -170,8 +170,14 @@ pub fn agent(a: AgentArgs) -> ExitCode {
 
 #[derive(Args, Debug, Clone)]
 pub struct RpcArgs {
-    /// The agent's server RPC address.
-    #[arg(long, default_value = "127.0.0.1:8300", global = true)]
+    /// The agent's server RPC address; several, comma-separated, are tried in order until
+    /// one accepts the connection.
+    #[arg(
+        long,
+        env = "CAIRN_RPC_ADDR",
+        default_value = "127.0.0.1:8300",
+        global = true
+    )]
     pub rpc_addr: String,
     /// Give up on a request after this many milliseconds.
     #[arg(long, default_value_t = 10_000, global = true)]
@@ -192,6 +198,8 @@ pub enum KvCommand {
         /// Print every key under KEY as key:value.
         #[arg(long)]
         recurse: bool,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
     /// Write a key.
     Put {
@@ -218,6 +226,51 @@ pub enum KvCommand {
         #[arg(long)]
         separator: Option<String>,
     },
+    /// List the entries under a prefix (with --keys: only their keys, rolled up at
+    /// --separator).
+    List {
+        #[arg(default_value = "")]
+        prefix: String,
+        #[arg(long)]
+        keys: bool,
+        #[arg(long, requires = "keys")]
+        separator: Option<String>,
+        #[arg(long, conflicts_with = "stale")]
+        consistent: bool,
+        #[arg(long)]
+        stale: bool,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+}
+
+/// How a read prints its result.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OperatorCommand {
+    /// The Raft configuration.
+    #[command(subcommand)]
+    Raft(OperatorRaft),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OperatorRaft {
+    /// Every server in the Raft configuration: node id, address, role, leader.
+    ListPeers {
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Remove a server (by its Raft node id, from list-peers) from the configuration.
+    RemovePeer { id: u64 },
+    /// Add a server as a voter: it catches up as a learner first.
+    AddVoter { id: u64, address: String },
+    /// Hand leadership to another voter (any, if no id is given).
+    TransferLeader { id: Option<u64> },
 }
 
 #[derive(Subcommand, Debug)]
@@ -228,12 +281,30 @@ pub enum StatusCommand {
     Peers,
 }
 
+fn connect(rpc: &RpcArgs) -> Result<RpcClient, ExitCode> {
+    let timeout = Duration::from_millis(rpc.timeout_ms);
+    let mut last = None;
+    // Trying the next server after a failed connect is always safe: nothing was sent.
+    for addr in rpc
+        .rpc_addr
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+    {
+        match RpcClient::connect(addr, timeout) {
+            Ok(c) => return Ok(c),
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) => eprintln!("Error! {e}"),
+        None => eprintln!("Error! --rpc-addr names no address"),
+    }
+    Err(ExitCode::FAILURE)
+}
+
 fn call(rpc: &RpcArgs, op: Op) -> Result<Response, ExitCode> {
-    let mut c =
-        RpcClient::connect(&rpc.rpc_addr, Duration::from_millis(rpc.timeout_ms)).map_err(|e| {
-            eprintln!("Error! {e}");
-            ExitCode::FAILURE
-        })?;
+    let mut c = connect(rpc)?;
     let req = Request {
         datacenter: String::new(),
         token: String::new(),
@@ -264,6 +335,7 @@ pub fn kv(cmd: KvCommand, rpc: &RpcArgs) -> ExitCode {
                 consistent,
                 stale,
                 recurse,
+                format,
             } => {
                 let consistency = if consistent {
                     Consistency::Consistent
@@ -290,6 +362,15 @@ pub fn kv(cmd: KvCommand, rpc: &RpcArgs) -> ExitCode {
                     Response::Entries { entries, .. } if entries.is_empty() && !recurse => {
                         eprintln!("Error! No key exists at: {key}");
                         Ok(ExitCode::FAILURE)
+                    }
+                    Response::Entries { entries, .. } if format == Format::Json => {
+                        let v: Vec<_> = entries.iter().map(entry_json).collect();
+                        if recurse {
+                            print_json(&serde_json::Value::Array(v));
+                        } else {
+                            print_json(&v[0]);
+                        }
+                        Ok(ExitCode::SUCCESS)
                     }
                     Response::Entries { entries, .. } => {
                         for e in entries {
@@ -349,6 +430,61 @@ pub fn kv(cmd: KvCommand, rpc: &RpcArgs) -> ExitCode {
                     other => Err(unexpected(other)),
                 }
             }
+            KvCommand::List {
+                prefix,
+                keys,
+                separator,
+                consistent,
+                stale,
+                format,
+            } => {
+                let consistency = if consistent {
+                    Consistency::Consistent
+                } else if stale {
+                    Consistency::Stale
+                } else {
+                    Consistency::Default
+                };
+                let op = Op::KvList {
+                    prefix: b(&prefix),
+                    keys_only: keys,
+                    separator: separator.as_deref().map(b),
+                    opts: ReadOpts {
+                        consistency,
+                        ..ReadOpts::default()
+                    },
+                };
+                match (call(rpc, op)?, format) {
+                    (Response::Keys { keys, .. }, Format::Json) => {
+                        let v = keys
+                            .iter()
+                            .map(|k| serde_json::Value::String(String::from_utf8_lossy(k).into()))
+                            .collect();
+                        print_json(&serde_json::Value::Array(v));
+                    }
+                    (Response::Keys { keys, .. }, Format::Text) => {
+                        for k in keys {
+                            println!("{}", String::from_utf8_lossy(&k));
+                        }
+                    }
+                    (Response::Entries { entries, .. }, Format::Json) => {
+                        print_json(&serde_json::Value::Array(
+                            entries.iter().map(entry_json).collect(),
+                        ));
+                    }
+                    (Response::Entries { entries, .. }, Format::Text) => {
+                        for e in entries {
+                            println!(
+                                "{}:{}",
+                                String::from_utf8_lossy(&e.key),
+                                String::from_utf8_lossy(&e.value)
+                            );
+                        }
+                    }
+                    (other, _) => return Err(unexpected(other)),
+                }
+                Ok(ExitCode::SUCCESS)
+            }
             KvCommand::Keys { prefix, separator } => {
                 let op = Op::KvList {
                     prefix: b(&prefix),
@@ -394,6 +530,93 @@ pub fn status(cmd: StatusCommand, rpc: &RpcArgs) -> ExitCode {
         Ok(other) => unexpected(other),
         Err(code) => code,
     }
+}
+
+/// An entry as Consul's API shows it (the value as text here, not base64: this is a
+/// terminal).
+fn entry_json(e: &cairn_net::rpc::message::Entry) -> serde_json::Value {
+    serde_json::json!({
+        "Key": String::from_utf8_lossy(&e.key),
+        "Value": String::from_utf8_lossy(&e.value),
+        "Flags": e.flags,
+        "CreateIndex": e.create_index,
+        "ModifyIndex": e.modify_index,
+        "LockIndex": e.lock_index,
+        "Session": e.session,
+    })
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    );
+}
+
+pub fn operator(cmd: OperatorCommand, rpc: &RpcArgs) -> ExitCode {
+    let OperatorCommand::Raft(cmd) = cmd;
+    let run = || -> Result<ExitCode, ExitCode> {
+        match cmd {
+            OperatorRaft::ListPeers { format } => match call(rpc, Op::RaftConfiguration)? {
+                Response::Servers(servers) => {
+                    if format == Format::Json {
+                        let v = servers
+                            .iter()
+                            .map(|s| {
+                                serde_json::json!({
+                                    "ID": s.id.to_string(),
+                                    "Address": s.address,
+                                    "Leader": s.leader,
+                                    "Voter": s.voter,
+                                })
+                            })
+                            .collect();
+                        print_json(&serde_json::Value::Array(v));
+                    } else {
+                        println!("{:<22} {:<24} {:<10} Voter", "ID", "Address", "State");
+                        for s in servers {
+                            let state = if s.leader { "leader" } else { "follower" };
+                            println!("{:<22} {:<24} {:<10} {}", s.id, s.address, state, s.voter);
+                        }
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                other => Err(unexpected(other)),
+            },
+            OperatorRaft::RemovePeer { id } => match call(rpc, Op::RaftRemovePeer { id })? {
+                Response::Done => {
+                    println!("Removed peer with id {id}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                other => Err(unexpected(other)),
+            },
+            OperatorRaft::AddVoter { id, address } => {
+                match call(
+                    rpc,
+                    Op::RaftAddVoter {
+                        id,
+                        address: address.clone(),
+                    },
+                )? {
+                    Response::Done => {
+                        println!("Added voter {id} at {address}");
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    other => Err(unexpected(other)),
+                }
+            }
+            OperatorRaft::TransferLeader { id } => {
+                match call(rpc, Op::RaftTransferLeader { to: id })? {
+                    Response::Done => {
+                        println!("Leadership transfer started");
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    other => Err(unexpected(other)),
+                }
+            }
+        }
+    };
+    run().unwrap_or_else(|code| code)
 }
 
 fn unexpected(r: Response) -> ExitCode {

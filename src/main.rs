@@ -1,8 +1,8 @@
 //! `cairn`: the agent and its command-line tools.
 //!
-//! `cairn agent` runs a one-server cluster (Raft on the segment log, the KV state machine,
-//! the binary RPC protocol); `cairn kv` and `cairn status` talk to it; `cairn debug`
-//! inspects files and machines.
+//! `cairn agent` runs a server (Raft on the segment log, the KV state machine, the binary
+//! RPC protocol) alone or in a cluster; `cairn kv`, `cairn status` and `cairn operator`
+//! talk to it; `cairn debug` inspects files and machines.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -26,7 +26,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run an agent (today: a one-server cluster, `--dev` or `--server`).
+    /// Run an agent: `--dev` (one throwaway server) or `--server` (a cluster member).
     Agent(cli::AgentArgs),
     /// Read and write the KV store through an agent.
     Kv {
@@ -39,6 +39,13 @@ enum Command {
     Status {
         #[command(subcommand)]
         cmd: cli::StatusCommand,
+        #[command(flatten)]
+        rpc: cli::RpcArgs,
+    },
+    /// Operate the cluster: the Raft configuration.
+    Operator {
+        #[command(subcommand)]
+        cmd: cli::OperatorCommand,
         #[command(flatten)]
         rpc: cli::RpcArgs,
     },
@@ -97,6 +104,7 @@ fn main() -> ExitCode {
         Command::Agent(a) => cli::agent(a),
         Command::Kv { cmd, rpc } => cli::kv(cmd, &rpc),
         Command::Status { cmd, rpc } => cli::status(cmd, &rpc),
+        Command::Operator { cmd, rpc } => cli::operator(cmd, &rpc),
         Command::Debug(DebugCommand::LogCheck { dir, json }) => debug::log_check(&dir, json),
         Command::Debug(DebugCommand::SnapshotCheck { file }) => debug::snapshot_check(&file),
         Command::Debug(DebugCommand::Preflight { cores }) => debug::preflight(cores),
