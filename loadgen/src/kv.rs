@@ -117,6 +117,34 @@ pub fn preload(run: &KvRun) -> Result<(), String> {
     Ok(())
 }
 
+/// Sends one read to each of `servers` and waits for its answer: whether they are up and
+/// serving (a read of a missing key is an answer). The error names the server and why.
+pub fn probe(
+    servers: &[String],
+    consistency: Consistency,
+    timeout: Duration,
+) -> Result<(), String> {
+    let t = targets::parse_servers(servers).map_err(|e| e.to_string())?;
+    for addr in &t.addrs {
+        let mut c = Conn::connect(t.kind, addr, &Bytes::new(), consistency, 1, timeout)?;
+        let deadline = Instant::now() + timeout;
+        let id = c
+            .session
+            .send(WOp::Read(0), deadline)
+            .map_err(|e| format!("{addr}: {e:?}"))?;
+        c.flush().map_err(|e| format!("{addr}: {e}"))?;
+        'wait: loop {
+            for d in c.poll(deadline) {
+                if d.id == id {
+                    d.result.map_err(|e| format!("{addr}: {}", e.detail))?;
+                    break 'wait;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A socket and the protocol session on it.
 struct Conn {
     stream: TcpStream,

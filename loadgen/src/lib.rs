@@ -7,6 +7,7 @@
 //! issue 5.
 #![forbid(unsafe_code)]
 
+pub mod baseline;
 pub mod compare;
 pub mod hgrm;
 pub mod kv;

@@ -26,6 +26,9 @@ enum Command {
     /// Start local clusters of each size from the `cairn` binary, run the same workload
     /// against each, and write histograms, summaries and a comparison plot to one folder.
     Sweep(SweepArgs),
+    /// Start a 3-member etcd and a Redis on loopback (installing them if missing), run
+    /// the same workloads against them and Cairn, and print a table with ratios to Cairn.
+    Baseline(BaselineArgs),
     /// Plot the percentile spectra of several runs (.hgrm files from any source) into one
     /// picture, and print throughput and p50/p90/p99/p99.9/max side by side.
     Compare {
@@ -117,6 +120,149 @@ struct SweepArgs {
     cairn: Option<PathBuf>,
     #[command(flatten)]
     kv: KvArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct BaselineArgs {
+    /// Folder for the results (created if missing).
+    #[arg(long)]
+    out_dir: PathBuf,
+    /// A running Cairn server's RPC address (e.g. `cairn agent --dev` at 127.0.0.1:8300).
+    #[arg(long, conflicts_with = "start_cairn")]
+    cairn: Option<String>,
+    /// Start a one-server Cairn (durable, data in a temp dir) from the `cairn` binary.
+    #[arg(long)]
+    start_cairn: bool,
+    /// The `cairn` binary for --start-cairn (default: the one next to loadgen, else
+    /// `cairn` on PATH).
+    #[arg(long)]
+    cairn_bin: Option<PathBuf>,
+    /// Systems to measure, in order: cairn, etcd, redis.
+    #[arg(long, value_delimiter = ',', default_value = "cairn,etcd,redis")]
+    systems: Vec<String>,
+    /// Workloads, each `read|write|mixed:R/W` with an optional `@stale|@default|@consistent`
+    /// for its reads (default: --consistency).
+    #[arg(long, value_delimiter = ',', default_value = "read,write")]
+    workloads: Vec<String>,
+    /// stale | default | consistent (etcd: stale = serializable, else linearizable).
+    #[arg(long, default_value = "default")]
+    consistency: String,
+    /// Members of the etcd cluster (on 127.0.0.11, .12, ...).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=7))]
+    etcd_members: u64,
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    keys: u64,
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(0..=524_288))]
+    value_size: u64,
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    connections: u64,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pipeline: u64,
+    /// Requests per second in total (open loop); 0 = closed loop.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Seconds to measure each workload.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Give up on a request after this many milliseconds (counted as a timeout).
+    #[arg(long, default_value_t = 5_000)]
+    timeout_ms: u64,
+    /// Do not apt-get install etcd-server / redis-server when missing.
+    #[arg(long)]
+    no_install: bool,
+    /// Stop everything and fail after this many seconds in all.
+    #[arg(long, default_value_t = 1_800, value_parser = clap::value_parser!(u64).range(1..))]
+    max_runtime_s: u64,
+}
+
+fn baseline(a: BaselineArgs) -> ExitCode {
+    use loadgen::baseline::{self, CairnSource, Workload};
+    let usage = |e: String| {
+        eprintln!("loadgen: baseline: {e}");
+        ExitCode::from(2)
+    };
+    let consistency = match baseline::parse_consistency(&a.consistency) {
+        Ok(c) => c,
+        Err(e) => return usage(e),
+    };
+    let workloads = match a
+        .workloads
+        .iter()
+        .map(|w| Workload::parse(w, consistency))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(w) if !w.is_empty() => w,
+        Ok(_) => return usage("no workloads".into()),
+        Err(e) => return usage(e),
+    };
+    let valid = a.rate.is_finite()
+        && a.rate >= 0.0
+        && a.duration.is_finite()
+        && a.duration > 0.0
+        && a.warmup.is_finite()
+        && a.warmup >= 0.0;
+    if !valid {
+        return usage("--rate and --warmup must be >= 0 and --duration > 0".into());
+    }
+    if let Some(s) = a
+        .systems
+        .iter()
+        .find(|s| !["cairn", "etcd", "redis"].contains(&s.as_str()))
+    {
+        return usage(format!("unknown system {s:?}: use cairn, etcd or redis"));
+    }
+    let cairn = match (&a.cairn, a.start_cairn) {
+        (Some(addr), _) => CairnSource::Running(addr.clone()),
+        (None, true) => CairnSource::Start(a.cairn_bin.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("cairn")))
+                .filter(|p| p.exists())
+                .unwrap_or_else(|| PathBuf::from("cairn"))
+        })),
+        (None, false) => CairnSource::None,
+    };
+    let cfg = baseline::Config {
+        out_dir: a.out_dir,
+        cairn,
+        systems: a.systems,
+        workloads,
+        etcd_members: a.etcd_members as usize,
+        template: loadgen::kv::KvRun {
+            servers: Vec::new(),
+            mix: loadgen::workload::Mix::Read,
+            keys: a.keys,
+            dist: loadgen::workload::KeyDist::Uniform,
+            value_size: a.value_size as usize,
+            connections: a.connections as usize,
+            pipeline: a.pipeline as usize,
+            rate: a.rate,
+            duration: std::time::Duration::from_secs_f64(a.duration),
+            warmup: std::time::Duration::from_secs_f64(a.warmup),
+            consistency,
+            seed: a.seed,
+            timeout: std::time::Duration::from_millis(a.timeout_ms),
+        },
+        install: !a.no_install,
+        max_runtime: std::time::Duration::from_secs(a.max_runtime_s),
+    };
+    match baseline::run(&cfg) {
+        Ok((_, text)) => {
+            print!("{text}");
+            println!("wrote {}", cfg.out_dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("loadgen: baseline: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// A local agent started by `sweep`, stopped on drop.
@@ -370,6 +516,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Kv(a) => kv(a),
         Command::Sweep(a) => sweep(a),
+        Command::Baseline(a) => baseline(a),
         Command::Compare {
             files,
             out,

@@ -704,3 +704,106 @@ fn a_target_that_is_down_is_a_clear_error_not_a_hang() {
         assert!(preload(&p).unwrap_err().contains("connect to"));
     }
 }
+
+// ---- loadgen baseline ---------------------------------------------------------------
+
+fn row(system: &str, workload: &str, ops: f64, p99_us: u64) -> loadgen::baseline::Row {
+    loadgen::baseline::Row {
+        system: system.into(),
+        workload: workload.into(),
+        ops_per_s: ops,
+        errors: 0,
+        p50_us: p99_us / 2,
+        p99_us,
+        p999_us: p99_us * 2,
+        hgrm: std::path::PathBuf::new(),
+    }
+}
+
+#[test]
+fn the_baseline_table_divides_by_cairns_run_of_the_same_workload() {
+    let rows = [
+        row("cairn", "read", 40_000.0, 2_000),
+        row("etcd", "read", 10_000.0, 8_000),
+        row("etcd", "write", 5_000.0, 20_000),
+    ];
+    let t = loadgen::baseline::table(&rows);
+    let line = |s: &str| t.lines().find(|l| l.starts_with(s)).unwrap().to_string();
+    assert!(
+        line("| read | etcd |").ends_with("| 0.25× | 4.00× |"),
+        "{t}"
+    );
+    assert!(
+        line("| read | cairn |").ends_with("| 1.00× | 1.00× |"),
+        "{t}"
+    );
+    // No Cairn run of the write workload: no ratio rather than a wrong one.
+    assert!(line("| write | etcd |").ends_with("| - | - |"), "{t}");
+    assert!(
+        line("| read | etcd |").contains("| 10000 | 4.000 | 8.000 | 16.000 | 0 |"),
+        "{t}"
+    );
+}
+
+#[test]
+fn baseline_workloads_take_a_consistency_and_refuse_cas_and_list() {
+    use loadgen::baseline::Workload;
+    let w = Workload::parse("read@stale", Consistency::Default).unwrap();
+    assert_eq!((w.mix, w.consistency), (Mix::Read, Consistency::Stale));
+    assert_eq!(w.slug(), "read-stale");
+    let w = Workload::parse("mixed:9/1", Consistency::Consistent).unwrap();
+    assert_eq!(w.consistency, Consistency::Consistent);
+    assert_eq!(w.slug(), "mixed-9-1");
+    assert!(Workload::parse("cas", Consistency::Default).is_err());
+    assert!(Workload::parse("list", Consistency::Default).is_err());
+    assert!(Workload::parse("read@sometimes", Consistency::Default).is_err());
+}
+
+#[test]
+fn loadgen_baseline_against_redis_writes_its_files_and_stops_what_it_started() {
+    let Some(()) = redis_server_binary() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "baseline",
+            "--systems",
+            "redis",
+            "--workloads",
+            "read,write",
+        ])
+        .args(["--keys", "500", "--connections", "4", "--duration", "1"])
+        .args(["--warmup", "0.2", "--no-install", "--max-runtime-s", "120"])
+        .arg("--out-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("| read | redis |"), "{stdout}");
+    for f in [
+        "redis-read.hgrm",
+        "redis-write.json",
+        "redis-write.hlog",
+        "compare.svg",
+        "baseline.md",
+    ] {
+        assert!(dir.path().join(f).exists(), "{f} missing");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("redis-read.json")).unwrap())
+            .unwrap();
+    assert!(summary["ops"].as_u64().unwrap() > 0);
+    assert_eq!(summary["errors"], 0);
+    // The redis-server it started is gone: its port no longer accepts connections.
+    let server = summary["params"]["servers"][0].as_str().unwrap();
+    let addr = server.strip_prefix("redis://").unwrap();
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "{addr} still listens"
+    );
+}
