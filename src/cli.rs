@@ -15,7 +15,7 @@ use clap::{Args, Subcommand};
 pub struct AgentArgs {
     /// Run one server with no configuration: state in a temporary directory, loopback,
     /// default ports.
-    #[arg(long, conflicts_with_all = ["server", "data_dir"])]
+    #[arg(long, conflicts_with_all = ["server", "data_dir", "bootstrap_expect", "retry_join"])]
     pub dev: bool,
     /// Run as a server (the only mode so far; client agents come with the catalog).
     #[arg(long)]
@@ -81,6 +81,17 @@ pub fn agent(a: AgentArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    let (data_dir, ephemeral) = match (&a.data_dir, a.dev) {
+        (Some(d), _) => (d.clone(), false),
+        (None, true) => (
+            std::env::temp_dir().join(format!("cairn-dev-{}", std::process::id())),
+            true,
+        ),
+        (None, false) => {
+            eprintln!("cairn: agent: --server needs --data-dir DIR");
+            return ExitCode::from(2);
+        }
+    };
     let bootstrap_expect = match (a.dev, a.bootstrap_expect) {
         (true, _) => 1,
         (false, Some(n)) => n,
@@ -92,17 +103,6 @@ pub fn agent(a: AgentArgs) -> ExitCode {
             return ExitCode::from(2);
         }
         (false, None) => 0,
-    };
-    let (data_dir, ephemeral) = match (&a.data_dir, a.dev) {
-        (Some(d), _) => (d.clone(), false),
-        (None, true) => (
-            std::env::temp_dir().join(format!("cairn-dev-{}", std::process::id())),
-            true,
-        ),
-        (None, false) => {
-            eprintln!("cairn: agent: --server needs --data-dir DIR");
-            return ExitCode::from(2);
-        }
     };
     let node = a.node.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -146,7 +146,7 @@ fn a_second_agent_on_the_same_port_or_data_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let port = free_port();
-    let _a = start(&["--server", "--data-dir", d], port);
+    let _a = start(&["--server", "--bootstrap-expect", "1", "--data-dir", d], port);
     let out = Command::new(CAIRN)
         .args(["agent", "--dev", "--server-port", &port.to_string()])
         .output()
@@ -157,6 +157,8 @@ fn a_second_agent_on_the_same_port_or_data_dir_is_refused() {
         .args([
             "agent",
             "--server",
+            "--bootstrap-expect",
+            "1",
             "--data-dir",
             d,
             "--server-port",
@@ -178,8 +180,16 @@ fn unsupported_or_incomplete_agent_flags_are_clear_errors() {
         (vec!["agent"], "give --dev"),
         (vec!["agent", "--server"], "needs --data-dir"),
         (
+            vec!["agent", "--server", "--data-dir", "/tmp/x"],
+            "needs --bootstrap-expect N",
+        ),
+        (
             vec!["agent", "--dev", "--bootstrap-expect", "3"],
-            "multi-server",
+            "cannot be used with",
+        ),
+        (
+            vec!["agent", "--server", "--bootstrap-expect", "0"],
+            "not in 1..=9",
         ),
         (
             vec!["agent", "--dev", "--data-dir", "/tmp/x"],

@@ -115,6 +115,9 @@ pub struct Row {
     pub p50_us: u64,
     pub p99_us: u64,
     pub p999_us: u64,
+    /// loadgen's own CPU use over the run, in cores: near the machine's count, the client
+    /// and not the server may be the limit.
+    pub loadgen_cores: f64,
     pub hgrm: PathBuf,
 }
 
@@ -413,7 +416,8 @@ fn measure(cfg: &Config, system: &str, servers: &[String], w: &Workload) -> Resu
         "consistency": format!("{:?}", run.consistency).to_lowercase(), "preload": w.reads(),
         "seed": run.seed, "timeout_ms": run.timeout.as_millis() as u64,
     });
-    let summary = out.recorder.summary(out.measured, params);
+    let mut summary = out.recorder.summary(out.measured, params);
+    summary["loadgen_cpu_cores"] = serde_json::json!(out.cpu_cores_used);
     let stem = cfg.out_dir.join(format!("{system}-{}", w.slug()));
     let h = out.recorder.total();
     let write = |ext: &str, bytes: Vec<u8>| {
@@ -445,6 +449,7 @@ fn measure(cfg: &Config, system: &str, servers: &[String], w: &Workload) -> Resu
         p50_us: h.value_at_quantile(0.5),
         p99_us: h.value_at_quantile(0.99),
         p999_us: h.value_at_quantile(0.999),
+        loadgen_cores: out.cpu_cores_used,
         hgrm: stem.with_extension("hgrm"),
     })
 }
@@ -455,9 +460,9 @@ pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| workload | system | ops/s | p50 ms | p99 ms | p99.9 ms | errors | ops/s ÷ Cairn | p99 ÷ Cairn |"
+        "| workload | system | ops/s | p50 ms | p99 ms | p99.9 ms | errors | loadgen cores | ops/s ÷ Cairn | p99 ÷ Cairn |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let ms = |us: u64| format!("{:.3}", us as f64 / 1e3);
     for r in rows {
         let cairn = rows
@@ -479,7 +484,7 @@ pub fn table(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {:.1} | {} | {} |",
             r.workload,
             r.system,
             r.ops_per_s,
@@ -487,6 +492,7 @@ pub fn table(rows: &[Row]) -> String {
             ms(r.p99_us),
             ms(r.p999_us),
             r.errors,
+            r.loadgen_cores,
             ops_ratio,
             p99_ratio
         );

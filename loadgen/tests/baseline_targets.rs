@@ -716,6 +716,7 @@ fn row(system: &str, workload: &str, ops: f64, p99_us: u64) -> loadgen::baseline
         p50_us: p99_us / 2,
         p99_us,
         p999_us: p99_us * 2,
+        loadgen_cores: 0.5,
         hgrm: std::path::PathBuf::new(),
     }
 }
@@ -740,7 +741,7 @@ fn the_baseline_table_divides_by_cairns_run_of_the_same_workload() {
     // No Cairn run of the write workload: no ratio rather than a wrong one.
     assert!(line("| write | etcd |").ends_with("| - | - |"), "{t}");
     assert!(
-        line("| read | etcd |").contains("| 10000 | 4.000 | 8.000 | 16.000 | 0 |"),
+        line("| read | etcd |").contains("| 10000 | 4.000 | 8.000 | 16.000 | 0 | 0.5 |"),
         "{t}"
     );
 }
