@@ -11,7 +11,6 @@ pub mod baseline;
 pub mod compare;
 pub mod hgrm;
 pub mod kv;
-pub mod linearizability;
 pub mod measure;
 pub mod targets;
 pub mod workload;
