@@ -86,14 +86,25 @@ pub fn serve(
 
 /// Refuses a port another process listens on. A listener of a process that just died
 /// can linger for a moment while the kernel tears down its io_uring, so a clash is only
-/// reported after it persisted for [`PORT_CLASH_GRACE`].
+/// reported after it persisted for [`PORT_CLASH_GRACE`]; connections a killed agent left
+/// behind on the port are not a clash.
 fn probe_port(addr: std::net::SocketAddr) -> Result<(), AgentError> {
     let deadline = Instant::now() + PORT_CLASH_GRACE;
     loop {
         match probe_bind(addr) {
             Ok(()) => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(50));
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                // Connections of a killed agent linger on the port (FIN_WAIT) until its
+                // peers close their ends; they do not listen. Only a listener that
+                // accepts connections is another agent.
+                let live = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500));
+                if live.is_err() {
+                    return Ok(());
+                }
+                if Instant::now() >= deadline {
+                    return Err(AgentError::PortInUse { addr, source: e });
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
             Err(source) => return Err(AgentError::PortInUse { addr, source }),
         }
@@ -115,7 +126,7 @@ fn probe_bind(addr: std::net::SocketAddr) -> std::io::Result<()> {
 }
 
 /// How long a port clash must last before the agent gives up (see [`probe_port`]).
-const PORT_CLASH_GRACE: Duration = Duration::from_secs(10);
+const PORT_CLASH_GRACE: Duration = Duration::from_secs(3);
 
 /// The server's Raft node id: chosen at random when its data directory is new, kept in
 /// `DATA_DIR/node-id` so a restart is the same server to its peers.

@@ -1,0 +1,266 @@
+//! Multi-server clusters of real `cairn agent --server` processes on loopback: formation,
+//! replication, forwarding, leader failure under load, full restarts and catching up
+//! through a snapshot.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn::client::RpcClient;
+use cairn_net::rpc::message::{Consistency, ErrorCode, Op, Response};
+use support::{b, get, put, req, Cluster};
+
+#[test]
+fn three_servers_elect_one_leader_and_a_write_through_a_follower_reaches_every_server() {
+    let c = Cluster::start(3, &[]);
+    let leader = c.wait_for_leader(Duration::from_secs(10));
+    let follower = c.other_than(leader);
+    let mut client = c.servers[follower]
+        .client(Duration::from_secs(5))
+        .expect("connect");
+    assert_eq!(put(&mut client, "k", "v"), Ok(Response::Bool(true)));
+    for i in 0..3 {
+        c.wait_stale_value(i, "k", "v", Duration::from_secs(10));
+    }
+    // Every read mode answers through any server.
+    for i in 0..3 {
+        for mode in [Consistency::Default, Consistency::Consistent] {
+            assert_eq!(get(&c.servers[i], "k", mode).as_deref(), Some("v"));
+        }
+    }
+    // The configuration names three voters and one leader.
+    let Some(Response::Servers(servers)) =
+        c.servers[follower].call(Op::RaftConfiguration, Duration::from_secs(5))
+    else {
+        panic!("no configuration");
+    };
+    assert_eq!(servers.len(), 3, "{servers:?}");
+    assert!(servers.iter().all(|s| s.voter));
+    assert_eq!(servers.iter().filter(|s| s.leader).count(), 1);
+    assert_eq!(
+        servers.iter().find(|s| s.leader).map(|s| s.address.clone()),
+        Some(c.servers[leader].addr())
+    );
+}
+
+/// Writes unique keys through whichever server answers until told to stop; returns the
+/// keys whose writes were acknowledged.
+fn writer(addrs: Vec<String>, stop: Arc<AtomicBool>) -> Vec<String> {
+    let mut acked = Vec::new();
+    let mut client: Option<RpcClient> = None;
+    let mut n = 0u64;
+    let mut at = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        if client.is_none() {
+            at = (at + 1) % addrs.len();
+            client = RpcClient::connect(&addrs[at], Duration::from_secs(3)).ok();
+            if client.is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+        }
+        let key = format!("w/{n:06}");
+        n += 1;
+        match put(client.as_mut().unwrap(), &key, &key) {
+            Ok(Response::Bool(true)) => acked.push(key),
+            Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => client = None,
+        }
+    }
+    acked
+}
+
+#[test]
+fn killing_the_leader_under_continuous_writes_elects_a_new_one_and_loses_no_acknowledged_write() {
+    let mut c = Cluster::start(3, &[]);
+    let old = c.wait_for_leader(Duration::from_secs(10));
+    let addrs: Vec<String> = c.servers.iter().map(|s| s.addr()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = {
+        let stop = stop.clone();
+        std::thread::spawn(move || writer(addrs, stop))
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    c.servers[old].kill();
+    let new = c.wait_for_leader(Duration::from_secs(15));
+    assert_ne!(new, old);
+    // Keep writing under the new leader.
+    let before = Instant::now();
+    let probe = c.servers[new]
+        .client(Duration::from_secs(5))
+        .map(|mut cl| put(&mut cl, "after-failover", "yes"));
+    assert_eq!(probe, Some(Ok(Response::Bool(true))), "{}", c.logs());
+    std::thread::sleep(Duration::from_millis(1500).saturating_sub(before.elapsed()));
+    stop.store(true, Ordering::Relaxed);
+    let acked = w.join().unwrap();
+    assert!(acked.len() > 10, "only {} writes acknowledged", acked.len());
+    // The old leader comes back as a follower and catches up.
+    c.servers[old].restart();
+    c.wait_for_leader(Duration::from_secs(15));
+    c.wait_stale_value(old, "after-failover", "yes", Duration::from_secs(20));
+    let last = acked.last().unwrap().clone();
+    for i in 0..3 {
+        c.wait_stale_value(i, &last, &last, Duration::from_secs(20));
+    }
+    // Every acknowledged write is there, on every server.
+    for i in 0..3 {
+        let Some(Response::Keys { keys, .. }) = c.servers[i].call(
+            Op::KvList {
+                prefix: b("w/"),
+                keys_only: true,
+                separator: None,
+                opts: Default::default(),
+            },
+            Duration::from_secs(10),
+        ) else {
+            panic!("no list from server {i}\n{}", c.logs());
+        };
+        let have: std::collections::HashSet<String> = keys
+            .iter()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        let lost: Vec<&String> = acked.iter().filter(|k| !have.contains(*k)).collect();
+        assert!(
+            lost.is_empty(),
+            "server {i} lost {} acknowledged writes, e.g. {:?}",
+            lost.len(),
+            &lost[..lost.len().min(5)]
+        );
+    }
+}
+
+#[test]
+fn a_full_cluster_restart_keeps_every_write_and_never_bootstraps_again() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_for_leader(Duration::from_secs(10));
+    let mut client = c.servers[leader].client(Duration::from_secs(5)).unwrap();
+    for i in 0..100 {
+        let k = format!("r/{i}");
+        assert_eq!(put(&mut client, &k, &k), Ok(Response::Bool(true)));
+    }
+    drop(client);
+    let config = |c: &Cluster, i: usize| match c.servers[i]
+        .call(Op::RaftConfiguration, Duration::from_secs(5))
+    {
+        Some(Response::Servers(mut s)) => {
+            s.sort_by_key(|s| s.id);
+            s.into_iter()
+                .map(|s| (s.id, s.address, s.voter))
+                .collect::<Vec<_>>()
+        }
+        other => panic!("no configuration: {other:?}"),
+    };
+    let before = config(&c, leader);
+    for s in &mut c.servers {
+        s.kill();
+    }
+    for s in &mut c.servers {
+        s.restart();
+    }
+    let leader = c.wait_for_leader(Duration::from_secs(20));
+    assert_eq!(config(&c, leader), before);
+    for i in 0..100 {
+        let k = format!("r/{i}");
+        assert_eq!(
+            get(&c.servers[leader], &k, Consistency::Consistent).as_deref(),
+            Some(k.as_str())
+        );
+    }
+    let bootstraps: usize = c
+        .servers
+        .iter()
+        .map(|s| s.log_text().matches("bootstrapped a cluster").count())
+        .sum();
+    assert_eq!(bootstraps, 1, "{}", c.logs());
+}
+
+fn snapshot_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir.join("raft/snapshots"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".snap"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_server_down_while_the_cluster_snapshots_and_purges_catches_up_from_the_snapshot() {
+    let mut c = Cluster::start(
+        3,
+        &[
+            "--raft-snapshot-threshold",
+            "50",
+            "--raft-trailing-logs",
+            "5",
+        ],
+    );
+    let leader = c.wait_for_leader(Duration::from_secs(10));
+    let down = c.other_than(leader);
+    c.servers[down].kill();
+    assert_eq!(snapshot_files(&c.servers[down].dir), 0);
+    let mut client = c.servers[leader].client(Duration::from_secs(5)).unwrap();
+    for i in 0..300 {
+        let k = format!("s/{i:03}");
+        assert_eq!(put(&mut client, &k, &k), Ok(Response::Bool(true)));
+    }
+    // The leader snapshots as it goes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while snapshot_files(&c.servers[leader].dir) == 0 {
+        assert!(Instant::now() < deadline, "the leader never snapshotted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.servers[down].restart();
+    c.wait_stale_value(down, "s/299", "s/299", Duration::from_secs(30));
+    for i in (0..300).step_by(37) {
+        let k = format!("s/{i:03}");
+        assert_eq!(
+            get(&c.servers[down], &k, Consistency::Stale).as_deref(),
+            Some(k.as_str())
+        );
+    }
+    // It received the leader's snapshot: the entries it missed were purged from the
+    // leader's log, and it applied fewer than the 50 entries that would make it take
+    // a snapshot of its own.
+    assert!(
+        snapshot_files(&c.servers[down].dir) > 0,
+        "the lagging server caught up without a snapshot\n{}",
+        c.logs()
+    );
+}
+
+#[test]
+fn a_write_to_a_server_that_cannot_reach_a_quorum_is_not_acknowledged() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_for_leader(Duration::from_secs(10));
+    let survivor = c.other_than(leader);
+    for i in 0..3 {
+        if i != survivor {
+            c.servers[i].kill();
+        }
+    }
+    let mut client = c.servers[survivor].client(Duration::from_secs(30)).unwrap();
+    let r = put(&mut client, "lonely", "x");
+    match r {
+        Ok(Response::Error(e)) => assert!(
+            matches!(e.code, ErrorCode::NoLeader | ErrorCode::Unavailable),
+            "{e:?}"
+        ),
+        other => panic!("a write without a quorum answered {other:?}"),
+    }
+    assert_eq!(
+        get(&c.servers[survivor], "lonely", Consistency::Stale),
+        None
+    );
+    let r = client.call(&req(Op::KvGet {
+        key: b("lonely"),
+        opts: Default::default(),
+    }));
+    assert!(
+        matches!(r, Ok(Response::Error(_))),
+        "a default read without a leader answered {r:?}"
+    );
+}

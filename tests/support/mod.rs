@@ -1,0 +1,276 @@
+//! Real `cairn agent --server` processes on loopback (or in network namespaces) for the
+//! cluster tests: start, kill -9, restart, and a blocking RPC client per call.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cairn::client::RpcClient;
+use cairn_net::rpc::message::{Consistency, Op, ReadOpts, Request, Response};
+
+pub const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
+
+pub fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn req(op: Op) -> Request {
+    Request {
+        datacenter: String::new(),
+        token: String::new(),
+        op,
+    }
+}
+
+pub fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+/// One server of a test cluster.
+pub struct Server {
+    pub ip: String,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    /// Run inside this network namespace (`ip netns exec`), if any.
+    pub netns: Option<String>,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Server {
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.ip, self.port)
+    }
+
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, CAIRN]);
+                c
+            }
+            None => Command::new(CAIRN),
+        };
+        cmd.args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .stdin(Stdio::null());
+        self.child = Some(cmd.spawn().unwrap());
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart of a running server");
+        self.spawn();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn client(&self, timeout: Duration) -> Option<RpcClient> {
+        RpcClient::connect(&self.addr(), timeout).ok()
+    }
+
+    /// One request on a fresh connection; `None` if the server cannot be reached.
+    pub fn call(&self, op: Op, timeout: Duration) -> Option<Response> {
+        self.client(timeout)?.call(&req(op)).ok()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A cluster of servers with their data directories under one temporary directory.
+pub struct Cluster {
+    pub servers: Vec<Server>,
+    pub root: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// `n` servers on 127.0.0.1, each told about all the others, expecting `n`.
+    pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        let ips = vec!["127.0.0.1".to_string(); n];
+        Cluster::start_on(&ips, None, extra)
+    }
+
+    /// Servers at the given IPs (each in its namespace, if given).
+    pub fn start_on(ips: &[String], netns: Option<&[String]>, extra: &[&str]) -> Cluster {
+        let root = tempfile::tempdir().unwrap();
+        let n = ips.len();
+        let ports: Vec<u16> = ips
+            .iter()
+            .map(|ip| if netns.is_some() { 8300 } else { free_port(ip) })
+            .collect();
+        let join: Vec<String> = ips
+            .iter()
+            .zip(&ports)
+            .map(|(ip, p)| format!("{ip}:{p}"))
+            .collect();
+        let mut servers = Vec::new();
+        for i in 0..n {
+            let dir = root.path().join(format!("s{i}"));
+            let log = root.path().join(format!("s{i}.log"));
+            let mut args: Vec<String> = [
+                "agent",
+                "--server",
+                "--node",
+                &format!("s{i}"),
+                "--data-dir",
+                dir.to_str().unwrap(),
+                "--bind",
+                &ips[i],
+                "--server-port",
+                &ports[i].to_string(),
+                "--bootstrap-expect",
+                &n.to_string(),
+                "--retry-join",
+                &join.join(","),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let mut s = Server {
+                ip: ips[i].clone(),
+                port: ports[i],
+                dir,
+                log,
+                netns: netns.map(|ns| ns[i].clone()),
+                args,
+                child: None,
+            };
+            s.spawn();
+            servers.push(s);
+        }
+        let c = Cluster { servers, root };
+        c.wait_for_leader(Duration::from_secs(30));
+        c
+    }
+
+    /// What every running server's log says, for failure messages.
+    pub fn logs(&self) -> String {
+        self.servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("--- server {i} ({}):\n{}", s.addr(), s.log_text()))
+            .collect()
+    }
+
+    /// The index of the server every running server names as leader, once they agree.
+    pub fn wait_for_leader(&self, limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(i) = self.agreed_leader() {
+                return i;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {limit:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn agreed_leader(&self) -> Option<usize> {
+        let mut named = None;
+        for s in self.servers.iter().filter(|s| s.running()) {
+            let Some(Response::Leader(Some(addr))) =
+                s.call(Op::StatusLeader, Duration::from_secs(2))
+            else {
+                return None;
+            };
+            if named.as_ref().is_some_and(|n| *n != addr) {
+                return None;
+            }
+            named = Some(addr);
+        }
+        let named = named?;
+        self.servers
+            .iter()
+            .position(|s| s.addr() == named && s.running())
+    }
+
+    /// A running server that is not `not`.
+    pub fn other_than(&self, not: usize) -> usize {
+        (0..self.servers.len())
+            .find(|i| *i != not && self.servers[*i].running())
+            .expect("another running server")
+    }
+
+    /// Waits until server `i` serves `key` = `value` from its own state (stale read).
+    pub fn wait_stale_value(&self, i: usize, key: &str, value: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let got = get(&self.servers[i], key, Consistency::Stale);
+            if got.as_deref() == Some(value) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server {i} never served {key}={value} (last: {got:?})\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A get through `s`; `None` if absent or on any error.
+pub fn get(s: &Server, key: &str, consistency: Consistency) -> Option<String> {
+    match s.call(
+        Op::KvGet {
+            key: b(key),
+            opts: ReadOpts {
+                consistency,
+                ..ReadOpts::default()
+            },
+        },
+        Duration::from_secs(5),
+    ) {
+        Some(Response::Entries { entries, .. }) => entries
+            .first()
+            .map(|e| String::from_utf8_lossy(&e.value).into_owned()),
+        _ => None,
+    }
+}
+
+/// A put through a client; `Ok(true)` once acknowledged.
+pub fn put(c: &mut RpcClient, key: &str, value: &str) -> Result<Response, String> {
+    c.call(&req(Op::KvPut {
+        key: b(key),
+        value: b(value),
+        flags: 0,
+        cas: None,
+        acquire: None,
+        release: None,
+    }))
+    .map_err(|e| e.to_string())
+}
