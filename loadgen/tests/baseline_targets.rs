@@ -554,28 +554,30 @@ fn on_path(bin: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// `redis-server`, installed if missing; `None` (with the reason printed) when it cannot
-/// be had, e.g. on a machine without network.
-fn redis_server_binary() -> Option<()> {
-    if on_path("redis-server") {
+/// `bin` from Debian package `pkg`, installed if missing; `None` (with the reason
+/// printed) when it cannot be had, e.g. on a machine without network.
+fn installed(bin: &str, pkg: &str) -> Option<()> {
+    if on_path(bin) {
         return Some(());
     }
-    eprintln!("redis-server is missing: installing it with apt-get");
-    let installed = Command::new("sh")
-        .args([
-            "-c",
-            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server",
-        ])
+    eprintln!("{bin} is missing: installing {pkg} with apt-get");
+    let script = format!(
+        "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {pkg}"
+    );
+    let ok = Command::new("sh")
+        .args(["-c", &script])
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if installed && on_path("redis-server") {
+    if ok && on_path(bin) {
         return Some(());
     }
-    eprintln!(
-        "SKIPPED: redis-server is not installed and apt-get could not install it (no network?)"
-    );
+    eprintln!("SKIPPED: {bin} is not installed and apt-get could not install {pkg} (no network?)");
     None
+}
+
+fn redis_server_binary() -> Option<()> {
+    installed("redis-server", "redis-server")
 }
 
 fn start_redis() -> (Server, String) {
@@ -807,4 +809,72 @@ fn loadgen_baseline_against_redis_writes_its_files_and_stops_what_it_started() {
         std::net::TcpStream::connect(addr).is_err(),
         "{addr} still listens"
     );
+}
+
+// ---- a real etcd member -------------------------------------------------------------
+
+#[test]
+fn loadgen_drives_a_real_etcd_member_through_its_json_gateway() {
+    let Some(()) = installed("etcd", "etcd-server") else {
+        return;
+    };
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (client, peer) = (free(), free());
+    let dir = tempfile::tempdir().unwrap();
+    let c = format!("http://127.0.0.1:{client}");
+    let p = format!("http://127.0.0.1:{peer}");
+    let _etcd = Server(
+        Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+            .args([
+                "--listen-peer-urls",
+                &p,
+                "--initial-advertise-peer-urls",
+                &p,
+            ])
+            .args(["--initial-cluster", &format!("t={p}")])
+            .args(["--logger", "zap", "--log-level", "error"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let servers = vec![format!("etcd://127.0.0.1:{client}")];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Err(e) = loadgen::kv::probe(&servers, Consistency::Default, Duration::from_secs(1)) {
+        assert!(Instant::now() < deadline, "etcd did not answer: {e}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut p = redis_run("unused:1", Mix::Read, 2);
+    p.servers = servers;
+    p.keys = 300;
+    p.connections = 2;
+    p.duration = Duration::from_millis(700);
+    preload(&p).unwrap();
+    for (mix, consistency) in [
+        (Mix::Read, Consistency::Stale),
+        (Mix::Read, Consistency::Consistent),
+        (Mix::Write, Consistency::Default),
+        (Mix::List, Consistency::Stale),
+    ] {
+        p.mix = mix;
+        p.consistency = consistency;
+        let out = run(&p, |_| {}).unwrap();
+        assert!(!out.recorder.total().is_empty(), "{mix:?}: no operations");
+        assert_eq!(out.recorder.error_total(), 0, "{mix:?}");
+    }
+    // Only-if-absent on preloaded keys: every one is refused, and counted as such.
+    p.mix = Mix::Cas;
+    let out = run(&p, |_| {}).unwrap();
+    assert!(out.recorder.errors(ErrorKind::CasFailed) > 0);
+    assert_eq!(out.recorder.errors(ErrorKind::Other), 0);
+    assert!(out.recorder.total().is_empty());
 }
