@@ -146,7 +146,10 @@ fn a_second_agent_on_the_same_port_or_data_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let port = free_port();
-    let _a = start(&["--server", "--bootstrap-expect", "1", "--data-dir", d], port);
+    let _a = start(
+        &["--server", "--bootstrap-expect", "1", "--data-dir", d],
+        port,
+    );
     let out = Command::new(CAIRN)
         .args(["agent", "--dev", "--server-port", &port.to_string()])
         .output()
