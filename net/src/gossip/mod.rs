@@ -26,6 +26,7 @@
 
 pub mod config;
 pub mod core;
+pub mod crypto;
 pub mod sim;
 pub mod wire;
 
