@@ -634,7 +634,7 @@ fn run_all(cfg: &Config, sup: &Supervisor) -> Result<(Vec<Row>, String), String>
     }
     let t = &cfg.template;
     let mut text = format!(
-        "{}\nload: {} connections, pipeline {}, {} keys, {}-byte values, {} s measured after {} s warmup, {}; etcd: {} members, durable; redis: in memory, no persistence\n\n",
+        "{}\nload: {} connections, pipeline {}, {} keys, {}-byte values, {} s measured after {} s warmup, {}; cairn: {}; etcd: {} members, durable; redis: in memory, no persistence\n\n",
         machine_note(),
         t.connections,
         t.pipeline,
@@ -646,6 +646,11 @@ fn run_all(cfg: &Config, sup: &Supervisor) -> Result<(Vec<Row>, String), String>
             format!("open loop at {} ops/s", t.rate)
         } else {
             "closed loop".to_string()
+        },
+        match &cfg.cairn {
+            CairnSource::None => "not measured".to_string(),
+            CairnSource::Running(addr) => format!("the server at {addr}"),
+            CairnSource::Start(_) => "one server started here, durable".to_string(),
         },
         cfg.etcd_members,
     );
