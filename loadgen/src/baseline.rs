@@ -534,8 +534,13 @@ pub fn machine_note() -> String {
             })
             .unwrap_or_else(|| "not installed".into())
     };
+    // Other work on the machine skews every figure: say how busy it was.
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into());
     format!(
-        "machine: {cores} cores ({cpu}), {mem_gib} GiB; {}; {}",
+        "machine: {cores} cores ({cpu}), {mem_gib} GiB, load average {load} at the end; {}; {}",
         version("etcd"),
         version("redis-server")
     )
