@@ -49,6 +49,10 @@ pub struct AgentArgs {
     /// Largest key in bytes (at most 8 KiB).
     #[arg(long, default_value_t = Limits::default().max_key, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=8192))]
     pub max_key_size: usize,
+    /// Microseconds an idle core spins before sleeping in the kernel: lower latency when
+    /// the server has its cores to itself; set 0 when servers share cores (a test box).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub spin_before_park_us: u64,
     /// Most operations in one transaction (at most Consul's 128).
     #[arg(long, default_value_t = Limits::default().max_txn_ops, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=128))]
     pub max_txn_ops: usize,
@@ -123,6 +127,7 @@ pub fn agent(a: AgentArgs) -> ExitCode {
             snapshot_threshold: a.raft_snapshot_threshold,
             trailing_logs: a.raft_trailing_logs,
         },
+        spin_before_park: Duration::from_micros(a.spin_before_park_us),
         limits: Limits {
             max_key: a.max_key_size,
             max_value: a.max_value_size,

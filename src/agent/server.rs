@@ -77,7 +77,7 @@ pub fn serve(
     probe_port(addr)?;
     let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(io_memory)
-        .spin_before_park(Duration::from_micros(200))
+        .spin_before_park(cfg.spin_before_park)
         .name("cairn-server")
         .make()
         .map_err(|e| AgentError::Raft(format!("starting the executor: {e}")))?;

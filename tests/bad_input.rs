@@ -1,0 +1,316 @@
+//! Bad input on the RPC port of a real agent: damaged frames, oversize frames, limits,
+//! half-open connections. Each gets a typed error or a clean close of that connection
+//! only; the agent keeps serving everyone else and loses nothing acknowledged.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use cairn::client::RpcClient;
+use cairn_net::rpc::frame::{encode, FrameDecoder, Kind};
+use cairn_net::rpc::message::{ErrorCode, Limits, Op, ReadOpts, Request, Response, TxnOp};
+use support::{b, free_port, req, CAIRN};
+
+struct Dev {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn dev(extra: &[&str]) -> Dev {
+    let port = free_port("127.0.0.1");
+    let child = Command::new(CAIRN)
+        .args(["agent", "--dev", "--server-port", &port.to_string()])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let d = Dev {
+        child,
+        addr: format!("127.0.0.1:{port}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut c) = RpcClient::connect(&d.addr, Duration::from_secs(2)) {
+            if let Ok(Response::Leader(Some(_))) = c.call(&req(Op::StatusLeader)) {
+                return d;
+            }
+        }
+        assert!(Instant::now() < deadline, "dev agent never came up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn frame_of(op: Op, id: u64) -> Vec<u8> {
+    let mut payload = BytesMut::new();
+    req(op).encode(&mut payload);
+    let mut out = BytesMut::new();
+    encode(&mut out, Kind::Request, id, &payload);
+    out.to_vec()
+}
+
+/// Sends raw bytes and reads whatever comes back until the agent closes or 5 s pass.
+fn exchange(addr: &str, bytes: &[u8]) -> (Vec<Response>, bool) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut buf = Vec::new();
+    let closed = s.read_to_end(&mut buf).is_ok();
+    let mut data = BytesMut::from(&buf[..]);
+    let dec = FrameDecoder::default();
+    let mut out = Vec::new();
+    while let Ok(Some(f)) = dec.decode(&mut data) {
+        out.push(Response::decode(&f.payload, &Limits::default()).unwrap());
+    }
+    (out, closed)
+}
+
+fn error_of(r: &Response) -> (ErrorCode, String) {
+    match r {
+        Response::Error(e) => (e.code, e.message.clone()),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+fn still_serves(d: &Dev) {
+    let mut c = RpcClient::connect(&d.addr, Duration::from_secs(5)).unwrap();
+    match c.call(&req(Op::KvGet {
+        key: b("acked"),
+        opts: ReadOpts::default(),
+    })) {
+        Ok(Response::Entries { entries, .. }) => {
+            assert_eq!(entries.len(), 1, "an acknowledged write is gone");
+            assert_eq!(&entries[0].value[..], b"yes");
+        }
+        other => panic!("the agent stopped serving: {other:?}"),
+    }
+}
+
+fn put_acked(d: &Dev) {
+    let mut c = RpcClient::connect(&d.addr, Duration::from_secs(5)).unwrap();
+    let r = c.call(&req(Op::KvPut {
+        key: b("acked"),
+        value: b("yes"),
+        flags: 0,
+        cas: None,
+        acquire: None,
+        release: None,
+    }));
+    assert!(matches!(r, Ok(Response::Bool(true))), "{r:?}");
+}
+
+#[test]
+fn damaged_frames_get_an_error_and_a_close_and_nothing_else_is_disturbed() {
+    let d = dev(&[]);
+    put_acked(&d);
+    let good = frame_of(
+        Op::KvPut {
+            key: b("acked"),
+            value: b("overwritten"),
+            flags: 0,
+            cas: None,
+            acquire: None,
+            release: None,
+        },
+        7,
+    );
+    // A flipped payload byte: the checksum fails.
+    let mut bad_crc = good.clone();
+    let last = bad_crc.len() - 1;
+    bad_crc[last] ^= 0x40;
+    // Another protocol, another version, an impossible length.
+    let mut bad_magic = good.clone();
+    bad_magic[0] = b'X';
+    let mut bad_version = good.clone();
+    bad_version[2] = 99;
+    let mut oversize = good[..24].to_vec();
+    oversize[16..20].copy_from_slice(&(64u32 << 20).to_le_bytes());
+    for (what, bytes, needle) in [
+        ("crc", bad_crc, "checksum"),
+        ("magic", bad_magic, "magic"),
+        ("version", bad_version, "version"),
+        ("length", oversize, "exceeds the limit"),
+    ] {
+        let (resps, closed) = exchange(&d.addr, &bytes);
+        assert!(closed, "{what}: the connection was not closed");
+        assert_eq!(resps.len(), 1, "{what}: {resps:?}");
+        let (code, msg) = error_of(&resps[0]);
+        assert_eq!(code, ErrorCode::Invalid, "{what}");
+        assert!(msg.contains(needle), "{what}: {msg}");
+    }
+    // Nothing of those frames was applied.
+    still_serves(&d);
+}
+
+#[test]
+fn a_half_open_connection_does_not_stall_other_clients() {
+    let d = dev(&[]);
+    put_acked(&d);
+    // Half a header, then silence; and a whole header whose payload never comes.
+    let frame = frame_of(Op::StatusLeader, 1);
+    let mut a = TcpStream::connect(&d.addr).unwrap();
+    a.write_all(&frame[..10]).unwrap();
+    let mut big = frame_of(
+        Op::KvPut {
+            key: b("k"),
+            value: Bytes::from(vec![b'x'; 100_000]),
+            flags: 0,
+            cas: None,
+            acquire: None,
+            release: None,
+        },
+        2,
+    );
+    big.truncate(1000);
+    let mut c2 = TcpStream::connect(&d.addr).unwrap();
+    c2.write_all(&big).unwrap();
+    for _ in 0..20 {
+        still_serves(&d);
+    }
+    drop(a);
+    drop(c2);
+    still_serves(&d);
+}
+
+#[test]
+fn requests_over_the_limits_get_typed_errors_and_change_nothing() {
+    let d = dev(&["--max-value-size", "1024"]);
+    put_acked(&d);
+    let mut c = RpcClient::connect(&d.addr, Duration::from_secs(5)).unwrap();
+    let put = |key: Bytes, value: Bytes| {
+        req(Op::KvPut {
+            key,
+            value,
+            flags: 0,
+            cas: None,
+            acquire: None,
+            release: None,
+        })
+    };
+    let r = c.call(&put(b("v"), Bytes::from(vec![b'x'; 1025]))).unwrap();
+    assert_eq!(error_of(&r).0, ErrorCode::ValueTooLarge, "{r:?}");
+    let r = c.call(&put(b("v"), Bytes::from(vec![b'x'; 1024]))).unwrap();
+    assert_eq!(r, Response::Bool(true));
+    let r = c
+        .call(&put(Bytes::from(vec![b'k'; 8 * 1024 + 1]), b("x")))
+        .unwrap();
+    assert_eq!(error_of(&r).0, ErrorCode::KeyTooLarge, "{r:?}");
+    let ops: Vec<TxnOp> = (0..129)
+        .map(|i| TxnOp::Set {
+            key: b(&format!("t{i}")),
+            value: b("x"),
+            flags: 0,
+        })
+        .collect();
+    let r = c.call(&req(Op::Txn { ops })).unwrap();
+    assert_eq!(error_of(&r).0, ErrorCode::TxnTooLarge, "{r:?}");
+    // None of the refused transaction's keys exist.
+    let r = c
+        .call(&req(Op::KvGet {
+            key: b("t0"),
+            opts: ReadOpts::default(),
+        }))
+        .unwrap();
+    assert!(
+        matches!(r, Response::Entries { ref entries, .. } if entries.is_empty()),
+        "{r:?}"
+    );
+    // An unknown request kind is refused on its own; the connection stays usable.
+    let mut unknown = BytesMut::new();
+    unknown.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 200]);
+    let mut framed = BytesMut::new();
+    encode(&mut framed, Kind::Request, 3, &unknown);
+    let mut tail = frame_of(Op::StatusLeader, 4);
+    let mut both = framed.to_vec();
+    both.append(&mut tail);
+    let mut s = TcpStream::connect(&d.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&both).unwrap();
+    let dec = FrameDecoder::default();
+    let mut data = BytesMut::new();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while got.len() < 2 {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed after an unknown request kind");
+        data.extend_from_slice(&buf[..n]);
+        while let Ok(Some(f)) = dec.decode(&mut data) {
+            got.push((
+                f.id,
+                Response::decode(&f.payload, &Limits::default()).unwrap(),
+            ));
+        }
+    }
+    got.sort_by_key(|(id, _)| *id);
+    assert_eq!(error_of(&got[0].1).0, ErrorCode::Invalid);
+    assert!(matches!(got[1].1, Response::Leader(Some(_))), "{got:?}");
+    still_serves(&d);
+}
+
+#[test]
+fn pipelined_requests_are_answered_as_they_finish_not_in_order() {
+    let d = dev(&[]);
+    put_acked(&d);
+    let index = match RpcClient::connect(&d.addr, Duration::from_secs(5))
+        .unwrap()
+        .call(&req(Op::KvGet {
+            key: b("acked"),
+            opts: ReadOpts::default(),
+        }))
+        .unwrap()
+    {
+        Response::Entries { meta, .. } => meta.index,
+        other => panic!("{other:?}"),
+    };
+    // A blocking read that waits (up to 30 s) for the key to change, then a write of the
+    // key on the same connection: the write is answered first and ends the wait.
+    let mut bytes = frame_of(
+        Op::KvGet {
+            key: b("acked"),
+            opts: ReadOpts {
+                index,
+                wait_ms: 30_000,
+                ..ReadOpts::default()
+            },
+        },
+        1,
+    );
+    bytes.extend(frame_of(
+        Op::KvPut {
+            key: b("acked"),
+            value: b("yes"),
+            flags: 0,
+            cas: None,
+            acquire: None,
+            release: None,
+        },
+        2,
+    ));
+    let mut s = TcpStream::connect(&d.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(&bytes).unwrap();
+    let dec = FrameDecoder::default();
+    let mut data = BytesMut::new();
+    let mut order = Vec::new();
+    let mut buf = [0u8; 4096];
+    while order.len() < 2 {
+        let n = s.read(&mut buf).expect("both answers within 20 s");
+        assert!(n > 0);
+        data.extend_from_slice(&buf[..n]);
+        while let Ok(Some(f)) = dec.decode(&mut data) {
+            order.push(f.id);
+        }
+    }
+    assert_eq!(order, vec![2, 1]);
+}
