@@ -18,6 +18,7 @@
 pub mod agent;
 pub mod catalog;
 pub mod client;
+pub mod gossip;
 pub mod kv;
 pub mod preflight;
 pub mod raft;
