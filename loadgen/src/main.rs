@@ -109,7 +109,8 @@ struct KvArgs {
 
 #[derive(clap::Args, Debug)]
 struct SweepArgs {
-    /// Cluster sizes to compare. Only 1 works until multi-server Raft networking exists.
+    /// Cluster sizes to compare (1 to 9 servers each). Connections are spread over every
+    /// server of a cluster; followers forward writes and non-stale reads to the leader.
     #[arg(long, value_delimiter = ',', default_value = "1")]
     sizes: Vec<u32>,
     /// Folder for the results (created if missing).
@@ -275,55 +276,66 @@ impl Drop for LocalAgent {
     }
 }
 
-fn start_agent(
+/// Starts `n` servers on loopback (fresh data directories under `dir`, free ports), each
+/// told about all the others, and waits until they agree on a leader.
+fn start_cluster(
     cairn: &std::path::Path,
     dir: &std::path::Path,
-) -> Result<(LocalAgent, String), String> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("finding a free port: {e}"))?
-        .port();
-    let d = dir.to_str().ok_or("data dir is not UTF-8")?;
-    let agent = LocalAgent(
+    n: u32,
+) -> Result<(Vec<LocalAgent>, Vec<String>), String> {
+    // Hold every probe listener until all ports are chosen, so no two servers get the
+    // same one.
+    let probes = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("finding free ports: {e}"))?;
+    let addrs = probes
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.to_string()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("finding free ports: {e}"))?;
+    drop(probes);
+    let join = addrs.join(",");
+    let mut agents = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let port = addr.rsplit(':').next().unwrap_or_default();
+        let data = dir.join(format!("server-{}", i + 1));
+        let d = data.to_str().ok_or("data dir is not UTF-8")?;
+        agents.push(LocalAgent(
+            std::process::Command::new(cairn)
+                .args(["agent", "--server", "--node", &format!("server-{}", i + 1)])
+                .args(["--data-dir", d, "--server-port", port])
+                .args(["--bootstrap-expect", &n.to_string(), "--retry-join", &join])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::inherit())
+                .spawn()
+                .map_err(|e| format!("starting {}: {e}", cairn.display()))?,
+        ));
+    }
+    let leader_of = |addr: &str| {
         std::process::Command::new(cairn)
-            .args([
-                "agent",
-                "--server",
-                "--bootstrap-expect",
-                "1",
-                "--data-dir",
-                d,
-            ])
-            .args(["--server-port", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", cairn.display()))?,
-    );
-    let addr = format!("127.0.0.1:{port}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::time::Instant::now() < deadline {
-        let up = std::process::Command::new(cairn)
-            .args(["status", "leader", "--rpc-addr", &addr])
+            .args(["status", "leader", "--rpc-addr", addr])
             .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if up {
-            return Ok((agent, addr));
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let named: Vec<Option<String>> = addrs.iter().map(|a| leader_of(a)).collect();
+        if named[0].is_some() && named.iter().all(|l| *l == named[0]) {
+            return Ok((agents, addrs));
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     Err(format!(
-        "the agent on {addr} did not elect a leader within 30 s"
+        "the {n} servers at {join} did not agree on a leader within 60 s"
     ))
 }
 
 fn sweep(a: SweepArgs) -> ExitCode {
-    if let Some(n) = a.sizes.iter().find(|n| **n != 1) {
-        eprintln!(
-            "loadgen: sweep: clusters of {n} servers need multi-server Raft networking, which \
-             Cairn does not have yet; use --sizes 1"
-        );
+    if let Some(n) = a.sizes.iter().find(|n| !(1..=9).contains(*n)) {
+        eprintln!("loadgen: sweep: a cluster of {n} servers: sizes go from 1 to 9");
         return ExitCode::from(2);
     }
     let cairn = a.cairn.clone().unwrap_or_else(|| {
@@ -341,22 +353,22 @@ fn sweep(a: SweepArgs) -> ExitCode {
     for n in &a.sizes {
         let dir = a.out_dir.join(format!("cluster-{n}"));
         let _ = std::fs::remove_dir_all(&dir);
-        let (agent, addr) = match start_agent(&cairn, &dir.join("server-1")) {
+        let (agents, addrs) = match start_cluster(&cairn, &dir, *n) {
             Ok(x) => x,
             Err(e) => {
                 eprintln!("loadgen: sweep: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        eprintln!("loadgen: sweep: {n} server(s) at {addr}");
+        eprintln!("loadgen: sweep: {n} server(s) at {}", addrs.join(","));
         let mut k = a.kv.clone();
-        k.servers = vec![addr];
+        k.servers = addrs;
         let stem = a.out_dir.join(format!("size-{n}"));
         k.hgrm = Some(stem.with_extension("hgrm"));
         k.json = Some(stem.with_extension("json"));
         k.hlog = Some(stem.with_extension("hlog"));
         let code = kv(k);
-        drop(agent);
+        drop(agents);
         if code != ExitCode::SUCCESS {
             return code;
         }

@@ -87,17 +87,17 @@ fn compare_refuses_bad_input_with_clear_errors() {
 }
 
 #[test]
-fn sweep_refuses_cluster_sizes_cairn_cannot_form_yet() {
+fn sweep_refuses_cluster_sizes_outside_one_to_nine() {
     let dir = tempfile::tempdir().unwrap();
     let (code, _, err) = loadgen(&[
         "sweep",
         "--sizes",
-        "1,3",
+        "1,10",
         "--out-dir",
         dir.path().to_str().unwrap(),
     ]);
     assert_eq!(code, 2);
-    assert!(err.contains("clusters of 3 servers"), "{err}");
+    assert!(err.contains("a cluster of 10 servers"), "{err}");
 }
 
 #[test]
