@@ -34,11 +34,12 @@ where
         .expect("the test body panicked");
 }
 
-/// Fast timings for loopback: probes every 200 ms, suspicion at least 500 ms.
+/// Fast timings for loopback: probes every 200 ms answered within 100 ms, suspicion at
+/// least 500 ms.
 fn fast() -> Profile {
     Profile {
         probe_interval_ms: 200,
-        probe_timeout_ms: 60,
+        probe_timeout_ms: 100,
         gossip_interval_ms: 50,
         suspicion_min_floor_ms: 500,
         sync_interval_ms: 2_000,
@@ -117,6 +118,30 @@ fn converged(pool: &[GossipHandle]) -> bool {
     })
 }
 
+/// Like [`converged`], with `gone` still listed (as failed) by everyone.
+fn converged_except(pool: &[GossipHandle], gone: SocketAddr) -> bool {
+    pool.iter().all(|h| {
+        let members = h.members();
+        members.len() == pool.len() + 1
+            && members.iter().all(|m| {
+                if m.addr == gone {
+                    m.status == Status::Dead
+                } else {
+                    m.status == Status::Alive && pool.iter().any(|o| o.local_addr() == m.addr)
+                }
+            })
+    })
+}
+
+/// Waits until `pool[0]` has sent a few more datagrams.
+async fn traffic_flows(pool: &[GossipHandle]) {
+    let sent = pool[0].stats().datagrams_sent;
+    wait_until(Duration::from_secs(5), "traffic flows", || {
+        pool[0].stats().datagrams_sent > sent + 5
+    })
+    .await;
+}
+
 fn drain(rx: &mut broadcast::Receiver<GossipEvent>) -> Vec<GossipEvent> {
     let mut out = Vec::new();
     while let Ok(e) = rx.try_recv() {
@@ -162,12 +187,14 @@ fn five_drivers_converge_and_a_stopped_one_is_marked_failed_by_all_others() {
         assert_eq!(failed.len(), 1, "one Failed event: {seen:?}");
         assert_eq!(failed[0].member.name, "node-4");
         assert_eq!(failed[0].member.status, Status::Dead);
-        // The living stay alive in everyone's view.
-        for h in &pool {
-            for other in &pool {
-                assert_eq!(status_of(h, other.local_addr()), Some(Status::Alive));
-            }
-        }
+        // The living stay alive in everyone's view (a probe delayed on a loaded machine
+        // may make one a suspect for a moment; it refutes).
+        wait_until(
+            Duration::from_secs(5),
+            "the 4 living see each other alive",
+            || converged_except(&pool, victim_addr),
+        )
+        .await;
     });
 }
 
@@ -200,13 +227,17 @@ fn a_graceful_leave_shows_as_left_not_failed() {
             assert_eq!(status_of(h, addr), Some(Status::Left));
         }
         let seen = drain(&mut events);
-        let about: Vec<EventKind> = seen
+        let left: Vec<&GossipEvent> = seen
             .iter()
-            .filter(|e| e.member.addr == addr)
-            .map(|e| e.kind)
+            .filter(|e| e.member.addr == addr && e.kind == EventKind::Left)
             .collect();
-        assert_eq!(about, vec![EventKind::Left], "{seen:?}");
-        assert_eq!(seen[0].member.name, "node-3");
+        assert_eq!(left.len(), 1, "{seen:?}");
+        assert_eq!(left[0].member.name, "node-3");
+        assert_eq!(left[0].member.status, Status::Left);
+        assert!(
+            !seen.iter().any(|e| e.kind == EventKind::Failed),
+            "nobody failed: {seen:?}"
+        );
     });
 }
 
@@ -221,7 +252,7 @@ fn garbage_datagrams_are_dropped_counted_by_reason_and_do_not_disturb_membership
         let mut events = pool[0].subscribe();
         let target = pool[0].local_addr();
         let before = pool[0].stats();
-        let incarnations: Vec<u32> = pool[0].members().iter().map(|m| m.incarnation).collect();
+        let addrs: Vec<SocketAddr> = pool[0].members().iter().map(|m| m.addr).collect();
 
         let attacker = UdpSocket::bind("127.0.0.1:0").unwrap();
         let send = |b: &[u8]| {
@@ -264,13 +295,23 @@ fn garbage_datagrams_are_dropped_counted_by_reason_and_do_not_disturb_membership
         // The driver refuses the oversize and the sealed one itself; the core the other six.
         assert_eq!(s.core.packets_refused - before.core.packets_refused, 6);
 
-        // A second of normal gossip later, nothing about anyone changed.
+        // A second of normal gossip later, nobody joined, failed, left or changed: the
+        // same three members, all alive. (A probe delayed on a loaded machine may raise
+        // a suspicion that is refuted; that is scheduling, not the garbage.)
         glommio::timer::sleep(Duration::from_secs(1)).await;
-        assert!(converged(&pool));
-        let after: Vec<u32> = pool[0].members().iter().map(|m| m.incarnation).collect();
-        assert_eq!(after, incarnations);
-        assert_eq!(drain(&mut events), vec![]);
-        assert_eq!(pool[0].members().len(), 3, "the attacker is no member");
+        wait_until(
+            Duration::from_secs(5),
+            "the 3 drivers are all alive",
+            || converged(&pool),
+        )
+        .await;
+        let members: Vec<SocketAddr> = pool[0].members().iter().map(|m| m.addr).collect();
+        assert_eq!(members, addrs, "the attacker is no member");
+        let changes: Vec<GossipEvent> = drain(&mut events)
+            .into_iter()
+            .filter(|e| !matches!(e.kind, EventKind::Suspect | EventKind::Alive))
+            .collect();
+        assert_eq!(changes, vec![]);
     });
 }
 
@@ -362,27 +403,30 @@ fn keys_rotate_across_a_running_pool_without_splitting_it() {
             converged(&pool)
         })
         .await;
+        // Consul's procedure: install the new key everywhere, use it everywhere, remove
+        // the old one everywhere, letting traffic flow between steps (datagrams sealed
+        // with the old key may still be queued when a node switches).
         for h in &pool {
             assert_eq!(h.with_keyring(|k| k.install(new.clone())), Some(true));
         }
+        traffic_flows(&pool).await;
         for h in &pool {
             h.with_keyring(|k| k.use_key(&new)).unwrap().unwrap();
         }
+        traffic_flows(&pool).await;
+        glommio::timer::sleep(Duration::from_millis(300)).await;
         for h in &pool {
             h.with_keyring(|k| k.remove(&old)).unwrap().unwrap();
+            assert_eq!(h.with_keyring(|k| k.keys()), Some(vec![new.clone()]));
         }
-        let auth_before: u64 = pool.iter().map(|h| h.stats().dropped_auth).sum();
-        let sent_before = pool[0].stats().datagrams_sent;
-        // A few probe periods on the new key alone: still one pool.
-        wait_until(
-            Duration::from_secs(5),
-            "traffic flows on the new key",
-            || pool[0].stats().datagrams_sent > sent_before + 10,
-        )
+        traffic_flows(&pool).await;
+        traffic_flows(&pool).await;
+        wait_until(Duration::from_secs(5), "the pool is whole", || {
+            converged(&pool)
+        })
         .await;
-        assert!(converged(&pool));
-        let auth_after: u64 = pool.iter().map(|h| h.stats().dropped_auth).sum();
-        assert_eq!(auth_after, auth_before, "nothing failed authentication");
+        let auth: u64 = pool.iter().map(|h| h.stats().dropped_auth).sum();
+        assert_eq!(auth, 0, "nothing failed authentication during the rotation");
 
         // Only the new key gets in now.
         let seed = pool[0].local_addr();
