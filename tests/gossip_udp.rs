@@ -151,7 +151,7 @@ fn drain(rx: &mut broadcast::Receiver<GossipEvent>) -> Vec<GossipEvent> {
 }
 
 #[test]
-fn five_drivers_converge_and_a_stopped_one_is_marked_failed_by_all_others() {
+fn five_drivers_converge_share_a_metadata_update_and_mark_a_stopped_one_failed() {
     run("gossip-crash", || async {
         let mut pool = start_pool(5, None);
         let took = wait_until(Duration::from_secs(10), "5 drivers converge", || {
@@ -165,7 +165,28 @@ fn five_drivers_converge_and_a_stopped_one_is_marked_failed_by_all_others() {
         assert_eq!(me.name, "node-2");
         assert_eq!(me.meta.tags["name-tag"], "tag-of-node-2");
 
+        // A metadata change reaches everyone, as an update event.
         let mut events = pool[1].subscribe();
+        let mut changed = meta("node-0");
+        changed.tags.insert("version".into(), "2".into());
+        pool[0].update_meta(changed.clone()).await.unwrap();
+        let node0 = pool[0].local_addr();
+        wait_until(Duration::from_secs(5), "everyone sees the new tags", || {
+            pool.iter().all(|h| {
+                h.members()
+                    .iter()
+                    .any(|m| m.addr == node0 && m.meta == changed)
+            })
+        })
+        .await;
+        let updates: Vec<GossipEvent> = drain(&mut events)
+            .into_iter()
+            .filter(|e| e.kind == EventKind::Updated)
+            .collect();
+        assert_eq!(updates.len(), 1, "{updates:?}");
+        assert_eq!(updates[0].member.addr, node0);
+        assert_eq!(updates[0].member.meta.tags["version"], "2");
+
         let victim = pool.pop().unwrap();
         let victim_addr = victim.local_addr();
         drop(victim);

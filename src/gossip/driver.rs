@@ -461,16 +461,16 @@ impl Inner {
         self.started.elapsed().as_millis() as Millis
     }
 
-    fn drop_datagram(&self, from: SocketAddr, why: Drop, reason: String) {
+    fn drop_datagram(&self, from: SocketAddr, why: Refusal, reason: String) {
         let mut s = self.stats.borrow_mut();
         match why {
-            Drop::Oversize => s.dropped_oversize += 1,
-            Drop::Malformed => s.dropped_malformed += 1,
-            Drop::Foreign => s.dropped_foreign += 1,
-            Drop::UnknownVersion => s.dropped_unknown_version += 1,
-            Drop::Auth => s.dropped_auth += 1,
-            Drop::Unencrypted => s.dropped_unencrypted += 1,
-            Drop::Encrypted => s.dropped_encrypted += 1,
+            Refusal::Oversize => s.dropped_oversize += 1,
+            Refusal::Malformed => s.dropped_malformed += 1,
+            Refusal::Foreign => s.dropped_foreign += 1,
+            Refusal::UnknownVersion => s.dropped_unknown_version += 1,
+            Refusal::Auth => s.dropped_auth += 1,
+            Refusal::Unencrypted => s.dropped_unencrypted += 1,
+            Refusal::Encrypted => s.dropped_encrypted += 1,
         }
         s.last_drop = Some(DroppedDatagram { from, reason });
     }
@@ -479,21 +479,21 @@ impl Inner {
     fn on_datagram(&self, data: &[u8], from: SocketAddr, truncated: bool) {
         if truncated {
             let reason = format!("datagram larger than the {}-byte limit", self.max_datagram);
-            return self.drop_datagram(from, Drop::Oversize, reason);
+            return self.drop_datagram(from, Refusal::Oversize, reason);
         }
         let plain = match &*self.keyring.borrow() {
             Some(ring) => {
                 if data.starts_with(&wire::MAGIC) {
                     let reason = "unencrypted gossip datagram while encryption is on".to_string();
-                    return self.drop_datagram(from, Drop::Unencrypted, reason);
+                    return self.drop_datagram(from, Refusal::Unencrypted, reason);
                 }
                 match ring.decrypt(data) {
                     Ok(p) => bytes::Bytes::from(p),
                     Err(e) => {
                         let why = match e {
-                            DecryptError::TooShort { .. } => Drop::Malformed,
-                            DecryptError::UnknownVersion(_) => Drop::Foreign,
-                            DecryptError::Authentication { .. } => Drop::Auth,
+                            DecryptError::TooShort { .. } => Refusal::Malformed,
+                            DecryptError::UnknownVersion(_) => Refusal::Foreign,
+                            DecryptError::Authentication { .. } => Refusal::Auth,
                         };
                         return self.drop_datagram(from, why, e.to_string());
                     }
@@ -503,7 +503,7 @@ impl Inner {
                 if data.first() == Some(&crypto::VERSION) && data.len() >= crypto::OVERHEAD {
                     let reason =
                         "encrypted gossip datagram while encryption is off here".to_string();
-                    return self.drop_datagram(from, Drop::Encrypted, reason);
+                    return self.drop_datagram(from, Refusal::Encrypted, reason);
                 }
                 bytes::Bytes::copy_from_slice(data)
             }
@@ -514,13 +514,13 @@ impl Inner {
             Ok(()) => self.stats.borrow_mut().datagrams_received += 1,
             Err(e) => {
                 let why = match e {
-                    WireError::BadMagic(_) => Drop::Foreign,
-                    WireError::UnsupportedVersion(_) => Drop::UnknownVersion,
-                    WireError::Oversize { .. } => Drop::Oversize,
+                    WireError::BadMagic(_) => Refusal::Foreign,
+                    WireError::UnsupportedVersion(_) => Refusal::UnknownVersion,
+                    WireError::Oversize { .. } => Refusal::Oversize,
                     WireError::Truncated(_)
                     | WireError::UnknownKind(_)
                     | WireError::Malformed(_)
-                    | WireError::MetaTooLarge { .. } => Drop::Malformed,
+                    | WireError::MetaTooLarge { .. } => Refusal::Malformed,
                 };
                 self.drop_datagram(from, why, e.to_string());
             }
@@ -583,7 +583,7 @@ impl Inner {
 }
 
 #[derive(Clone, Copy)]
-enum Drop {
+enum Refusal {
     Oversize,
     Malformed,
     Foreign,
