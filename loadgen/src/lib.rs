@@ -11,6 +11,7 @@ pub mod baseline;
 pub mod compare;
 pub mod hgrm;
 pub mod kv;
+pub mod linearizability;
 pub mod measure;
 pub mod targets;
 pub mod workload;
