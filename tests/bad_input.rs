@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use cairn::client::RpcClient;
 use cairn_net::rpc::frame::{encode, FrameDecoder, Kind};
-use cairn_net::rpc::message::{ErrorCode, Limits, Op, ReadOpts, Request, Response, TxnOp};
+use cairn_net::rpc::message::{ErrorCode, Limits, Op, ReadOpts, Response, TxnOp};
 use support::{b, free_port, req, CAIRN};
 
 struct Dev {

@@ -29,7 +29,7 @@ use super::peer::Peers;
 use super::{AgentConfig, AgentError};
 use crate::kv::{KvCommand, KvEntry, KvOutcome};
 use crate::raft::network::Network;
-use crate::raft::store::{LogStore, SnapshotData, StateMachine};
+use crate::raft::store::{Flush, LogStore, SnapshotData, StateMachine};
 use crate::raft::types::{Command, TypeConfig};
 use crate::raft::wire::{self, Kind};
 
@@ -162,8 +162,19 @@ fn node_id(data_dir: &std::path::Path) -> Result<u64, AgentError> {
 async fn run(cfg: AgentConfig, ready: impl FnOnce(&AgentConfig, u64)) -> Result<(), AgentError> {
     let id = node_id(&cfg.data_dir)?;
     let raft_dir = cfg.data_dir.join("raft");
-    let log = LogStore::open(&raft_dir.join("log"), cairn_storage::LogOptions::default())
-        .map_err(io("opening the raft log"))?;
+    // A lone server flushes inline; in a cluster the flush runs beside replication
+    // (measured in ARCHITECTURE.md, "Raft").
+    let flush = if cfg.bootstrap_expect == 1 && cfg.retry_join.is_empty() {
+        Flush::Inline
+    } else {
+        Flush::Background
+    };
+    let log = LogStore::open(
+        &raft_dir.join("log"),
+        cairn_storage::LogOptions::default(),
+        flush,
+    )
+    .map_err(io("opening the raft log"))?;
     let sm =
         StateMachine::open(&raft_dir.join("snapshots")).map_err(io("opening the state machine"))?;
     let config = Config {

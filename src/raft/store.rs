@@ -5,6 +5,7 @@
 //! they share state through `Rc<RefCell<_>>`; no borrow is held across an await.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
@@ -15,7 +16,9 @@ use bytes::Bytes;
 use cairn_storage::snapshot::{list_snapshots, write_snapshot, Snapshot as SnapshotFile};
 use cairn_storage::state::StateImage;
 use cairn_storage::transfer::{Chunk, SnapshotReceiver, DEFAULT_MAX_SNAPSHOT_BYTES};
-use cairn_storage::{LogId as StoreLogId, LogOptions, NewEntry, SegmentLog, Vote as StoreVote};
+use cairn_storage::{
+    LogId as StoreLogId, LogOptions, NewEntry, PendingSync, SegmentLog, Vote as StoreVote,
+};
 use futures_util::StreamExt;
 use openraft::impls::leader_id_std::LeaderId;
 use openraft::impls::EntryPayload;
@@ -45,14 +48,121 @@ fn to_store(id: &RaftLogId) -> StoreLogId {
 #[derive(Clone)]
 pub struct LogStore {
     log: Rc<RefCell<SegmentLog>>,
+    /// `None`: appends fdatasync inline on the core.
+    syncer: Option<Rc<Syncer>>,
+}
+
+/// Where an append's fdatasync runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// On the Raft core, inside `append`: the least latency when nothing else needs the
+    /// core meanwhile (a one-server cluster).
+    Inline,
+    /// On a sync thread, so the core replicates and serves while the disk works (a
+    /// cluster: the leader's flush overlaps its followers').
+    Background,
 }
 
 impl LogStore {
-    pub fn open(dir: &Path, opts: LogOptions) -> io::Result<LogStore> {
+    pub fn open(dir: &Path, opts: LogOptions, flush: Flush) -> io::Result<LogStore> {
         let log = SegmentLog::open(dir, opts).map_err(io_err)?;
+        let syncer = match flush {
+            Flush::Inline => None,
+            Flush::Background => Some(Rc::new(Syncer::new()?)),
+        };
         Ok(LogStore {
             log: Rc::new(RefCell::new(log)),
+            syncer,
         })
+    }
+}
+
+/// Makes appends durable on a thread of its own, so the core that runs Raft keeps
+/// replicating, answering and accepting the next entries while the disk works (a
+/// blocking fdatasync on the core stalled everything on it for the whole flush).
+///
+/// Appends are flushed and reported in the order they were made: the thread takes every
+/// sync queued since its last one, runs them (after the first, an fdatasync of the same
+/// file finds little to do, so a burst costs about one flush: group commit), and hands
+/// them back in order; one task on the core completes them and tells openraft, oldest
+/// first.
+struct Syncer {
+    /// To the sync thread: a pending fdatasync, or `None` for an append that needed none
+    /// (it still completes in order, after the ones before it).
+    tx: std::sync::mpsc::Sender<Option<PendingSync>>,
+    /// Back from the sync thread, in order; taken by the completion task when it starts.
+    done: RefCell<Option<futures_channel::mpsc::UnboundedReceiver<Vec<Option<PendingSync>>>>>,
+    /// openraft's callbacks, in append order.
+    waiting: RefCell<VecDeque<IOFlushed<TypeConfig>>>,
+}
+
+impl Syncer {
+    fn new() -> io::Result<Syncer> {
+        let (tx, rx) = std::sync::mpsc::channel::<Option<PendingSync>>();
+        let (done_tx, done_rx) = futures_channel::mpsc::unbounded();
+        std::thread::Builder::new()
+            .name("cairn-log-sync".into())
+            .spawn(move || {
+                // Ends when the log store is dropped (the sender goes away).
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    for p in batch.iter().flatten() {
+                        p.run(); // a failed fdatasync ends the process
+                    }
+                    if done_tx.unbounded_send(batch).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Syncer {
+            tx,
+            done: RefCell::new(Some(done_rx)),
+            waiting: RefCell::new(VecDeque::new()),
+        })
+    }
+}
+
+impl LogStore {
+    /// Queues the durability of everything appended so far; `callback` is told once it
+    /// is on disk.
+    fn flush_later(&self, callback: IOFlushed<TypeConfig>) -> io::Result<()> {
+        let Some(syncer) = &self.syncer else {
+            let synced = self.log.borrow_mut().sync().map(|_| ()).map_err(io_err);
+            callback.io_completed(match &synced {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            });
+            return synced;
+        };
+        if let Some(done) = syncer.done.borrow_mut().take() {
+            let (log, syncer) = (self.log.clone(), syncer.clone());
+            glommio::spawn_local(complete_syncs(done, log, syncer)).detach();
+        }
+        let pending = self.log.borrow_mut().prepare_sync().map_err(io_err)?;
+        syncer.waiting.borrow_mut().push_back(callback);
+        syncer
+            .tx
+            .send(pending)
+            .map_err(|_| io::Error::other("the log sync thread is gone"))
+    }
+}
+
+async fn complete_syncs(
+    mut done: futures_channel::mpsc::UnboundedReceiver<Vec<Option<PendingSync>>>,
+    log: Rc<RefCell<SegmentLog>>,
+    syncer: Rc<Syncer>,
+) {
+    while let Some(batch) = done.next().await {
+        for p in batch {
+            if let Some(p) = p {
+                log.borrow_mut().complete_sync(p);
+            }
+            let callback = syncer.waiting.borrow_mut().pop_front();
+            if let Some(cb) = callback {
+                cb.io_completed(Ok(()));
+            }
+        }
     }
 }
 
@@ -155,16 +265,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 payload: p,
             })
             .collect();
-        let result = {
-            let mut log = self.log.borrow_mut();
-            log.append(&batch).and_then(|()| log.sync().map(|_| ()))
-        };
-        // Reported durable only after the fdatasync that covers the entries returned.
+        let result = self.log.borrow_mut().append(&batch);
         match result {
-            Ok(()) => {
-                callback.io_completed(Ok(()));
-                Ok(())
-            }
+            // Reported durable only after the fdatasync that covers the entries.
+            Ok(()) => self.flush_later(callback),
             Err(e) => {
                 let e = io_err(e);
                 callback.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
@@ -434,7 +538,7 @@ mod tests {
     use super::*;
     use crate::raft::rt::GlommioRuntime;
 
-    struct Builder;
+    struct Builder(Flush);
 
     impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
         async fn build(
@@ -444,7 +548,7 @@ mod tests {
             let opts = LogOptions {
                 segment_size: 64 * 1024,
             };
-            let log = LogStore::open(&dir.path().join("log"), opts).expect("log");
+            let log = LogStore::open(&dir.path().join("log"), opts, self.0).expect("log");
             let sm = StateMachine::open(&dir.path().join("snapshots")).expect("state machine");
             Ok((dir, log, sm))
         }
@@ -454,9 +558,19 @@ mod tests {
     fn the_log_store_and_state_machine_pass_openraft_storage_suite() {
         let mut rt = GlommioRuntime::new(1);
         rt.block_on(async {
-            Suite::test_all(Builder)
+            Suite::test_all(Builder(Flush::Inline))
                 .await
-                .expect("openraft storage suite");
+                .expect("openraft storage suite, inline flush");
+        });
+    }
+
+    #[test]
+    fn the_log_store_passes_openraft_storage_suite_with_background_flush() {
+        let mut rt = GlommioRuntime::new(1);
+        rt.block_on(async {
+            Suite::test_all(Builder(Flush::Background))
+                .await
+                .expect("openraft storage suite, background flush");
         });
     }
 }
