@@ -22,7 +22,8 @@
 //! - Anti-entropy: push-pull of the full state only on join; afterwards a fixed-size
 //!   digest exchanged with one random peer per `sync_interval_ms` (see [`core`] for why).
 //!
-//! Left to others: the UDP/TCP driver, encryption, and turning events into node health.
+//! Also here: [`crypto`], AES-256-GCM datagrams and the keyring. Left to others: the UDP
+//! driver (the agent's `src/gossip/`) and turning events into node health.
 
 pub mod config;
 pub mod core;
