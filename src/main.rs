@@ -49,6 +49,8 @@ enum Command {
         #[command(flatten)]
         rpc: cli::RpcArgs,
     },
+    /// Print a new gossip encryption key (32 random bytes, base64) for `--encrypt`.
+    Keygen,
     /// Inspect Cairn's on-disk files and this machine.
     #[command(subcommand)]
     Debug(DebugCommand),
@@ -105,6 +107,10 @@ fn main() -> ExitCode {
         Command::Kv { cmd, rpc } => cli::kv(cmd, &rpc),
         Command::Status { cmd, rpc } => cli::status(cmd, &rpc),
         Command::Operator { cmd, rpc } => cli::operator(cmd, &rpc),
+        Command::Keygen => {
+            println!("{}", cairn::gossip::keygen());
+            ExitCode::SUCCESS
+        }
         Command::Debug(DebugCommand::LogCheck { dir, json }) => debug::log_check(&dir, json),
         Command::Debug(DebugCommand::SnapshotCheck { file }) => debug::snapshot_check(&file),
         Command::Debug(DebugCommand::Preflight { cores }) => debug::preflight(cores),

@@ -140,3 +140,13 @@ fn preflight_reports_every_check_and_exits_by_the_worst_finding() {
     }
     assert_eq!(code == 1, out.contains("[FAIL]"), "{out}");
 }
+
+#[test]
+fn keygen_prints_a_fresh_32_byte_key_that_the_gossip_keyring_accepts() {
+    let (code, a, _) = cairn(&["keygen"]);
+    assert_eq!(code, 0);
+    let (_, b, _) = cairn(&["keygen"]);
+    assert_ne!(a, b, "two keys were the same");
+    let key = cairn_net::gossip::crypto::Key::from_base64(a.trim());
+    assert!(key.is_ok(), "{a:?}: {:?}", key.err());
+}
