@@ -418,8 +418,23 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 inner.membership.clone(),
             )
         };
-        let path = write_snapshot(&dir, last.as_ref().map(to_store), &image, 2).map_err(io_err)?;
-        let data = Bytes::from(std::fs::read(&path)?);
+        // Serializing, writing and fsyncing a large state takes long (a 25 MB state held
+        // the core for ~170 ms, the p99 of every write around it): it runs on a thread of
+        // its own while the core goes on; only the image above is taken on the core.
+        let (tx, rx) = futures_channel::oneshot::channel();
+        let last_store = last.as_ref().map(to_store);
+        std::thread::Builder::new()
+            .name("cairn-snapshot".into())
+            .spawn(move || {
+                let written = write_snapshot(&dir, last_store, &image, 2)
+                    .map_err(io_err)
+                    .and_then(|path| std::fs::read(&path));
+                let _ = tx.send(written);
+            })?;
+        let data = Bytes::from(
+            rx.await
+                .map_err(|_| io::Error::other("the snapshot thread ended without an answer"))??,
+        );
         Ok(SnapshotOf::<TypeConfig, SnapshotData> {
             meta: SnapshotMetaOf::<TypeConfig> {
                 last_log_id: last,
