@@ -537,9 +537,9 @@ impl Server {
     }
 
     fn meta(&self, index: u64) -> Meta {
-        let leader = self.leader();
-        let last_contact_ms = match &leader {
-            Some((id, _)) if *id == self.id => 0,
+        let leader = self.metrics.borrow_watched().current_leader;
+        let last_contact_ms = match leader {
+            Some(id) if id == self.id => 0,
             _ => self
                 .last_leader_contact
                 .get()
@@ -724,19 +724,24 @@ impl Server {
             Op::KvGet { key, opts } => {
                 self.read_barrier(opts.consistency).await?;
                 let deadline = Self::deadline(opts.wait_ms);
-                let mut applied = self.sm.applied();
+                // Subscribed before the first look, so no change between look and wait
+                // is missed; only blocking reads wait.
+                let mut applied = (opts.index > 0).then(|| self.sm.applied());
                 loop {
                     let (e, index) = self.sm.with_kv(|kv| {
                         let (e, i) = kv.get(&key);
                         (e.map(entry), i)
                     });
-                    if opts.index == 0 || index > opts.index || Instant::now() >= deadline {
+                    let Some(applied) = applied
+                        .as_mut()
+                        .filter(|_| index <= opts.index && Instant::now() < deadline)
+                    else {
                         return Ok(Response::Entries {
                             entries: e.into_iter().collect(),
                             meta: self.meta(index),
                         });
-                    }
-                    wait_applied(&mut applied, deadline).await;
+                    };
+                    wait_applied(applied, deadline).await;
                 }
             }
             Op::KvList {
@@ -747,7 +752,7 @@ impl Server {
             } => {
                 self.read_barrier(opts.consistency).await?;
                 let deadline = Self::deadline(opts.wait_ms);
-                let mut applied = self.sm.applied();
+                let mut applied = (opts.index > 0).then(|| self.sm.applied());
                 loop {
                     let resp = self.sm.with_kv(|kv| {
                         if keys_only {
@@ -771,10 +776,13 @@ impl Server {
                             )
                         }
                     });
-                    if opts.index == 0 || resp.1 > opts.index || Instant::now() >= deadline {
+                    let Some(applied) = applied
+                        .as_mut()
+                        .filter(|_| resp.1 <= opts.index && Instant::now() < deadline)
+                    else {
                         return Ok(resp.0);
-                    }
-                    wait_applied(&mut applied, deadline).await;
+                    };
+                    wait_applied(applied, deadline).await;
                 }
             }
             Op::KvPut {
