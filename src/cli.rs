@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cairn::agent::{AgentConfig, RaftTuning, DEFAULT_SERVER_PORT};
-use cairn::client::RpcClient;
+use cairn_net::rpc::cluster::{ClientOptions, ClusterClient};
 use cairn_net::rpc::message::{Consistency, Limits, Op, ReadOpts, Request, Response};
 use clap::{Args, Subcommand};
 
@@ -286,30 +286,27 @@ pub enum StatusCommand {
     Peers,
 }
 
-fn connect(rpc: &RpcArgs) -> Result<RpcClient, ExitCode> {
-    let timeout = Duration::from_millis(rpc.timeout_ms);
-    let mut last = None;
-    // Trying the next server after a failed connect is always safe: nothing was sent.
-    for addr in rpc
+/// One request through the cluster client: it tries each `--rpc-addr` address until
+/// one accepts, follows leader hints, and retries only what is safe.
+fn call(rpc: &RpcArgs, op: Op) -> Result<Response, ExitCode> {
+    let servers: Vec<String> = rpc
         .rpc_addr
         .split(',')
         .map(str::trim)
         .filter(|a| !a.is_empty())
-    {
-        match RpcClient::connect(addr, timeout) {
-            Ok(c) => return Ok(c),
-            Err(e) => last = Some(e),
-        }
+        .map(String::from)
+        .collect();
+    if servers.is_empty() {
+        eprintln!("Error! --rpc-addr names no address");
+        return Err(ExitCode::from(2));
     }
-    match last {
-        Some(e) => eprintln!("Error! {e}"),
-        None => eprintln!("Error! --rpc-addr names no address"),
-    }
-    Err(ExitCode::FAILURE)
-}
-
-fn call(rpc: &RpcArgs, op: Op) -> Result<Response, ExitCode> {
-    let mut c = connect(rpc)?;
+    let mut c = ClusterClient::new(
+        &servers,
+        ClientOptions {
+            timeout: Duration::from_millis(rpc.timeout_ms),
+            ..ClientOptions::default()
+        },
+    );
     let req = Request {
         datacenter: String::new(),
         token: String::new(),

@@ -264,3 +264,37 @@ fn a_write_to_a_server_that_cannot_reach_a_quorum_is_not_acknowledged() {
         "a default read without a leader answered {r:?}"
     );
 }
+
+#[test]
+fn a_client_given_every_server_carries_on_when_the_server_it_used_dies() {
+    use cairn_net::rpc::cluster::{ClientOptions, ClusterClient};
+    let mut c = Cluster::start(3, &[]);
+    c.wait_for_leader(Duration::from_secs(10));
+    let addrs: Vec<String> = c.servers.iter().map(|s| s.addr()).collect();
+    let mut client = ClusterClient::new(&addrs, ClientOptions::default());
+    let write = |client: &mut ClusterClient, v: &str| {
+        client.call(&req(Op::KvPut {
+            key: b("k"),
+            value: b(v),
+            flags: 0,
+            cas: None,
+            acquire: None,
+            release: None,
+        }))
+    };
+    assert!(matches!(write(&mut client, "1"), Ok(Response::Bool(true))));
+    let used = client.connected_to().unwrap().to_string();
+    let i = addrs.iter().position(|a| *a == used).unwrap();
+    c.servers[i].kill();
+    // A read is safe to retry: it moves to another server by itself.
+    let r = client.call(&req(Op::KvGet {
+        key: b("k"),
+        opts: Default::default(),
+    }));
+    match r {
+        Ok(Response::Entries { entries, .. }) => assert_eq!(&entries[0].value[..], b"1"),
+        other => panic!("{other:?}\n{}", c.logs()),
+    }
+    assert_ne!(client.connected_to(), Some(used.as_str()));
+    assert!(matches!(write(&mut client, "2"), Ok(Response::Bool(true))));
+}
