@@ -281,9 +281,15 @@ pub enum OperatorRaft {
 #[derive(Subcommand, Debug)]
 pub enum StatusCommand {
     /// The leader's RPC address.
-    Leader,
+    Leader {
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// The servers' RPC addresses.
-    Peers,
+    Peers {
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
 }
 
 /// One request through the cluster client: it tries each `--rpc-addr` address until
@@ -510,11 +516,20 @@ pub fn kv(cmd: KvCommand, rpc: &RpcArgs) -> ExitCode {
 }
 
 pub fn status(cmd: StatusCommand, rpc: &RpcArgs) -> ExitCode {
-    let op = match cmd {
-        StatusCommand::Leader => Op::StatusLeader,
-        StatusCommand::Peers => Op::StatusPeers,
+    let (op, format) = match cmd {
+        StatusCommand::Leader { format } => (Op::StatusLeader, format),
+        StatusCommand::Peers { format } => (Op::StatusPeers, format),
     };
     match call(rpc, op) {
+        // As Consul's /v1/status/leader and /v1/status/peers answer.
+        Ok(Response::Leader(l)) if format == Format::Json => {
+            print_json(&serde_json::Value::String(l.unwrap_or_default()));
+            ExitCode::SUCCESS
+        }
+        Ok(Response::Peers(p)) if format == Format::Json => {
+            print_json(&serde_json::json!(p));
+            ExitCode::SUCCESS
+        }
         Ok(Response::Leader(Some(l))) => {
             println!("{l}");
             ExitCode::SUCCESS

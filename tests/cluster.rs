@@ -298,3 +298,47 @@ fn a_client_given_every_server_carries_on_when_the_server_it_used_dies() {
     assert_ne!(client.connected_to(), Some(used.as_str()));
     assert!(matches!(write(&mut client, "2"), Ok(Response::Bool(true))));
 }
+
+#[test]
+fn the_cli_lists_peers_and_reads_as_json_through_any_server() {
+    let c = Cluster::start(3, &[]);
+    let leader = c.wait_for_leader(Duration::from_secs(10));
+    let all: Vec<String> = c.servers.iter().map(|s| s.addr()).collect();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(support::CAIRN)
+            .args(args)
+            .env("CAIRN_RPC_ADDR", all.join(","))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert_eq!(cli(&["kv", "put", "a/b", "1"]).0, Some(0));
+    let (code, out) = cli(&["operator", "raft", "list-peers", "--format", "json"]);
+    assert_eq!(code, Some(0));
+    let peers: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(peers.as_array().unwrap().len(), 3);
+    let leaders: Vec<&serde_json::Value> = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["Leader"] == true)
+        .collect();
+    assert_eq!(leaders.len(), 1);
+    assert_eq!(leaders[0]["Address"], c.servers[leader].addr());
+    let (code, out) = cli(&["kv", "get", "a/b", "--format", "json"]);
+    assert_eq!(code, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["Value"], "1");
+    assert!(v["ModifyIndex"].as_u64().unwrap() > 0);
+    let (code, out) = cli(&["status", "leader", "--format", "json"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap(),
+        serde_json::Value::String(c.servers[leader].addr())
+    );
+    // A key that is not there: exit 1.
+    assert_eq!(cli(&["kv", "get", "nope"]).0, Some(1));
+}
