@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cairn::agent::{AgentConfig, RaftTuning, DEFAULT_SERVER_PORT};
+use cairn::agent::{AgentConfig, GossipSettings, RaftTuning, DEFAULT_SERVER_PORT};
 use cairn_net::rpc::cluster::{ClientOptions, ClusterClient};
 use cairn_net::rpc::message::{Consistency, Limits, Op, ReadOpts, Request, Response};
 use clap::{Args, Subcommand};
@@ -25,11 +25,22 @@ pub struct AgentArgs {
     /// addresses belong to. A server that has Raft state never bootstraps again.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=9))]
     pub bootstrap_expect: Option<u32>,
-    /// A server's RPC address (HOST:PORT) to contact to form or join the cluster;
-    /// repeat it or separate addresses with commas. Retried every second until this
-    /// server belongs to a cluster. (Gossip will take discovery over; the flag stays.)
+    /// An agent's LAN gossip address (HOST or HOST:PORT, port 8301 by default) to join
+    /// the pool through; repeat it or separate addresses with commas. Asked again until
+    /// one answers; the servers of the cluster are then found in the pool. With
+    /// `--serf-lan-port -1` (no gossip) these are server RPC addresses instead.
     #[arg(long = "retry-join", alias = "join", value_delimiter = ',')]
     pub retry_join: Vec<String>,
+    /// LAN gossip port (UDP); 0 picks a free one; -1 turns gossip off.
+    #[arg(long, default_value_t = cairn::agent::DEFAULT_SERF_LAN_PORT as i32, value_parser = clap::value_parser!(i32).range(-1..=65535), allow_negative_numbers = true)]
+    pub serf_lan_port: i32,
+    /// Gossip encryption key (32 bytes, base64; `cairn keygen` makes one). Every agent of
+    /// the pool needs the same key.
+    #[arg(long)]
+    pub encrypt: Option<String>,
+    /// The datacenter this agent belongs to.
+    #[arg(long, default_value = "dc1")]
+    pub datacenter: String,
     /// Leader heartbeat interval in milliseconds.
     #[arg(long, default_value_t = RaftTuning::default().heartbeat_ms, value_parser = clap::value_parser!(u64).range(10..=10_000))]
     pub raft_heartbeat_ms: u64,
@@ -128,6 +139,12 @@ pub fn agent(a: AgentArgs) -> ExitCode {
             trailing_logs: a.raft_trailing_logs,
         },
         spin_before_park: Duration::from_micros(a.spin_before_park_us),
+        gossip: (a.serf_lan_port >= 0).then(|| GossipSettings {
+            port: a.serf_lan_port as u16,
+            datacenter: a.datacenter.clone(),
+            encrypt: a.encrypt.clone(),
+            local_profile: a.dev,
+        }),
         limits: Limits {
             max_key: a.max_key_size,
             max_value: a.max_value_size,
@@ -135,16 +152,25 @@ pub fn agent(a: AgentArgs) -> ExitCode {
             ..Limits::default()
         },
     };
-    // Everything acknowledged is already durable: on SIGINT/SIGTERM leave at once, and
-    // remove dev mode's temporary state.
+    // Everything acknowledged is already durable: on SIGINT/SIGTERM tell the gossip pool
+    // this agent leaves (waiting at most 3 s for that), remove dev mode's temporary
+    // state, and exit. A server stays in the Raft configuration, as Consul's do.
     if let Ok(mut signals) = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
     ]) {
         let dir = data_dir.clone();
         std::thread::spawn(move || {
+            use std::sync::atomic::Ordering;
             if signals.forever().next().is_some() {
-                eprintln!("cairn: shutting down");
+                eprintln!("cairn: leaving");
+                cairn::agent::LEAVE.store(true, Ordering::SeqCst);
+                let deadline = std::time::Instant::now() + Duration::from_secs(3);
+                while !cairn::agent::LEFT.load(Ordering::SeqCst)
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 if ephemeral {
                     let _ = std::fs::remove_dir_all(&dir);
                 }
@@ -513,6 +539,52 @@ pub fn kv(cmd: KvCommand, rpc: &RpcArgs) -> ExitCode {
         }
     };
     run().unwrap_or_else(|code| code)
+}
+
+/// `cairn members`: the LAN gossip pool as the agent sees it.
+pub fn members(format: Format, rpc: &RpcArgs) -> ExitCode {
+    match call(rpc, Op::Members) {
+        Ok(Response::Members(mut members)) => {
+            members.sort_by(|a, b| a.name.cmp(&b.name));
+            if format == Format::Json {
+                let v = members
+                    .iter()
+                    .map(|m| {
+                        serde_json::json!({
+                            "Name": m.name,
+                            "Addr": m.address,
+                            "Status": m.status,
+                            "Role": m.role,
+                            "Datacenter": m.datacenter,
+                            "Tags": m.tags.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+                        })
+                    })
+                    .collect();
+                print_json(&serde_json::Value::Array(v));
+            } else {
+                println!(
+                    "{:<20} {:<22} {:<8} {:<7} {:<6} Tags",
+                    "Node", "Address", "Status", "Type", "DC"
+                );
+                for m in members {
+                    let tags: Vec<String> =
+                        m.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    println!(
+                        "{:<20} {:<22} {:<8} {:<7} {:<6} {}",
+                        m.name,
+                        m.address,
+                        m.status,
+                        m.role,
+                        m.datacenter,
+                        tags.join(",")
+                    );
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(other) => unexpected(other),
+        Err(code) => code,
+    }
 }
 
 pub fn status(cmd: StatusCommand, rpc: &RpcArgs) -> ExitCode {

@@ -49,6 +49,13 @@ enum Command {
         #[command(flatten)]
         rpc: cli::RpcArgs,
     },
+    /// The LAN gossip pool: every agent with its address, status and role.
+    Members {
+        #[arg(long, value_enum, default_value_t = cli::Format::Text)]
+        format: cli::Format,
+        #[command(flatten)]
+        rpc: cli::RpcArgs,
+    },
     /// Print a new gossip encryption key (32 random bytes, base64) for `--encrypt`.
     Keygen,
     /// Inspect Cairn's on-disk files and this machine.
@@ -107,6 +114,7 @@ fn main() -> ExitCode {
         Command::Kv { cmd, rpc } => cli::kv(cmd, &rpc),
         Command::Status { cmd, rpc } => cli::status(cmd, &rpc),
         Command::Operator { cmd, rpc } => cli::operator(cmd, &rpc),
+        Command::Members { format, rpc } => cli::members(format, &rpc),
         Command::Keygen => {
             println!("{}", cairn::gossip::keygen());
             ExitCode::SUCCESS

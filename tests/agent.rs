@@ -28,7 +28,7 @@ impl Drop for Agent {
 
 fn start(args: &[&str], port: u16) -> Agent {
     let port_s = port.to_string();
-    let mut all = vec!["agent", "--server-port", &port_s];
+    let mut all = vec!["agent", "--server-port", &port_s, "--serf-lan-port", "0"];
     all.extend_from_slice(args);
     let log = std::env::temp_dir().join(format!(
         "cairn-agent-test-{port}-{}.log",

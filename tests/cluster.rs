@@ -342,3 +342,45 @@ fn the_cli_lists_peers_and_reads_as_json_through_any_server() {
     // A key that is not there: exit 1.
     assert_eq!(cli(&["kv", "get", "nope"]).0, Some(1));
 }
+
+/// Each member's status as server `i` sees the gossip pool.
+fn member_status(c: &Cluster, i: usize) -> std::collections::BTreeMap<String, String> {
+    match c.servers[i].call(Op::Members, Duration::from_secs(5)) {
+        Some(Response::Members(m)) => m.into_iter().map(|m| (m.name, m.status)).collect(),
+        other => panic!("no members from server {i}: {other:?}"),
+    }
+}
+
+fn wait_status(c: &Cluster, i: usize, node: &str, status: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let seen = member_status(c, i);
+        if seen.get(node).map(String::as_str) == Some(status) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server {i} never saw {node} as {status}: {seen:?}\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_gossip_pool_shows_a_server_that_leaves_as_left_and_one_killed_as_failed() {
+    let mut c = Cluster::start(3, &[]);
+    c.wait_for_leader(Duration::from_secs(10));
+    for n in ["s0", "s1", "s2"] {
+        wait_status(&c, 0, n, "alive", Duration::from_secs(10));
+    }
+    c.servers[1].terminate();
+    wait_status(&c, 0, "s1", "left", Duration::from_secs(10));
+    c.servers[2].kill();
+    wait_status(&c, 0, "s2", "failed", Duration::from_secs(60));
+    // The survivor still knows itself alive.
+    assert_eq!(
+        member_status(&c, 0).get("s0").map(String::as_str),
+        Some("alive")
+    );
+}

@@ -25,6 +25,7 @@ fn agent() -> (Agent, String) {
     let agent = Agent(
         Command::new(env!("CARGO_BIN_EXE_cairn"))
             .args(["agent", "--dev", "--server-port", &port.to_string()])
+            .args(["--serf-lan-port", "0"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

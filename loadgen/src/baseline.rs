@@ -389,6 +389,8 @@ fn start_cairn(sup: &Supervisor, bin: &Path) -> Result<Vec<String>, String> {
         dir.to_str().ok_or("temp dir is not UTF-8")?,
         "--server-port",
         &port.to_string(),
+        "--serf-lan-port",
+        "0",
     ]
     .iter()
     .map(|s| s.to_string())

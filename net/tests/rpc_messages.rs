@@ -87,6 +87,7 @@ fn op() -> impl Strategy<Value = Op> {
         prop::option::of(any::<u64>()).prop_map(|to| Op::RaftTransferLeader { to }),
         (any::<u8>(), bytes(40)).prop_map(|(kind, body)| Op::Internal { kind, body }),
         Just(Op::RaftConfiguration),
+        Just(Op::Members),
     ]
 }
 
@@ -156,6 +157,24 @@ fn response() -> impl Strategy<Value = Response> {
             0..4
         )
         .prop_map(Response::Servers),
+        prop::collection::vec(
+            (
+                text(),
+                text(),
+                text(),
+                prop::collection::vec((text(), text()), 0..3)
+            )
+                .prop_map(|(name, address, status, tags)| MemberInfo {
+                    name,
+                    address,
+                    status,
+                    role: "server".into(),
+                    datacenter: "dc1".into(),
+                    tags
+                }),
+            0..4
+        )
+        .prop_map(Response::Members),
         (0..3usize, text(), prop::option::of(text())).prop_map(|(c, message, leader)| {
             Response::Error(RpcError {
                 code: [

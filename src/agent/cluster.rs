@@ -3,9 +3,11 @@
 //! state; a server that has a vote or a log never bootstraps again, so restarting a
 //! server (or the whole cluster) can neither re-bootstrap nor fork it.
 //!
-//! Discovery (until gossip takes it over): every second the server says hello to each
-//! `--retry-join` address; a hello names the sender, so a server also learns of the
-//! servers that reach it. Then:
+//! Discovery: the servers come from the LAN gossip pool (members with the server role in
+//! this datacenter, at the RPC port their metadata names); with gossip off
+//! (`--serf-lan-port -1`), from `--retry-join` taken as server RPC addresses. Every
+//! second the server says hello to each; a hello names the sender, so a server also
+//! learns of the servers that reach it. Then:
 //! - if any peer already belongs to a cluster, ask that cluster's leader to add this
 //!   server (as a learner that catches up, then a voter);
 //! - else, once at least `--bootstrap-expect` servers without state are known (this one
@@ -15,6 +17,7 @@
 //!   same set of peers.
 
 use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use cairn_net::rpc::message::{Op, Request, Response};
@@ -50,8 +53,55 @@ pub(super) struct Seen {
     pub at: Instant,
 }
 
-/// Runs until this server belongs to a cluster.
-pub(super) async fn form(s: &Server, expect: u32, join: &[String]) {
+/// The gossip addresses in `--retry-join` (HOST or HOST:PORT, port 8301 by default).
+pub(super) fn gossip_seeds(join: &[String]) -> Result<Vec<SocketAddr>, String> {
+    let mut out = Vec::new();
+    for j in join {
+        let with_port = if j
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            && !j.ends_with(']')
+        {
+            j.clone()
+        } else {
+            format!("{j}:{}", super::DEFAULT_SERF_LAN_PORT)
+        };
+        let addr = with_port
+            .to_socket_addrs()
+            .map_err(|e| format!("{j}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{j} resolves to no address"))?;
+        out.push(addr);
+    }
+    Ok(out)
+}
+
+/// The RPC addresses of the servers this one knows of: from the gossip pool (alive
+/// servers of its datacenter), or, with gossip off, the `--retry-join` list.
+fn candidates(s: &Server, rpc_join: Option<&[String]>) -> Vec<String> {
+    if let Some(join) = rpc_join {
+        return join.to_vec();
+    }
+    let Some(g) = &s.gossip else {
+        return Vec::new();
+    };
+    let members = g.members();
+    let dc = members.first().map(|m| m.meta.datacenter.clone());
+    members
+        .iter()
+        .skip(1) // the local node comes first
+        .filter(|m| {
+            m.status == crate::gossip::Status::Alive
+                && m.meta.role == crate::gossip::Role::Server
+                && Some(&m.meta.datacenter) == dc.as_ref()
+        })
+        .map(|m| SocketAddr::new(m.addr.ip(), m.meta.rpc_port).to_string())
+        .collect()
+}
+
+/// Runs until this server belongs to a cluster. `rpc_join`: with gossip off, the server
+/// RPC addresses to contact; with gossip on, the servers come from the pool.
+pub(super) async fn form(s: &Server, expect: u32, rpc_join: Option<&[String]>) {
     let mut last_report = Instant::now();
     loop {
         if s.raft.is_initialized().await.unwrap_or(false) {
@@ -63,7 +113,8 @@ pub(super) async fn form(s: &Server, expect: u32, join: &[String]) {
             initialized: false,
             leader: None,
         };
-        for addr in join {
+        let join = candidates(s, rpc_join);
+        for addr in &join {
             if *addr == s.addr {
                 continue;
             }
@@ -142,7 +193,7 @@ pub(super) async fn form(s: &Server, expect: u32, join: &[String]) {
                 "cairn: waiting to form a cluster: expecting {expect} servers, know of {} other(s) [{}]{}",
                 known.len(),
                 known.join(", "),
-                if join.is_empty() { "; no --retry-join given, waiting to be contacted" } else { "" }
+                if join.is_empty() { "; none found yet (check --retry-join), waiting to be contacted" } else { "" }
             );
         }
         glommio::timer::sleep(RETRY_INTERVAL).await;

@@ -37,8 +37,11 @@ pub struct AgentConfig {
     /// Servers to wait for before bootstrapping a new cluster; 0: never bootstrap, only
     /// join an existing cluster.
     pub bootstrap_expect: u32,
-    /// Server RPC addresses to contact to form or join a cluster.
+    /// Where to find the cluster: LAN gossip addresses (HOST[:PORT], port 8301 by
+    /// default) when gossip is on; server RPC addresses when it is off.
     pub retry_join: Vec<String>,
+    /// The LAN gossip pool; `None` when disabled (`--serf-lan-port -1`).
+    pub gossip: Option<GossipSettings>,
     pub raft: RaftTuning,
     /// Request limits (key, value and transaction sizes).
     pub limits: cairn_net::rpc::message::Limits,
@@ -46,6 +49,28 @@ pub struct AgentConfig {
     /// the next request without a wake-up (cross-core p50 70 -> 7 us in the shard
     /// benchmark) but burns a core, so 0 is better when servers share cores.
     pub spin_before_park: std::time::Duration,
+}
+
+/// Set (by the signal handler) to ask the agent to leave: it tells the gossip pool it is
+/// leaving, then sets [`LEFT`]. Everything acknowledged is already durable, so the
+/// process may exit at any moment after; the handler waits a little for [`LEFT`].
+pub static LEAVE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Set once the agent has left the gossip pool (or has none).
+pub static LEFT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Default LAN gossip port, as Consul's.
+pub const DEFAULT_SERF_LAN_PORT: u16 = 8301;
+
+/// How the agent takes part in the LAN gossip pool.
+#[derive(Debug, Clone)]
+pub struct GossipSettings {
+    /// UDP port; 0 lets the kernel choose (tests).
+    pub port: u16,
+    pub datacenter: String,
+    /// `--encrypt`: the gossip key, base64.
+    pub encrypt: Option<String>,
+    /// Dev mode uses the fast `local` profile; servers on a LAN the `lan` one.
+    pub local_profile: bool,
 }
 
 /// Raft timing and log retention.
@@ -99,4 +124,8 @@ pub enum AgentError {
     },
     #[error("raft: {0}")]
     Raft(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("gossip: {0}")]
+    Gossip(String),
 }

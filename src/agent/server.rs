@@ -204,7 +204,12 @@ async fn run(cfg: AgentConfig, ready: impl FnOnce(&AgentConfig, u64)) -> Result<
         what: format!("listening on {addr}"),
         source: std::io::Error::other(e.to_string()),
     })?;
+    let gossip = match &cfg.gossip {
+        Some(g) => Some(start_gossip(&cfg, g)?),
+        None => None,
+    };
     let server = Rc::new(Server {
+        gossip,
         metrics: raft.metrics(),
         raft,
         sm,
@@ -231,10 +236,34 @@ async fn run(cfg: AgentConfig, ready: impl FnOnce(&AgentConfig, u64)) -> Result<
                 .map_err(|e| AgentError::Raft(format!("bootstrap: {e}")))?;
         } else {
             let s = server.clone();
-            let (expect, join) = (cfg.bootstrap_expect, cfg.retry_join.clone());
-            glommio::spawn_local(async move { super::cluster::form(&s, expect, &join).await })
-                .detach();
+            let expect = cfg.bootstrap_expect;
+            // Without gossip, the join addresses are the servers' RPC addresses.
+            let rpc_join = match cfg.gossip {
+                Some(_) => None,
+                None => Some(cfg.retry_join.clone()),
+            };
+            glommio::spawn_local(async move {
+                super::cluster::form(&s, expect, rpc_join.as_deref()).await
+            })
+            .detach();
         }
+    }
+    // Leaving on SIGINT/SIGTERM: members then see this node as left, not failed.
+    {
+        let s = server.clone();
+        glommio::spawn_local(async move {
+            use std::sync::atomic::Ordering;
+            while !super::LEAVE.load(Ordering::SeqCst) {
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+            if let Some(g) = &s.gossip {
+                if let Err(e) = g.leave().await {
+                    eprintln!("cairn: leaving the gossip pool: {e}");
+                }
+            }
+            super::LEFT.store(true, Ordering::SeqCst);
+        })
+        .detach();
     }
     ready(&cfg, id);
     loop {
@@ -261,6 +290,36 @@ async fn run(cfg: AgentConfig, ready: impl FnOnce(&AgentConfig, u64)) -> Result<
     }
 }
 
+/// Joins (or starts) the LAN gossip pool: this server's name, role, datacenter and RPC
+/// port travel in its metadata, so the other servers find its RPC address there.
+fn start_gossip(
+    cfg: &AgentConfig,
+    g: &super::GossipSettings,
+) -> Result<crate::gossip::GossipHandle, AgentError> {
+    use crate::gossip::{GossipConfig, GossipHandle, Key, Keyring, NodeMeta, Profile, Role};
+    let meta = NodeMeta {
+        name: cfg.node.clone(),
+        role: Role::Server,
+        datacenter: g.datacenter.clone(),
+        rpc_port: cfg.server_port,
+        protocol_version: 1,
+        tags: Default::default(),
+    };
+    let profile = if g.local_profile {
+        Profile::local()
+    } else {
+        Profile::lan()
+    };
+    let mut gc = GossipConfig::new(std::net::SocketAddr::new(cfg.bind, g.port), profile, meta);
+    gc.join = super::cluster::gossip_seeds(&cfg.retry_join)
+        .map_err(|e| AgentError::Config(format!("--retry-join: {e}")))?;
+    if let Some(k) = &g.encrypt {
+        let key = Key::from_base64(k).map_err(|e| AgentError::Config(format!("--encrypt: {e}")))?;
+        gc.keyring = Some(Keyring::new(key));
+    }
+    GossipHandle::start(gc).map_err(|e| AgentError::Gossip(e.to_string()))
+}
+
 /// Waits until something is applied, the deadline passes, or [`BLOCKING_RECHECK`].
 async fn wait_applied(applied: &mut tokio::sync::watch::Receiver<u64>, deadline: Instant) {
     let left = deadline
@@ -281,6 +340,8 @@ async fn wait_applied(applied: &mut tokio::sync::watch::Receiver<u64>, deadline:
 }
 
 pub(super) struct Server {
+    /// The LAN gossip pool, if on: it finds the other servers and tells who is alive.
+    pub(super) gossip: Option<crate::gossip::GossipHandle>,
     pub(super) raft: CairnRaft,
     metrics: Metrics,
     sm: StateMachine,
@@ -353,20 +414,17 @@ fn not_leader(hint: Option<(u64, String)>) -> Response {
 fn answers_locally(op: &Op) -> bool {
     match op {
         Op::KvGet { opts, .. } | Op::KvList { opts, .. } => opts.consistency == Consistency::Stale,
-        Op::StatusLeader | Op::StatusPeers | Op::RaftConfiguration | Op::Internal { .. } => true,
+        Op::StatusLeader
+        | Op::StatusPeers
+        | Op::RaftConfiguration
+        | Op::Members
+        | Op::Internal { .. } => true,
         _ => false,
     }
 }
 
 fn is_read(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::KvGet { .. }
-            | Op::KvList { .. }
-            | Op::StatusLeader
-            | Op::StatusPeers
-            | Op::RaftConfiguration
-    )
+    cairn_net::rpc::cluster::is_read(op)
 }
 
 /// How long the leader may take to answer a forwarded request.
@@ -877,6 +935,28 @@ impl Server {
                         .collect(),
                 )
             }
+            Op::Members => match &self.gossip {
+                Some(g) => Response::Members(
+                    g.members()
+                        .into_iter()
+                        .map(|m| cairn_net::rpc::message::MemberInfo {
+                            name: m.meta.name.clone(),
+                            address: m.addr.to_string(),
+                            status: crate::gossip::status_name(m.status).to_string(),
+                            role: match m.meta.role {
+                                crate::gossip::Role::Server => "server".into(),
+                                _ => "client".into(),
+                            },
+                            datacenter: m.meta.datacenter.clone(),
+                            tags: m.meta.tags.into_iter().collect(),
+                        })
+                        .collect(),
+                ),
+                None => error(
+                    ErrorCode::Invalid,
+                    "this agent runs without gossip (--serf-lan-port -1)",
+                ),
+            },
             Op::RaftAddVoter { id, address } => {
                 self.add_voter(id, address).await?;
                 Response::Done

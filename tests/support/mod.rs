@@ -20,6 +20,15 @@ pub fn free_port(ip: &str) -> u16 {
         .port()
 }
 
+/// A UDP port free at the moment (for a gossip listener).
+pub fn free_udp_port(ip: &str) -> u16 {
+    std::net::UdpSocket::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn req(op: Op) -> Request {
     Request {
         datacenter: String::new(),
@@ -82,6 +91,24 @@ impl Server {
         }
     }
 
+    /// SIGTERM, and wait for the process to exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "restart of a running server");
         self.spawn();
@@ -128,9 +155,20 @@ impl Cluster {
             .iter()
             .map(|ip| if netns.is_some() { 8300 } else { free_port(ip) })
             .collect();
+        // Servers find each other through the LAN gossip pool.
+        let serf_ports: Vec<u16> = ips
+            .iter()
+            .map(|ip| {
+                if netns.is_some() {
+                    8301
+                } else {
+                    free_udp_port(ip)
+                }
+            })
+            .collect();
         let join: Vec<String> = ips
             .iter()
-            .zip(&ports)
+            .zip(&serf_ports)
             .map(|(ip, p)| format!("{ip}:{p}"))
             .collect();
         let mut servers = Vec::new();
@@ -148,6 +186,8 @@ impl Cluster {
                 &ips[i],
                 "--server-port",
                 &ports[i].to_string(),
+                "--serf-lan-port",
+                &serf_ports[i].to_string(),
                 "--bootstrap-expect",
                 &n.to_string(),
                 "--retry-join",

@@ -72,6 +72,7 @@ pub fn is_read(op: &Op) -> bool {
             | Op::StatusLeader
             | Op::StatusPeers
             | Op::RaftConfiguration
+            | Op::Members
     )
 }
 

@@ -159,6 +159,8 @@ pub enum Op {
     },
     /// The Raft configuration: every server with its id, address and role.
     RaftConfiguration,
+    /// The LAN gossip pool as this agent sees it.
+    Members,
     /// Server-to-server traffic (Raft messages, cluster formation), opaque to this crate:
     /// `kind` says which message `body` holds; the agent's Raft layer encodes both. It
     /// shares the server port as Consul's Raft traffic shares port 8300.
@@ -253,6 +255,22 @@ pub enum Response {
     Internal(Bytes),
     /// The answer to [`Op::RaftConfiguration`].
     Servers(Vec<RaftServer>),
+    /// The answer to [`Op::Members`].
+    Members(Vec<MemberInfo>),
+}
+
+/// One member of the gossip pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub name: String,
+    /// Its gossip address.
+    pub address: String,
+    /// alive, suspect, failed or left.
+    pub status: String,
+    /// server or client.
+    pub role: String,
+    pub datacenter: String,
+    pub tags: Vec<(String, String)>,
 }
 
 /// One server in the Raft configuration.
@@ -447,6 +465,7 @@ impl Request {
                 w.opt_u64(*to);
             }
             Op::RaftConfiguration => w.u8(12),
+            Op::Members => w.u8(13),
             Op::Internal { kind, body } => {
                 w.u8(11);
                 w.u8(*kind);
@@ -513,6 +532,7 @@ impl Request {
                 to: r.opt(|r| r.u64())?,
             },
             12 => Op::RaftConfiguration,
+            13 => Op::Members,
             11 => Op::Internal {
                 kind: r.u8()?,
                 body: r.raw("internal message", usize::MAX)?,
@@ -596,6 +616,20 @@ impl Response {
                 w.u8(9);
                 w.bytes(body);
             }
+            Response::Members(members) => {
+                w.u8(11);
+                w.0.put_u32_le(members.len() as u32);
+                for m in members {
+                    for s in [&m.name, &m.address, &m.status, &m.role, &m.datacenter] {
+                        w.bytes(s.as_bytes());
+                    }
+                    w.0.put_u32_le(m.tags.len() as u32);
+                    for (k, v) in &m.tags {
+                        w.bytes(k.as_bytes());
+                        w.bytes(v.as_bytes());
+                    }
+                }
+            }
             Response::Servers(servers) => {
                 w.u8(10);
                 w.0.put_u32_le(servers.len() as u32);
@@ -676,6 +710,31 @@ impl Response {
                     });
                 }
                 Response::Servers(servers)
+            }
+            11 => {
+                let n = r.count("members")?;
+                let mut members = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    let name = r.string("member name")?;
+                    let address = r.string("member address")?;
+                    let status = r.string("member status")?;
+                    let role = r.string("member role")?;
+                    let datacenter = r.string("member datacenter")?;
+                    let t = r.count("member tags")?;
+                    let mut tags = Vec::with_capacity(t.min(64));
+                    for _ in 0..t {
+                        tags.push((r.string("tag")?, r.string("tag value")?));
+                    }
+                    members.push(MemberInfo {
+                        name,
+                        address,
+                        status,
+                        role,
+                        datacenter,
+                        tags,
+                    });
+                }
+                Response::Members(members)
             }
             8 => {
                 let code = match r.u8()? {
