@@ -185,6 +185,17 @@ pub(super) async fn form(s: &Server, expect: u32, rpc_join: Option<&[String]>) {
         }
         if last_report.elapsed() >= REPORT_EVERY {
             last_report = Instant::now();
+            // Alone in the pool: say what the gossip driver refused, if anything (a wrong
+            // or missing --encrypt key looks like silence otherwise).
+            if let Some(g) = s.gossip.as_ref().filter(|g| g.num_live() <= 1) {
+                if let Some(d) = g.stats().last_drop {
+                    eprintln!(
+                        "cairn: no other agent in the gossip pool yet; the last datagram \
+                         refused came from {}: {} (is --encrypt the same on every agent?)",
+                        d.from, d.reason
+                    );
+                }
+            }
             let known: Vec<String> = view
                 .iter()
                 .map(|(id, p)| format!("{id}@{}", p.addr))
