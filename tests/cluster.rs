@@ -384,3 +384,89 @@ fn the_gossip_pool_shows_a_server_that_leaves_as_left_and_one_killed_as_failed()
         Some("alive")
     );
 }
+
+fn voters(c: &Cluster, i: usize) -> Vec<(u64, String)> {
+    match c.servers[i].call(Op::RaftConfiguration, Duration::from_secs(5)) {
+        Some(Response::Servers(s)) => s
+            .into_iter()
+            .filter(|s| s.voter)
+            .map(|s| (s.id, s.address))
+            .collect(),
+        other => panic!("no configuration: {other:?}"),
+    }
+}
+
+#[test]
+fn a_new_server_joins_a_running_cluster_and_remove_peer_takes_it_out_again() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_for_leader(Duration::from_secs(10));
+    let mut client = c.servers[leader].client(Duration::from_secs(5)).unwrap();
+    assert_eq!(put(&mut client, "before", "1"), Ok(Response::Bool(true)));
+    let new = c.add_server();
+    let new_addr = c.servers[new].addr();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !voters(&c, leader).iter().any(|(_, a)| *a == new_addr) {
+        assert!(
+            Instant::now() < deadline,
+            "the new server was never added\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(voters(&c, leader).len(), 4);
+    // It has the state from before it joined.
+    c.wait_stale_value(new, "before", "1", Duration::from_secs(10));
+    let id = voters(&c, leader)
+        .into_iter()
+        .find(|(_, a)| *a == new_addr)
+        .unwrap()
+        .0;
+    // Removing it goes through any server (forwarded to the leader).
+    let other = c.other_than(leader);
+    assert_eq!(
+        c.servers[other].call(Op::RaftRemovePeer { id }, Duration::from_secs(10)),
+        Some(Response::Done)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while voters(&c, leader).len() != 3 {
+        assert!(Instant::now() < deadline, "{:?}", voters(&c, leader));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Removing a server that is not there is a clear error, not a change.
+    match c.servers[leader].call(Op::RaftRemovePeer { id: 42 }, Duration::from_secs(5)) {
+        Some(Response::Error(e)) => assert!(e.message.contains("not in the Raft configuration")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn transfer_leader_hands_leadership_to_the_named_voter() {
+    let c = Cluster::start(3, &[]);
+    let leader = c.wait_for_leader(Duration::from_secs(10));
+    let target = c.other_than(leader);
+    let target_addr = c.servers[target].addr();
+    let id = voters(&c, leader)
+        .into_iter()
+        .find(|(_, a)| *a == target_addr)
+        .unwrap()
+        .0;
+    assert_eq!(
+        c.servers[leader].call(
+            Op::RaftTransferLeader { to: Some(id) },
+            Duration::from_secs(5)
+        ),
+        Some(Response::Done)
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if c.wait_for_leader(Duration::from_secs(10)) == target {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leadership never moved\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -45,6 +45,8 @@ pub fn b(s: &str) -> Bytes {
 pub struct Server {
     pub ip: String,
     pub port: u16,
+    /// Its LAN gossip port.
+    pub serf_port: u16,
     pub dir: PathBuf,
     pub log: PathBuf,
     /// Run inside this network namespace (`ip netns exec`), if any.
@@ -200,6 +202,7 @@ impl Cluster {
             let mut s = Server {
                 ip: ips[i].clone(),
                 port: ports[i],
+                serf_port: serf_ports[i],
                 dir,
                 log,
                 netns: netns.map(|ns| ns[i].clone()),
@@ -212,6 +215,53 @@ impl Cluster {
         let c = Cluster { servers, root };
         c.wait_for_leader(Duration::from_secs(30));
         c
+    }
+
+    /// Starts one more server on 127.0.0.1 that joins the running cluster through the
+    /// gossip pool (no `--bootstrap-expect`: it must be added by the leader).
+    pub fn add_server(&mut self) -> usize {
+        let i = self.servers.len();
+        let ip = "127.0.0.1".to_string();
+        let (port, serf_port) = (free_port(&ip), free_udp_port(&ip));
+        let join: Vec<String> = self
+            .servers
+            .iter()
+            .map(|s| format!("{}:{}", s.ip, s.serf_port))
+            .collect();
+        let dir = self.root.path().join(format!("s{i}"));
+        let log = self.root.path().join(format!("s{i}.log"));
+        let args: Vec<String> = [
+            "agent",
+            "--server",
+            "--node",
+            &format!("s{i}"),
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--bind",
+            &ip,
+            "--server-port",
+            &port.to_string(),
+            "--serf-lan-port",
+            &serf_port.to_string(),
+            "--retry-join",
+            &join.join(","),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut s = Server {
+            ip,
+            port,
+            serf_port,
+            dir,
+            log,
+            netns: None,
+            args,
+            child: None,
+        };
+        s.spawn();
+        self.servers.push(s);
+        i
     }
 
     /// What every running server's log says, for failure messages.
