@@ -17,7 +17,8 @@ pub struct AgentArgs {
     /// default ports.
     #[arg(long, conflicts_with_all = ["server", "data_dir", "bootstrap_expect", "retry_join"])]
     pub dev: bool,
-    /// Run as a server (the only mode so far; client agents come with the catalog).
+    /// Run as a server (a Raft voter holding the state). Without it (and without
+    /// --dev) the agent is a client: a gossip member that sends requests to servers.
     #[arg(long)]
     pub server: bool,
     /// Servers to wait for before bootstrapping a new cluster (3 or 5 in production).
@@ -82,11 +83,9 @@ pub struct AgentArgs {
 }
 
 pub fn agent(a: AgentArgs) -> ExitCode {
-    if !a.dev && !a.server {
-        eprintln!(
-            "cairn: agent: give --dev (one throwaway server) or --server --data-dir DIR; \
-             client mode is not built yet"
-        );
+    let server = a.dev || a.server;
+    if !server && a.bootstrap_expect.is_some() {
+        eprintln!("cairn: agent: --bootstrap-expect is for servers: add --server");
         return ExitCode::from(2);
     }
     if a.raft_election_timeout_ms <= a.raft_heartbeat_ms {
@@ -102,14 +101,22 @@ pub fn agent(a: AgentArgs) -> ExitCode {
             std::env::temp_dir().join(format!("cairn-dev-{}", std::process::id())),
             true,
         ),
-        (None, false) => {
+        (None, false) if a.server => {
             eprintln!("cairn: agent: --server needs --data-dir DIR");
+            return ExitCode::from(2);
+        }
+        (None, false) => {
+            eprintln!(
+                "cairn: agent: a client agent needs --data-dir DIR and --retry-join ADDR \
+                 (or give --dev for one throwaway server, --server for a cluster member)"
+            );
             return ExitCode::from(2);
         }
     };
     let bootstrap_expect = match (a.dev, a.bootstrap_expect) {
         (true, _) => 1,
         (false, Some(n)) => n,
+        (false, None) if !server => 0,
         (false, None) if a.retry_join.is_empty() => {
             eprintln!(
                 "cairn: agent: a server needs --bootstrap-expect N (to form a new cluster) or \
@@ -125,6 +132,7 @@ pub fn agent(a: AgentArgs) -> ExitCode {
             .unwrap_or_else(|_| "cairn".into())
     });
     let cfg = AgentConfig {
+        server,
         node,
         data_dir: data_dir.clone(),
         bind: a.bind,
@@ -177,6 +185,22 @@ pub fn agent(a: AgentArgs) -> ExitCode {
                 std::process::exit(0);
             }
         });
+    }
+    if !server {
+        let result = cairn::agent::serve_client(cfg, |c| {
+            println!(
+                "cairn: client agent running: node {}, RPC for this node on {}",
+                c.node,
+                c.rpc_addr()
+            );
+        });
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cairn: agent: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let result = cairn::agent::serve(cfg, |c, id| {
         println!(

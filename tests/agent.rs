@@ -180,7 +180,11 @@ fn a_second_agent_on_the_same_port_or_data_dir_is_refused() {
 #[test]
 fn unsupported_or_incomplete_agent_flags_are_clear_errors() {
     for (args, needle) in [
-        (vec!["agent"], "give --dev"),
+        (vec!["agent"], "needs --data-dir DIR and --retry-join"),
+        (
+            vec!["agent", "--data-dir", "/tmp/x", "--bootstrap-expect", "3"],
+            "add --server",
+        ),
         (vec!["agent", "--server"], "needs --data-dir"),
         (
             vec!["agent", "--server", "--data-dir", "/tmp/x"],

@@ -470,3 +470,69 @@ fn transfer_leader_hands_leadership_to_the_named_voter() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_client_agent_joins_the_pool_and_serves_its_node_through_the_servers() {
+    let mut c = Cluster::start(3, &[]);
+    c.wait_for_leader(Duration::from_secs(10));
+    let client = c.add_client();
+    wait_status(
+        &c,
+        0,
+        &format!("c{client}"),
+        "alive",
+        Duration::from_secs(20),
+    );
+    let role = match c.servers[0].call(Op::Members, Duration::from_secs(5)) {
+        Some(Response::Members(m)) => m
+            .into_iter()
+            .find(|m| m.name == format!("c{client}"))
+            .map(|m| m.role),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(role.as_deref(), Some("client"));
+    // Reads and writes through the client agent's own port.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut conn = loop {
+        if let Some(conn) = c.servers[client].client(Duration::from_secs(10)) {
+            break conn;
+        }
+        assert!(Instant::now() < deadline, "{}", c.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        put(&mut conn, "via-client", "yes"),
+        Ok(Response::Bool(true))
+    );
+    for i in 0..3 {
+        c.wait_stale_value(i, "via-client", "yes", Duration::from_secs(10));
+    }
+    // A server going away does not stop the client agent.
+    c.servers[0].kill();
+    for n in 0..10 {
+        let r = conn.call(&req(Op::KvGet {
+            key: b("via-client"),
+            opts: Default::default(),
+        }));
+        assert!(
+            matches!(&r, Ok(Response::Entries { entries, .. }) if entries.len() == 1),
+            "read {n} through the client agent: {r:?}\n{}",
+            c.logs()
+        );
+    }
+    // It answers for the pool too; it is not a server.
+    assert!(matches!(
+        c.servers[client].call(Op::Members, Duration::from_secs(5)),
+        Some(Response::Members(m)) if m.len() == 4
+    ));
+    assert!(matches!(
+        c.servers[client].call(
+            Op::Internal {
+                kind: 6,
+                body: bytes::Bytes::new()
+            },
+            Duration::from_secs(5)
+        ),
+        Some(Response::Error(_))
+    ));
+}

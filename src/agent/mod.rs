@@ -13,6 +13,7 @@
 //!
 //! Not yet: the thread-per-core shard runtime behind the state machine, client mode.
 
+mod client;
 mod cluster;
 pub mod peer;
 mod server;
@@ -20,6 +21,7 @@ mod server;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
+pub use client::serve_client;
 pub use server::serve;
 
 /// Default server RPC port, as Consul's.
@@ -29,6 +31,8 @@ pub const DEFAULT_SERVER_PORT: u16 = 8300;
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub node: String,
+    /// A server (Raft voter, holds the state) or a client agent (forwards to servers).
+    pub server: bool,
     pub data_dir: PathBuf,
     pub bind: IpAddr,
     pub server_port: u16,

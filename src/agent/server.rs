@@ -43,7 +43,7 @@ const MAX_WAIT: Duration = Duration::from_secs(600);
 const BLOCKING_RECHECK: Duration = Duration::from_secs(1);
 /// Most client connections served at once; more are closed on accept, so a flood of
 /// connections cannot exhaust file descriptors or memory.
-const MAX_CONNECTIONS: usize = 10_000;
+pub(super) const MAX_CONNECTIONS: usize = 10_000;
 /// Most requests one connection may have in flight; the server stops reading from a
 /// connection at this many, so a client cannot queue unbounded work.
 const MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
@@ -51,7 +51,7 @@ const MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
 /// answered with `NoLeader`.
 const LEADER_WAIT: Duration = Duration::from_secs(5);
 /// Attempts to reach the leader for one forwarded request.
-const FORWARD_ATTEMPTS: usize = 8;
+pub(super) const FORWARD_ATTEMPTS: usize = 8;
 /// Longest a forwarded write waits for the leader's answer.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest snapshot a follower accepts from a leader.
@@ -88,7 +88,7 @@ pub fn serve(
 /// can linger for a moment while the kernel tears down its io_uring, so a clash is only
 /// reported after it persisted for [`PORT_CLASH_GRACE`]; connections a killed agent left
 /// behind on the port are not a clash.
-fn probe_port(addr: std::net::SocketAddr) -> Result<(), AgentError> {
+pub(super) fn probe_port(addr: std::net::SocketAddr) -> Result<(), AgentError> {
     let deadline = Instant::now() + PORT_CLASH_GRACE;
     loop {
         match probe_bind(addr) {
@@ -277,7 +277,7 @@ async fn run(cfg: AgentConfig, ready: impl FnOnce(&AgentConfig, u64)) -> Result<
                 server.connections.set(server.connections.get() + 1);
                 let s = server.clone();
                 glommio::spawn_local(async move {
-                    s.clone().connection(stream).await;
+                    connection(s.clone(), stream).await;
                     s.connections.set(s.connections.get() - 1);
                 })
                 .detach();
@@ -292,16 +292,21 @@ async fn run(cfg: AgentConfig, ready: impl FnOnce(&AgentConfig, u64)) -> Result<
 
 /// Joins (or starts) the LAN gossip pool: this server's name, role, datacenter and RPC
 /// port travel in its metadata, so the other servers find its RPC address there.
-fn start_gossip(
+pub(super) fn start_gossip(
     cfg: &AgentConfig,
     g: &super::GossipSettings,
 ) -> Result<crate::gossip::GossipHandle, AgentError> {
     use crate::gossip::{GossipConfig, GossipHandle, Key, Keyring, NodeMeta, Profile, Role};
     let meta = NodeMeta {
         name: cfg.node.clone(),
-        role: Role::Server,
+        role: if cfg.server {
+            Role::Server
+        } else {
+            Role::Client
+        },
         datacenter: g.datacenter.clone(),
-        rpc_port: cfg.server_port,
+        // Where a server answers RPCs; a client agent's port serves only its node.
+        rpc_port: if cfg.server { cfg.server_port } else { 0 },
         protocol_version: 1,
         tags: Default::default(),
     };
@@ -372,7 +377,7 @@ fn entry(e: &KvEntry) -> WireEntry {
     }
 }
 
-fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+pub(super) fn error(code: ErrorCode, message: impl Into<String>) -> Response {
     Response::Error(RpcError {
         code,
         message: message.into(),
@@ -423,12 +428,12 @@ fn answers_locally(op: &Op) -> bool {
     }
 }
 
-fn is_read(op: &Op) -> bool {
+pub(super) fn is_read(op: &Op) -> bool {
     cairn_net::rpc::cluster::is_read(op)
 }
 
 /// How long the leader may take to answer a forwarded request.
-fn forward_timeout(op: &Op) -> Duration {
+pub(super) fn forward_timeout(op: &Op) -> Duration {
     match op {
         Op::KvGet { opts, .. } | Op::KvList { opts, .. } if opts.index > 0 => {
             Duration::from_millis(opts.wait_ms).min(MAX_WAIT) + MAX_WAIT / 16 + FORWARD_TIMEOUT
@@ -481,117 +486,6 @@ impl Server {
             }
             glommio::timer::sleep(Duration::from_millis(20)).await;
         }
-    }
-
-    /// Serves one client or peer connection: requests are read and run concurrently (up
-    /// to [`MAX_IN_FLIGHT_PER_CONNECTION`]) and answered in the order they finish.
-    async fn connection(self: Rc<Self>, stream: TcpStream) {
-        let _ = stream.set_nodelay(true);
-        let (mut reader, mut writer) = futures_lite::io::split(stream);
-        let decoder = FrameDecoder::default();
-        let out = Rc::new(RefCell::new(BytesMut::new()));
-        // Wakes the writer (answers are ready) and the reader (a slot is free).
-        let ready = Rc::new(Notify::new());
-        let slot_free = Rc::new(Notify::new());
-        let in_flight = Rc::new(Cell::new(0usize));
-        let closed = Rc::new(Cell::new(false));
-        // The writer: sends whatever answers are ready, in batches; after the client
-        // stopped sending, it still delivers the answers to what it sent.
-        let writer_task = {
-            let (out, ready, closed, in_flight) = (
-                out.clone(),
-                ready.clone(),
-                closed.clone(),
-                in_flight.clone(),
-            );
-            glommio::spawn_local(async move {
-                loop {
-                    let batch = out.borrow_mut().split();
-                    if batch.is_empty() {
-                        if closed.get() && in_flight.get() == 0 {
-                            return;
-                        }
-                        ready.notified().await;
-                        continue;
-                    }
-                    if writer.write_all(&batch).await.is_err() {
-                        closed.set(true);
-                        return;
-                    }
-                }
-            })
-        };
-        let mut inbuf = BytesMut::with_capacity(64 * 1024);
-        let mut chunk = vec![0u8; 64 * 1024];
-        'read: loop {
-            // Back-pressure: stop reading while this connection has too much in flight.
-            while in_flight.get() >= MAX_IN_FLIGHT_PER_CONNECTION {
-                slot_free.notified().await;
-            }
-            let n = match reader.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            if closed.get() {
-                break; // the writer failed: the client is gone
-            }
-            inbuf.extend_from_slice(&chunk[..n]);
-            loop {
-                match decoder.decode(&mut inbuf) {
-                    Ok(Some(frame)) => {
-                        let req = match Request::decode(&frame.payload, &self.limits) {
-                            Ok(req) => req,
-                            Err(e) => {
-                                let resp = error(decode_error_code(&e), e.to_string());
-                                encode_with(
-                                    &mut out.borrow_mut(),
-                                    FrameKind::Response,
-                                    frame.id,
-                                    |b| resp.encode(b),
-                                );
-                                ready.notify_one();
-                                continue;
-                            }
-                        };
-                        in_flight.set(in_flight.get() + 1);
-                        let (s, out, ready, slot_free, in_flight) = (
-                            self.clone(),
-                            out.clone(),
-                            ready.clone(),
-                            slot_free.clone(),
-                            in_flight.clone(),
-                        );
-                        glommio::spawn_local(async move {
-                            let resp = s.handle(req).await;
-                            encode_with(
-                                &mut out.borrow_mut(),
-                                FrameKind::Response,
-                                frame.id,
-                                |b| resp.encode(b),
-                            );
-                            in_flight.set(in_flight.get() - 1);
-                            ready.notify_one();
-                            slot_free.notify_one();
-                        })
-                        .detach();
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        // The stream is out of step: say why and close.
-                        let resp = error(ErrorCode::Invalid, e.to_string());
-                        encode_with(&mut out.borrow_mut(), FrameKind::Response, 0, |b| {
-                            resp.encode(b)
-                        });
-                        break 'read;
-                    }
-                }
-            }
-            ready.notify_one();
-        }
-        // Let answers in flight finish (bounded by their own timeouts), then close.
-        closed.set(true);
-        ready.notify_one();
-        writer_task.await;
     }
 
     fn meta(&self, index: u64) -> Meta {
@@ -935,28 +829,7 @@ impl Server {
                         .collect(),
                 )
             }
-            Op::Members => match &self.gossip {
-                Some(g) => Response::Members(
-                    g.members()
-                        .into_iter()
-                        .map(|m| cairn_net::rpc::message::MemberInfo {
-                            name: m.meta.name.clone(),
-                            address: m.addr.to_string(),
-                            status: crate::gossip::status_name(m.status).to_string(),
-                            role: match m.meta.role {
-                                crate::gossip::Role::Server => "server".into(),
-                                _ => "client".into(),
-                            },
-                            datacenter: m.meta.datacenter.clone(),
-                            tags: m.meta.tags.into_iter().collect(),
-                        })
-                        .collect(),
-                ),
-                None => error(
-                    ErrorCode::Invalid,
-                    "this agent runs without gossip (--serf-lan-port -1)",
-                ),
-            },
+            Op::Members => members_response(self.gossip.as_ref()),
             Op::RaftAddVoter { id, address } => {
                 self.add_voter(id, address).await?;
                 Response::Done
@@ -1247,6 +1120,156 @@ impl Server {
             }
         }
     }
+}
+
+/// The answer to `Op::Members`: the gossip pool as this agent sees it.
+pub(super) fn members_response(gossip: Option<&crate::gossip::GossipHandle>) -> Response {
+    match gossip {
+        Some(g) => Response::Members(
+            g.members()
+                .into_iter()
+                .map(|m| cairn_net::rpc::message::MemberInfo {
+                    name: m.meta.name.clone(),
+                    address: m.addr.to_string(),
+                    status: crate::gossip::status_name(m.status).to_string(),
+                    role: match m.meta.role {
+                        crate::gossip::Role::Server => "server".into(),
+                        _ => "client".into(),
+                    },
+                    datacenter: m.meta.datacenter.clone(),
+                    tags: m.meta.tags.into_iter().collect(),
+                })
+                .collect(),
+        ),
+        None => error(
+            ErrorCode::Invalid,
+            "this agent runs without gossip (--serf-lan-port -1)",
+        ),
+    }
+}
+
+/// What serves requests on an RPC connection: a server, or a client agent.
+pub(super) trait Handler: 'static {
+    fn limits(&self) -> &Limits;
+    fn answer(self: Rc<Self>, req: Request) -> impl std::future::Future<Output = Response>;
+}
+
+impl Handler for Server {
+    fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    async fn answer(self: Rc<Self>, req: Request) -> Response {
+        self.handle(req).await
+    }
+}
+
+/// Serves one client or peer connection: requests are read and run concurrently (up
+/// to [`MAX_IN_FLIGHT_PER_CONNECTION`]) and answered in the order they finish.
+pub(super) async fn connection<H: Handler>(h: Rc<H>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let decoder = FrameDecoder::default();
+    let out = Rc::new(RefCell::new(BytesMut::new()));
+    // Wakes the writer (answers are ready) and the reader (a slot is free).
+    let ready = Rc::new(Notify::new());
+    let slot_free = Rc::new(Notify::new());
+    let in_flight = Rc::new(Cell::new(0usize));
+    let closed = Rc::new(Cell::new(false));
+    // The writer: sends whatever answers are ready, in batches; after the client
+    // stopped sending, it still delivers the answers to what it sent.
+    let writer_task = {
+        let (out, ready, closed, in_flight) = (
+            out.clone(),
+            ready.clone(),
+            closed.clone(),
+            in_flight.clone(),
+        );
+        glommio::spawn_local(async move {
+            loop {
+                let batch = out.borrow_mut().split();
+                if batch.is_empty() {
+                    if closed.get() && in_flight.get() == 0 {
+                        return;
+                    }
+                    ready.notified().await;
+                    continue;
+                }
+                if writer.write_all(&batch).await.is_err() {
+                    closed.set(true);
+                    return;
+                }
+            }
+        })
+    };
+    let mut inbuf = BytesMut::with_capacity(64 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    'read: loop {
+        // Back-pressure: stop reading while this connection has too much in flight.
+        while in_flight.get() >= MAX_IN_FLIGHT_PER_CONNECTION {
+            slot_free.notified().await;
+        }
+        let n = match reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if closed.get() {
+            break; // the writer failed: the client is gone
+        }
+        inbuf.extend_from_slice(&chunk[..n]);
+        loop {
+            match decoder.decode(&mut inbuf) {
+                Ok(Some(frame)) => {
+                    let req = match Request::decode(&frame.payload, h.limits()) {
+                        Ok(req) => req,
+                        Err(e) => {
+                            let resp = error(decode_error_code(&e), e.to_string());
+                            encode_with(
+                                &mut out.borrow_mut(),
+                                FrameKind::Response,
+                                frame.id,
+                                |b| resp.encode(b),
+                            );
+                            ready.notify_one();
+                            continue;
+                        }
+                    };
+                    in_flight.set(in_flight.get() + 1);
+                    let (s, out, ready, slot_free, in_flight) = (
+                        h.clone(),
+                        out.clone(),
+                        ready.clone(),
+                        slot_free.clone(),
+                        in_flight.clone(),
+                    );
+                    glommio::spawn_local(async move {
+                        let resp = s.answer(req).await;
+                        encode_with(&mut out.borrow_mut(), FrameKind::Response, frame.id, |b| {
+                            resp.encode(b)
+                        });
+                        in_flight.set(in_flight.get() - 1);
+                        ready.notify_one();
+                        slot_free.notify_one();
+                    })
+                    .detach();
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    // The stream is out of step: say why and close.
+                    let resp = error(ErrorCode::Invalid, e.to_string());
+                    encode_with(&mut out.borrow_mut(), FrameKind::Response, 0, |b| {
+                        resp.encode(b)
+                    });
+                    break 'read;
+                }
+            }
+        }
+        ready.notify_one();
+    }
+    // Let answers in flight finish (bounded by their own timeouts), then close.
+    closed.set(true);
+    ready.notify_one();
+    writer_task.await;
 }
 
 /// The Raft configuration a set of servers bootstraps with.

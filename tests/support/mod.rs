@@ -220,6 +220,15 @@ impl Cluster {
     /// Starts one more server on 127.0.0.1 that joins the running cluster through the
     /// gossip pool (no `--bootstrap-expect`: it must be added by the leader).
     pub fn add_server(&mut self) -> usize {
+        self.add_agent(true)
+    }
+
+    /// Starts a client agent (no `--server`) on 127.0.0.1 that joins the pool.
+    pub fn add_client(&mut self) -> usize {
+        self.add_agent(false)
+    }
+
+    fn add_agent(&mut self, server: bool) -> usize {
         let i = self.servers.len();
         let ip = "127.0.0.1".to_string();
         let (port, serf_port) = (free_port(&ip), free_udp_port(&ip));
@@ -230,11 +239,10 @@ impl Cluster {
             .collect();
         let dir = self.root.path().join(format!("s{i}"));
         let log = self.root.path().join(format!("s{i}.log"));
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "agent",
-            "--server",
             "--node",
-            &format!("s{i}"),
+            &format!("{}{i}", if server { "s" } else { "c" }),
             "--data-dir",
             dir.to_str().unwrap(),
             "--bind",
@@ -249,6 +257,9 @@ impl Cluster {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if server {
+            args.insert(1, "--server".into());
+        }
         let mut s = Server {
             ip,
             port,

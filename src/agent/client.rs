@@ -1,0 +1,195 @@
+//! The agent in client mode: `cairn agent --data-dir DIR --retry-join ADDR` without
+//! `--server`. It holds no state: it joins the LAN gossip pool as a client, finds the
+//! servers there, and serves the binary RPC protocol on its own port for the
+//! applications of its node, sending every request on to a server (which forwards to the
+//! leader what only the leader may answer). Health checks, local services and
+//! anti-entropy come with the catalog (issue 6).
+//!
+//! Like a follower, it retries only what is safe: a request no server received (the
+//! connection could not be made) and reads. A write whose server went away after it was
+//! sent is answered `Unavailable` with "may or may not have been applied".
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use cairn_net::rpc::message::{ErrorCode, Limits, Op, Request, Response};
+use glommio::net::TcpListener;
+
+use super::peer::Peers;
+use super::server::{
+    connection, error, forward_timeout, is_read, members_response, probe_port, start_gossip,
+    Handler, FORWARD_ATTEMPTS, MAX_CONNECTIONS,
+};
+use super::{AgentConfig, AgentError};
+use crate::gossip::{GossipHandle, Role, Status};
+
+/// How long a request waits for a server to appear in the pool.
+const SERVER_WAIT: Duration = Duration::from_secs(5);
+
+/// Runs a client agent until the process is stopped.
+pub fn serve_client(
+    cfg: AgentConfig,
+    ready: impl FnOnce(&AgentConfig) + Send + 'static,
+) -> Result<(), AgentError> {
+    let io_memory = crate::runtime::io_memory_per_executor(1)?;
+    probe_port(cfg.rpc_addr())?;
+    let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(io_memory)
+        .spin_before_park(cfg.spin_before_park)
+        .name("cairn-client")
+        .make()
+        .map_err(|e| AgentError::Raft(format!("starting the executor: {e}")))?;
+    ex.run(async move { run(cfg, ready).await })
+}
+
+struct ClientAgent {
+    gossip: GossipHandle,
+    peers: Rc<Peers>,
+    limits: Limits,
+    /// Spreads requests over the servers.
+    next: Cell<usize>,
+    datacenter: String,
+}
+
+async fn run(cfg: AgentConfig, ready: impl FnOnce(&AgentConfig)) -> Result<(), AgentError> {
+    let Some(g) = &cfg.gossip else {
+        return Err(AgentError::Config(
+            "a client agent finds the servers through gossip: --serf-lan-port -1 cannot be used without --server".into(),
+        ));
+    };
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| AgentError::Io {
+        what: format!("creating {}", cfg.data_dir.display()),
+        source,
+    })?;
+    let gossip = start_gossip(&cfg, g)?;
+    let addr = cfg.rpc_addr();
+    let listener = TcpListener::bind(addr).map_err(|e| AgentError::Io {
+        what: format!("listening on {addr}"),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let agent = Rc::new(ClientAgent {
+        gossip,
+        peers: Peers::new(),
+        limits: cfg.limits,
+        next: Cell::new(0),
+        datacenter: g.datacenter.clone(),
+    });
+    {
+        let a = agent.clone();
+        glommio::spawn_local(async move {
+            use std::sync::atomic::Ordering;
+            while !super::LEAVE.load(Ordering::SeqCst) {
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+            if let Err(e) = a.gossip.leave().await {
+                eprintln!("cairn: leaving the gossip pool: {e}");
+            }
+            super::LEFT.store(true, Ordering::SeqCst);
+        })
+        .detach();
+    }
+    ready(&cfg);
+    let open = Rc::new(Cell::new(0usize));
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                if open.get() >= MAX_CONNECTIONS {
+                    eprintln!("cairn: {MAX_CONNECTIONS} connections open; refusing another");
+                    continue;
+                }
+                open.set(open.get() + 1);
+                let (a, open) = (agent.clone(), open.clone());
+                glommio::spawn_local(async move {
+                    connection(a, stream).await;
+                    open.set(open.get() - 1);
+                })
+                .detach();
+            }
+            Err(e) => {
+                eprintln!("cairn: accept on {addr}: {e}");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+impl ClientAgent {
+    /// The RPC addresses of the alive servers of this datacenter.
+    fn servers(&self) -> Vec<String> {
+        self.gossip
+            .members()
+            .into_iter()
+            .filter(|m| {
+                m.status == Status::Alive
+                    && m.meta.role == Role::Server
+                    && m.meta.datacenter == self.datacenter
+            })
+            .map(|m| std::net::SocketAddr::new(m.addr.ip(), m.meta.rpc_port).to_string())
+            .collect()
+    }
+
+    async fn wait_servers(&self) -> Vec<String> {
+        let deadline = Instant::now() + SERVER_WAIT;
+        loop {
+            let s = self.servers();
+            if !s.is_empty() || Instant::now() >= deadline {
+                return s;
+            }
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn forward(&self, req: Request) -> Response {
+        let timeout = forward_timeout(&req.op);
+        let mut last = String::new();
+        for attempt in 0..FORWARD_ATTEMPTS {
+            if attempt > 0 {
+                glommio::timer::sleep(Duration::from_millis(25 << attempt.min(4))).await;
+            }
+            let servers = self.wait_servers().await;
+            if servers.is_empty() {
+                return error(
+                    ErrorCode::NoLeader,
+                    "no server in the gossip pool (check --retry-join and --encrypt)",
+                );
+            }
+            let i = self.next.get() % servers.len();
+            self.next.set(self.next.get().wrapping_add(1));
+            match self.peers.call(&servers[i], &req, timeout).await {
+                Ok(resp) => return resp,
+                Err(e) if e.not_sent() || is_read(&req.op) => last = e.to_string(),
+                Err(e) => {
+                    return error(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "lost the server while it handled the write ({e}); the write \
+                             may or may not have been applied"
+                        ),
+                    )
+                }
+            }
+        }
+        error(
+            ErrorCode::Unavailable,
+            format!("no server answered after {FORWARD_ATTEMPTS} attempts: {last}"),
+        )
+    }
+}
+
+impl Handler for ClientAgent {
+    fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    async fn answer(self: Rc<Self>, req: Request) -> Response {
+        match req.op {
+            Op::Members => members_response(Some(&self.gossip)),
+            Op::Internal { .. } => error(
+                ErrorCode::Invalid,
+                "this is a client agent: server-to-server messages go to servers",
+            ),
+            _ => self.forward(req).await,
+        }
+    }
+}
