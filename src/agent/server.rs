@@ -1097,10 +1097,10 @@ impl Server {
         }
         let mut slot = self.incoming_snapshot.borrow_mut();
         if c.offset == 0 {
-            *slot = Some((
-                c.snapshot_id.clone(),
-                BytesMut::with_capacity(c.total as usize),
-            ));
+            // Grown as chunks arrive: the announced size is the sender's word, not an
+            // allocation to make up front.
+            let capacity = c.total.min(64 << 20) as usize;
+            *slot = Some((c.snapshot_id.clone(), BytesMut::with_capacity(capacity)));
         }
         match slot.as_mut() {
             Some((id, data)) if *id == c.snapshot_id && data.len() as u64 == c.offset => {
