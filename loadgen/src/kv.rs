@@ -1,20 +1,25 @@
 //! `loadgen kv`: drive a Cairn cluster through the binary RPC protocol.
 //!
-//! Each connection runs on its own thread with up to `pipeline` requests in flight (the
-//! sans-IO client matches responses by id). Closed loop (`rate` 0): a new request as soon
-//! as one completes. Open loop: requests are due at a constant rate and latency is
-//! measured from when each was due, so a stalled server is charged for every request it
-//! delayed (no coordinated omission).
+//! A few worker threads (one per CPU by default, `--threads`) each drive many
+//! connections: non-blocking sockets and one poll(2) over all of a worker's sockets, so a
+//! wake-up serves every connection with replies waiting instead of one thread switch per
+//! request. Each connection has up to `pipeline` requests in flight (the sans-IO sessions
+//! of [`crate::targets`] match responses to requests); its state machine (`Load`) is kept
+//! apart from the poll loop (`worker`) that feeds it. Closed loop (`rate` 0): a new
+//! request as soon as one completes. Open loop: requests are due at a constant rate and
+//! latency is measured from when each was due, so a stalled server is charged for every
+//! request it delayed (no coordinated omission).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use cairn_net::rpc::message::Consistency;
+use rustix::event::{PollFd, PollFlags};
 
 use crate::measure::{ErrorKind, Recorder};
 use crate::targets::{self, Done, Kind, Session};
@@ -48,6 +53,9 @@ pub struct Outcome {
     pub started: SystemTime,
     /// Share of this process's CPU time over the run, in cores.
     pub cpu_cores_used: f64,
+    /// Share of the measured time the busiest worker thread spent working rather than
+    /// waiting for its sockets: near 1, loadgen, not the server, is the limit.
+    pub busy_share: f64,
 }
 
 /// Requests in flight per preload connection: enough to hide the round trip, few enough
@@ -83,6 +91,7 @@ pub fn preload(run: &KvRun) -> Result<(), String> {
                     )?;
                     let (mut next, end) = (w * per, ((w + 1) * per).min(run.keys));
                     let mut key_of: HashMap<u64, u64> = HashMap::new();
+                    let mut buf = vec![0u8; READ_BUF_BYTES];
                     while next < end || !key_of.is_empty() {
                         while key_of.len() < PRELOAD_DEPTH && next < end {
                             let id = c
@@ -95,7 +104,7 @@ pub fn preload(run: &KvRun) -> Result<(), String> {
                         if let Err(e) = c.flush() {
                             return Err(format!("preload: writing to {addr}: {e}"));
                         }
-                        for d in c.poll(Instant::now() + Duration::from_millis(50)) {
+                        for d in c.poll(Instant::now() + Duration::from_millis(50), &mut buf) {
                             let k = key_of.remove(&d.id);
                             if let (Some(k), Err(e)) = (k, d.result) {
                                 return Err(format!("preload of key {k}: {}", e.detail));
@@ -125,6 +134,7 @@ pub fn probe(
     timeout: Duration,
 ) -> Result<(), String> {
     let t = targets::parse_servers(servers).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; READ_BUF_BYTES];
     for addr in &t.addrs {
         let mut c = Conn::connect(t.kind, addr, &Bytes::new(), consistency, 1, timeout)?;
         let deadline = Instant::now() + timeout;
@@ -134,7 +144,7 @@ pub fn probe(
             .map_err(|e| format!("{addr}: {e:?}"))?;
         c.flush().map_err(|e| format!("{addr}: {e}"))?;
         'wait: loop {
-            for d in c.poll(deadline) {
+            for d in c.poll(deadline, &mut buf) {
                 if d.id == id {
                     d.result.map_err(|e| format!("{addr}: {}", e.detail))?;
                     break 'wait;
@@ -145,11 +155,12 @@ pub fn probe(
     Ok(())
 }
 
-/// A socket and the protocol session on it.
+/// A socket and the protocol session on it. The socket is non-blocking: bytes the
+/// socket's buffer cannot take yet wait in `unsent` until it is writable again.
 struct Conn {
     stream: TcpStream,
     session: Box<dyn Session>,
-    buf: Vec<u8>,
+    unsent: BytesMut,
 }
 
 /// Connects within `timeout`, so a target that is down or unreachable is a clear error,
@@ -166,6 +177,16 @@ fn connect_stream(addr: &str, timeout: Duration) -> Result<TcpStream, String> {
         }
     }
     Err(last)
+}
+
+/// Bytes read from a socket at once: many pipelined replies per read(2).
+const READ_BUF_BYTES: usize = 256 * 1024;
+
+fn timespec(d: Duration) -> rustix::event::Timespec {
+    rustix::event::Timespec {
+        tv_sec: d.as_secs() as i64,
+        tv_nsec: i64::from(d.subsec_nanos()),
+    }
 }
 
 impl Conn {
@@ -185,77 +206,389 @@ impl Conn {
         Ok(Conn {
             stream,
             session: targets::session(kind, addr, value, consistency, pipeline),
-            buf: vec![0u8; 256 * 1024],
+            unsent: BytesMut::new(),
         })
     }
 
-    /// Writes everything queued; waits for room when the socket's buffer is full.
-    fn flush(&mut self) -> std::io::Result<()> {
-        let out = self.session.take_outgoing();
-        let mut at = 0;
-        while at < out.len() {
-            match self.stream.write(&out[at..]) {
+    /// Writes what the session queued, as much as the socket takes now.
+    fn write_some(&mut self) -> std::io::Result<()> {
+        let more = self.session.take_outgoing();
+        if self.unsent.is_empty() {
+            self.unsent = more;
+        } else {
+            self.unsent.extend_from_slice(&more);
+        }
+        while !self.unsent.is_empty() {
+            match self.stream.write(&self.unsent) {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(n) => at += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    let mut fds = [rustix::event::PollFd::new(
-                        &self.stream,
-                        rustix::event::PollFlags::OUT,
-                    )];
-                    let _ = rustix::event::poll(&mut fds, None);
-                }
+                Ok(n) => self.unsent.advance(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
+        }
+        // Let go of the session's buffer so it can reuse the memory.
+        self.unsent = BytesMut::new();
+        Ok(())
+    }
+
+    /// Bytes are waiting for the socket to become writable.
+    fn wants_write(&self) -> bool {
+        !self.unsent.is_empty()
+    }
+
+    /// Reads what has arrived (without waiting) into `buf` and returns the operations it
+    /// completes; a closed or failed socket fails every operation in flight.
+    fn read_some(&mut self, buf: &mut [u8]) -> Vec<Done> {
+        let mut done = Vec::new();
+        loop {
+            match self.stream.read(buf) {
+                Ok(0) => {
+                    done.extend(self.session.closed("the server closed the connection"));
+                    return done;
+                }
+                // A full buffer: more may be waiting.
+                Ok(n) if n == buf.len() => done.extend(self.session.receive(&buf[..n])),
+                Ok(n) => {
+                    done.extend(self.session.receive(&buf[..n]));
+                    return done;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return done,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    done.extend(self.session.closed(&e.to_string()));
+                    return done;
+                }
+            }
+        }
+    }
+
+    /// Writes everything queued, waiting for room when the socket's buffer is full (for
+    /// the one-connection loops of preload and probe).
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.write_some()?;
+        while self.wants_write() {
+            let mut fds = [rustix::event::PollFd::new(
+                &self.stream,
+                rustix::event::PollFlags::OUT,
+            )];
+            let _ = rustix::event::poll(&mut fds, None);
+            self.write_some()?;
         }
         Ok(())
     }
 
-    /// Reads what has arrived, waiting at most until `until`, and returns completions,
-    /// including requests that timed out. The socket is non-blocking: a wait of a
-    /// millisecond or more uses poll(2) (precise to about a millisecond; a socket read
-    /// timeout would be rounded up to a scheduler tick, ~4 ms, and make an open-loop
-    /// generator late); a shorter wait yields the CPU and returns, so the caller can send
-    /// what is due on time.
-    fn poll(&mut self, until: Instant) -> Vec<Done> {
+    /// Waits at most until `until` (or the session's next deadline) for replies and
+    /// returns completions, including requests that timed out (for the one-connection
+    /// loops of preload and probe).
+    fn poll(&mut self, until: Instant, buf: &mut [u8]) -> Vec<Done> {
         let mut done = self.session.expire(Instant::now());
-        match self.stream.read(&mut self.buf) {
-            Ok(0) => {
-                done.extend(self.session.closed("the server closed the connection"));
-                return done;
-            }
-            Ok(n) => {
-                done.extend(self.session.receive(&self.buf[..n]));
-                return done;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => {
-                done.extend(self.session.closed(&e.to_string()));
-                return done;
-            }
-        }
         if !done.is_empty() {
             return done;
         }
-        let mut until = until;
-        if let Some(d) = self.session.next_deadline() {
-            until = until.min(d);
-        }
+        let until = match self.session.next_deadline() {
+            Some(d) => until.min(d),
+            None => until,
+        };
         let left = until.saturating_duration_since(Instant::now());
-        if left >= Duration::from_millis(2) {
-            let ms = (left.as_millis() as i32 - 1).max(1);
-            let mut fds = [rustix::event::PollFd::new(
-                &self.stream,
-                rustix::event::PollFlags::IN,
-            )];
-            let timeout = rustix::event::Timespec {
-                tv_sec: (ms / 1000) as i64,
-                tv_nsec: ((ms % 1000) as i64) * 1_000_000,
-            };
-            let _ = rustix::event::poll(&mut fds, Some(&timeout));
-        } else {
-            std::thread::yield_now();
-        }
+        let mut fds = [rustix::event::PollFd::new(
+            &self.stream,
+            rustix::event::PollFlags::IN,
+        )];
+        let _ = rustix::event::poll(&mut fds, Some(&timespec(left)));
+        done.extend(self.read_some(buf));
         done
+    }
+}
+
+/// The longest a worker sleeps in poll(2): how soon it sees the end of the run and hands
+/// its latencies to the recorder.
+const MAX_WAIT: Duration = Duration::from_millis(20);
+/// The least time between two connection attempts of one connection.
+const RECONNECT_EVERY: Duration = Duration::from_millis(100);
+/// Latencies a worker keeps before taking the recorder's lock.
+const BATCH: usize = 1024;
+
+/// What every connection of a run shares.
+struct Plan {
+    kind: Kind,
+    value: Bytes,
+    consistency: Consistency,
+    pipeline: usize,
+    timeout: Duration,
+    /// Requests per second per connection; 0: closed loop.
+    rate: f64,
+}
+
+/// Where a connection's socket is.
+enum Link {
+    Up(Conn),
+    /// Failed; the next attempt to connect is at `retry_at`.
+    Down {
+        retry_at: Instant,
+    },
+    /// A helper thread is connecting (a connect can take up to the timeout, and the
+    /// worker's other connections must not wait for it).
+    Connecting {
+        result: mpsc::Receiver<Result<Conn, String>>,
+    },
+}
+
+/// One connection's load: its schedule, its requests in flight and its socket. The state
+/// machine of a connection, apart from the poll loop that drives it: the loop says when
+/// the socket is ready ([`Load::on_ready`]) and lets it act on time ([`Load::advance`]).
+struct Load {
+    addr: String,
+    link: Link,
+    gen: Generator,
+    /// id → when the request was due (open loop) or sent (closed loop).
+    due: HashMap<u64, Instant>,
+    /// Requests sent: in an open loop, the next one is due at `t0 + issued / rate`.
+    issued: u64,
+    t0: Instant,
+    /// When this connection last began to connect.
+    last_attempt: Instant,
+}
+
+/// One completed request, as the recorder takes it.
+type Sample = Result<Duration, ErrorKind>;
+
+impl Load {
+    fn new(addr: String, conn: Conn, gen: Generator, t0: Instant) -> Load {
+        Load {
+            addr,
+            link: Link::Up(conn),
+            gen,
+            due: HashMap::new(),
+            issued: 0,
+            t0,
+            last_attempt: t0,
+        }
+    }
+
+    /// When the next request is due in an open loop.
+    fn next_send(&self, plan: &Plan) -> Instant {
+        self.t0 + intended_offset(self.issued, plan.rate)
+    }
+
+    /// Charges completions to their requests.
+    fn complete(&mut self, done: Vec<Done>, now: Instant, out: &mut Vec<Sample>) {
+        for d in done {
+            let Some(when) = self.due.remove(&d.id) else {
+                continue;
+            };
+            out.push(match d.result {
+                Ok(()) => Ok(now.saturating_duration_since(when)),
+                Err(e) => Err(e.kind),
+            });
+        }
+    }
+
+    /// The socket is ready for what `ready` says.
+    fn on_ready(&mut self, ready: PollFlags, buf: &mut [u8], out: &mut Vec<Sample>) {
+        let Link::Up(conn) = &mut self.link else {
+            return;
+        };
+        let mut done = Vec::new();
+        if ready.intersects(PollFlags::IN | PollFlags::ERR | PollFlags::HUP) {
+            done = conn.read_some(buf);
+        }
+        if ready.contains(PollFlags::OUT) {
+            if let Err(e) = conn.write_some() {
+                done.extend(conn.session.closed(&e.to_string()));
+            }
+        }
+        self.complete(done, Instant::now(), out);
+    }
+
+    /// Acts on the time: times out late requests, reconnects a failed connection, sends
+    /// what is due up to the pipeline depth and writes it.
+    fn advance(&mut self, plan: &Plan, now: Instant, out: &mut Vec<Sample>) {
+        self.reconnect(plan, now, out);
+        let Link::Up(conn) = &mut self.link else {
+            return;
+        };
+        let mut done = conn.session.expire(now);
+        if !conn.session.failed() {
+            while self.due.len() < plan.pipeline {
+                let when = if plan.rate > 0.0 {
+                    let at = self.t0 + intended_offset(self.issued, plan.rate);
+                    if at > now {
+                        break;
+                    }
+                    at
+                } else {
+                    now
+                };
+                match conn.session.send(self.gen.next_op(), now + plan.timeout) {
+                    Ok(id) => {
+                        self.due.insert(id, when);
+                        self.issued += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = conn.write_some() {
+                done.extend(conn.session.closed(&e.to_string()));
+            }
+        }
+        self.complete(done, now, out);
+        // Reconnect on the next pass, not at once: at most ten attempts a second.
+        self.reconnect(plan, now, out);
+    }
+
+    /// Moves a failed connection towards a fresh one.
+    fn reconnect(&mut self, plan: &Plan, now: Instant, out: &mut Vec<Sample>) {
+        match &mut self.link {
+            Link::Up(conn) if conn.session.failed() => {
+                // Whatever was in flight has failed (and was counted); open a new
+                // connection, at most ten times a second. In an open loop the requests
+                // due meanwhile are sent late and charged for it.
+                for _ in self.due.drain() {
+                    out.push(Err(ErrorKind::Other));
+                }
+                self.link = Link::Down {
+                    retry_at: now.max(self.last_attempt + RECONNECT_EVERY),
+                };
+            }
+            Link::Down { retry_at } if *retry_at <= now => {
+                let (tx, rx) = mpsc::channel();
+                let addr = self.addr.clone();
+                let (kind, value, consistency, pipeline, timeout) = (
+                    plan.kind,
+                    plan.value.clone(),
+                    plan.consistency,
+                    plan.pipeline,
+                    plan.timeout,
+                );
+                std::thread::spawn(move || {
+                    let _ = tx.send(Conn::connect(
+                        kind,
+                        &addr,
+                        &value,
+                        consistency,
+                        pipeline,
+                        timeout,
+                    ));
+                });
+                self.last_attempt = now;
+                self.link = Link::Connecting { result: rx };
+            }
+            Link::Connecting { result } => match result.try_recv() {
+                Ok(Ok(conn)) => self.link = Link::Up(conn),
+                Ok(Err(_)) | Err(mpsc::TryRecvError::Disconnected) => {
+                    self.link = Link::Down {
+                        retry_at: self.last_attempt + RECONNECT_EVERY,
+                    }
+                }
+                Err(mpsc::TryRecvError::Empty) => {}
+            },
+            _ => {}
+        }
+    }
+
+    /// The latest time to call [`Load::advance`] again, without news from the socket.
+    fn wake_at(&self, plan: &Plan, now: Instant) -> Instant {
+        match &self.link {
+            Link::Up(conn) => {
+                let mut at = now + MAX_WAIT;
+                if plan.rate > 0.0 && self.due.len() < plan.pipeline {
+                    at = at.min(self.next_send(plan));
+                }
+                if let Some(d) = conn.session.next_deadline() {
+                    at = at.min(d);
+                }
+                at
+            }
+            Link::Down { retry_at } => *retry_at,
+            // The helper thread cannot wake poll(2): look again soon.
+            Link::Connecting { .. } => now + Duration::from_millis(1),
+        }
+    }
+
+    /// The socket to poll and what for.
+    fn interest(&self) -> Option<(&TcpStream, PollFlags)> {
+        match &self.link {
+            Link::Up(conn) if conn.wants_write() => {
+                Some((&conn.stream, PollFlags::IN | PollFlags::OUT))
+            }
+            Link::Up(conn) => Some((&conn.stream, PollFlags::IN)),
+            _ => None,
+        }
+    }
+}
+
+/// What the run's threads share.
+struct Shared {
+    recorder: Mutex<Recorder>,
+    stop: AtomicBool,
+    measuring: AtomicBool,
+}
+
+/// A worker thread: one poll(2) over the sockets of its connections. Returns the share of
+/// its measured time it spent working rather than waiting for its sockets.
+fn worker(mut loads: Vec<Load>, plan: &Plan, shared: &Shared) -> f64 {
+    let mut buf = vec![0u8; READ_BUF_BYTES];
+    let mut batch: Vec<Sample> = Vec::with_capacity(BATCH);
+    let mut ready: Vec<(usize, PollFlags)> = Vec::with_capacity(loads.len());
+    let mut last_flush = Instant::now();
+    // Busy share, counted from when measuring starts.
+    let (mut measured_from, mut waited) = (None::<Instant>, Duration::ZERO);
+    while !shared.stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let mut wake = now + MAX_WAIT;
+        for l in &mut loads {
+            l.advance(plan, now, &mut batch);
+            wake = wake.min(l.wake_at(plan, now));
+        }
+        {
+            let mut fds = Vec::with_capacity(loads.len());
+            let mut which = Vec::with_capacity(loads.len());
+            for (i, l) in loads.iter().enumerate() {
+                if let Some((s, flags)) = l.interest() {
+                    fds.push(PollFd::new(s, flags));
+                    which.push(i);
+                }
+            }
+            let before = Instant::now();
+            let wait = wake.saturating_duration_since(before);
+            let _ = rustix::event::poll(&mut fds, Some(&timespec(wait)));
+            if measured_from.is_some() {
+                waited += before.elapsed();
+            }
+            ready.clear();
+            ready.extend(
+                fds.iter()
+                    .zip(&which)
+                    .filter(|(fd, _)| !fd.revents().is_empty())
+                    .map(|(fd, &i)| (i, fd.revents())),
+            );
+        }
+        for &(i, flags) in &ready {
+            loads[i].on_ready(flags, &mut buf, &mut batch);
+        }
+        if batch.len() >= BATCH || last_flush.elapsed() > MAX_WAIT {
+            if shared.measuring.load(Ordering::Relaxed) {
+                measured_from.get_or_insert_with(Instant::now);
+                let mut rec = shared.recorder.lock().unwrap_or_else(|p| p.into_inner());
+                for r in batch.drain(..) {
+                    match r {
+                        Ok(l) => rec.record(l),
+                        Err(k) => rec.error(k),
+                    }
+                }
+            } else {
+                batch.clear();
+            }
+            last_flush = Instant::now();
+        }
+    }
+    match measured_from {
+        Some(from) => {
+            let total = from.elapsed().as_secs_f64().max(1e-9);
+            (1.0 - waited.as_secs_f64() / total).clamp(0.0, 1.0)
+        }
+        None => 0.0,
     }
 }
 
@@ -270,144 +603,72 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// Runs the load; calls `progress` once a second with the interval's line.
+/// Worker threads by default: one per CPU.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Runs the load on [`default_threads`] worker threads; calls `progress` once a second
+/// with the interval's line.
 pub fn run(
     run: &KvRun,
+    progress: impl FnMut(&crate::measure::Progress),
+) -> Result<Outcome, String> {
+    run_on(run, default_threads(), progress)
+}
+
+/// Runs the load on `threads` worker threads (at most one per connection), each driving
+/// its share of the connections; calls `progress` once a second with the interval's line.
+pub fn run_on(
+    run: &KvRun,
+    threads: usize,
     mut progress: impl FnMut(&crate::measure::Progress),
 ) -> Result<Outcome, String> {
     let t = targets_of(run)?;
-    let recorder = Arc::new(Mutex::new(Recorder::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let measuring = Arc::new(AtomicBool::new(run.warmup.is_zero()));
-    let value = Bytes::from(vec![b'v'; run.value_size]);
-    let per_conn_rate = if run.rate > 0.0 {
-        run.rate / run.connections as f64
-    } else {
-        0.0
-    };
+    let shared = Arc::new(Shared {
+        recorder: Mutex::new(Recorder::default()),
+        stop: AtomicBool::new(false),
+        measuring: AtomicBool::new(run.warmup.is_zero()),
+    });
+    let plan = Arc::new(Plan {
+        kind: t.kind,
+        value: Bytes::from(vec![b'v'; run.value_size]),
+        consistency: run.consistency,
+        pipeline: run.pipeline,
+        timeout: run.timeout,
+        rate: if run.rate > 0.0 {
+            run.rate / run.connections as f64
+        } else {
+            0.0
+        },
+    });
     let start = Instant::now();
     let started = SystemTime::now();
     let cpu0 = cpu_seconds();
-    let mut conns = Vec::new();
+    let threads = threads.clamp(1, run.connections.max(1));
+    let mut shares: Vec<Vec<Load>> = (0..threads).map(|_| Vec::new()).collect();
     for c in 0..run.connections {
         let addr = t.addrs[c % t.addrs.len()].clone();
         let conn = Conn::connect(
             t.kind,
             &addr,
-            &value,
+            &plan.value,
             run.consistency,
             run.pipeline,
             run.timeout,
         )?;
-        conns.push((addr, conn));
+        let gen = Generator::new(run.seed ^ (c as u64) << 32, run.keys, run.dist, run.mix);
+        shares[c % threads].push(Load::new(addr, conn, gen, Instant::now()));
     }
-    let handles: Vec<_> = conns
+    let handles: Vec<_> = shares
         .into_iter()
-        .enumerate()
-        .map(|(c, (addr, mut conn))| {
-            let (recorder, stop, measuring, value) = (
-                recorder.clone(),
-                stop.clone(),
-                measuring.clone(),
-                value.clone(),
-            );
-            let run = run.clone();
-            let kind = t.kind;
-            std::thread::spawn(move || {
-                let mut gen =
-                    Generator::new(run.seed ^ (c as u64) << 32, run.keys, run.dist, run.mix);
-                // id → when the request was due (open loop) or sent (closed loop).
-                let mut due: HashMap<u64, Instant> = Default::default();
-                let mut batch: Vec<Result<Duration, ErrorKind>> = Vec::with_capacity(1024);
-                let mut last_flush = Instant::now();
-                let mut last_connect = Instant::now();
-                let t0 = Instant::now();
-                let mut issued = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    if conn.session.failed() {
-                        // Whatever was in flight has failed (and was counted); open a new
-                        // connection, at most ten times a second. In an open loop the
-                        // requests due meanwhile are sent late and charged for it.
-                        for _ in due.drain() {
-                            batch.push(Err(ErrorKind::Other));
-                        }
-                        let wait =
-                            Duration::from_millis(100).saturating_sub(last_connect.elapsed());
-                        std::thread::sleep(wait);
-                        last_connect = Instant::now();
-                        if let Ok(fresh) = Conn::connect(
-                            kind,
-                            &addr,
-                            &value,
-                            run.consistency,
-                            run.pipeline,
-                            run.timeout,
-                        ) {
-                            conn = fresh;
-                        }
-                    }
-                    // Issue what is due, up to the pipeline depth.
-                    while due.len() < run.pipeline {
-                        let when = if per_conn_rate > 0.0 {
-                            let at = t0 + intended_offset(issued, per_conn_rate);
-                            if at > Instant::now() {
-                                break;
-                            }
-                            at
-                        } else {
-                            Instant::now()
-                        };
-                        match conn
-                            .session
-                            .send(gen.next_op(), Instant::now() + run.timeout)
-                        {
-                            Ok(id) => {
-                                due.insert(id, when);
-                                issued += 1;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    let mut done = match conn.flush() {
-                        Ok(()) => Vec::new(),
-                        Err(e) => conn.session.closed(&e.to_string()),
-                    };
-                    let until = if per_conn_rate > 0.0 {
-                        t0 + intended_offset(issued, per_conn_rate)
-                    } else {
-                        Instant::now() + Duration::from_millis(50)
-                    };
-                    if !conn.session.failed() {
-                        done.extend(conn.poll(until));
-                    }
-                    let now = Instant::now();
-                    for d in done {
-                        let Some(when) = due.remove(&d.id) else {
-                            continue;
-                        };
-                        batch.push(match d.result {
-                            Ok(()) => Ok(now.saturating_duration_since(when)),
-                            Err(e) => Err(e.kind),
-                        });
-                    }
-                    if batch.len() >= 1024 || last_flush.elapsed() > Duration::from_millis(20) {
-                        if measuring.load(Ordering::Relaxed) {
-                            let mut rec = recorder.lock().unwrap_or_else(|p| p.into_inner());
-                            for r in batch.drain(..) {
-                                match r {
-                                    Ok(l) => rec.record(l),
-                                    Err(k) => rec.error(k),
-                                }
-                            }
-                        } else {
-                            batch.clear();
-                        }
-                        last_flush = Instant::now();
-                    }
-                }
-            })
+        .map(|loads| {
+            let (plan, shared) = (plan.clone(), shared.clone());
+            std::thread::spawn(move || worker(loads, &plan, &shared))
         })
         .collect();
+    let recorder = &shared.recorder;
+    let measuring = &shared.measuring;
 
     // Warmup, then measure with a progress line a second.
     std::thread::sleep(run.warmup);
@@ -426,15 +687,17 @@ pub fn run(
         progress(&p);
         next += Duration::from_secs(1);
     }
-    stop.store(true, Ordering::Relaxed);
+    shared.stop.store(true, Ordering::Relaxed);
     let measured = measure_start.elapsed();
-    for h in handles {
-        let _ = h.join();
-    }
+    let busy_share = handles
+        .into_iter()
+        .map(|h| h.join().unwrap_or(0.0))
+        .fold(0.0, f64::max);
     let cpu = cpu_seconds() - cpu0;
     let wall = start.elapsed().as_secs_f64().max(1e-9);
-    let recorder = Arc::try_unwrap(recorder)
+    let recorder = Arc::try_unwrap(shared)
         .map_err(|_| "recorder still shared".to_string())?
+        .recorder
         .into_inner()
         .unwrap_or_else(|p| p.into_inner());
     Ok(Outcome {
@@ -442,5 +705,6 @@ pub fn run(
         measured,
         started,
         cpu_cores_used: cpu / wall,
+        busy_share,
     })
 }
