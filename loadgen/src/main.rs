@@ -299,8 +299,24 @@ fn start_cluster(
         .map(|l| l.local_addr().map(|a| a.to_string()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("finding free ports: {e}"))?;
+    // And a UDP port each for the LAN gossip pool, through which the servers find each
+    // other.
+    let udp = (0..n)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("finding free UDP ports: {e}"))?;
+    let serf_ports = udp
+        .iter()
+        .map(|s| s.local_addr().map(|a| a.port().to_string()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("finding free UDP ports: {e}"))?;
     drop(probes);
-    let join = addrs.join(",");
+    drop(udp);
+    let join = serf_ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
     let mut agents = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
         let port = addr.rsplit(':').next().unwrap_or_default();
@@ -310,6 +326,7 @@ fn start_cluster(
             std::process::Command::new(cairn)
                 .args(["agent", "--server", "--node", &format!("server-{}", i + 1)])
                 .args(["--data-dir", d, "--server-port", port])
+                .args(["--serf-lan-port", &serf_ports[i]])
                 .args(["--bootstrap-expect", &n.to_string(), "--retry-join", &join])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::inherit())
