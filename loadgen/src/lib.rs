@@ -13,5 +13,6 @@ pub mod hgrm;
 pub mod kv;
 pub mod linearizability;
 pub mod measure;
+pub mod swarm;
 pub mod targets;
 pub mod workload;

@@ -29,6 +29,9 @@ enum Command {
     /// Start a 3-member etcd and a Redis on loopback (installing them if missing), run
     /// the same workloads against them and Cairn, and print a table with ratios to Cairn.
     Baseline(BaselineArgs),
+    /// Run N lightweight gossip members in this process, joined to a real cluster's LAN
+    /// gossip; kill and revive them on a schedule and time detection and rejoin.
+    Swarm(SwarmArgs),
     /// Plot the percentile spectra of several runs (.hgrm files from any source) into one
     /// picture, and print throughput and p50/p90/p99/p99.9/max side by side.
     Compare {
@@ -561,12 +564,123 @@ fn kv(a: KvArgs) -> ExitCode {
     }
 }
 
+#[derive(clap::Args, Debug)]
+struct SwarmArgs {
+    /// Gossip addresses to join, comma-separated (servers' --serf-lan-port, or a swarm
+    /// member's own address to make it the seed).
+    #[arg(long, value_delimiter = ',', required = true)]
+    join: Vec<std::net::SocketAddr>,
+    /// Members to run; member i binds 127.0.0.1:(base-port + i).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=30_000))]
+    nodes: u64,
+    /// Seconds to run in all.
+    #[arg(long, default_value_t = 60.0)]
+    duration: f64,
+    /// Seconds between kills of a random member (0 = none); the first comes this long
+    /// after the swarm has converged.
+    #[arg(long, default_value_t = 0.0)]
+    kill_every: f64,
+    /// Seconds a killed member stays down before it restarts and rejoins.
+    #[arg(long, default_value_t = 10.0)]
+    down_for: f64,
+    /// Gossip timings: lan | local (as the agent's --dev uses).
+    #[arg(long, default_value = "lan")]
+    profile: String,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The pool's base64 gossip key, if it uses --encrypt.
+    #[arg(long)]
+    encrypt: Option<String>,
+    /// First UDP port (all ports must stay below 32768).
+    #[arg(long, default_value_t = 20_000)]
+    base_port: u16,
+    /// Worker threads (default: one per 100 members, at most one per CPU).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    threads: Option<u64>,
+    /// Detection distribution (.hgrm); rejoin goes beside it as NAME-rejoin.hgrm.
+    #[arg(long)]
+    hgrm: Option<PathBuf>,
+    /// JSON summary.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn swarm(a: SwarmArgs) -> ExitCode {
+    use loadgen::swarm::{self, SwarmConfig};
+    let secs = |name: &str, v: f64| {
+        if v.is_finite() && v >= 0.0 {
+            Ok(std::time::Duration::from_secs_f64(v))
+        } else {
+            Err(format!(
+                "--{name} must be a number of seconds >= 0, not {v}"
+            ))
+        }
+    };
+    let parsed = (|| {
+        let mut c = SwarmConfig::new(a.join.clone(), a.nodes as usize);
+        c.duration = secs("duration", a.duration)?;
+        c.kill_every = Some(secs("kill-every", a.kill_every)?).filter(|d| !d.is_zero());
+        c.down_for = secs("down-for", a.down_for)?;
+        c.profile = a.profile.clone();
+        c.seed = a.seed;
+        c.encrypt = a.encrypt.clone();
+        c.base_port = a.base_port;
+        c.threads = a.threads.map(|t| t as usize);
+        Ok::<_, String>(c)
+    })();
+    let cfg = match parsed {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("loadgen: swarm: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let summary = match swarm::run(&cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("loadgen: swarm: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", summary.table());
+    let mut ok = true;
+    if let Some(p) = &a.hgrm {
+        match swarm::write_hgrm(&summary, p) {
+            Ok(paths) => {
+                for p in paths {
+                    println!("wrote {}", p.display());
+                }
+            }
+            Err(e) => {
+                eprintln!("loadgen: swarm: {e}");
+                ok = false;
+            }
+        }
+    }
+    if let Some(p) = &a.json {
+        let text = serde_json::to_string_pretty(&summary.to_json(&cfg)).expect("plain JSON");
+        match std::fs::write(p, text + "\n") {
+            Ok(()) => println!("wrote {}", p.display()),
+            Err(e) => {
+                eprintln!("loadgen: swarm: writing {}: {e}", p.display());
+                ok = false;
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Kv(a) => kv(a),
         Command::Sweep(a) => sweep(a),
         Command::Baseline(a) => baseline(a),
+        Command::Swarm(a) => swarm(a),
         Command::Compare {
             files,
             out,
