@@ -603,6 +603,10 @@ struct SwarmArgs {
     /// JSON summary.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// A Cairn agent's RPC address (HOST:PORT): its member list is polled to time
+    /// detection from the servers' point of view as well.
+    #[arg(long)]
+    server_rpc: Option<String>,
 }
 
 fn swarm(a: SwarmArgs) -> ExitCode {
@@ -626,6 +630,7 @@ fn swarm(a: SwarmArgs) -> ExitCode {
         c.encrypt = a.encrypt.clone();
         c.base_port = a.base_port;
         c.threads = a.threads.map(|t| t as usize);
+        c.server_rpc = a.server_rpc.clone();
         Ok::<_, String>(c)
     })();
     let cfg = match parsed {

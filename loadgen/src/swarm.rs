@@ -35,6 +35,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cairn_net::gossip::crypto::{self, Key, Keyring};
 use cairn_net::gossip::{wire, Config, Gossip, Millis, NodeMeta, Output, Role, Status, Timer};
+use cairn_net::rpc::cluster::{ClientOptions, ClusterClient};
+use cairn_net::rpc::message::{Op, Request, Response};
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -54,6 +56,9 @@ const READS_PER_WAKE: usize = 64;
 /// Longest time the initial joins are spread over (members start one after another so
 /// the seeds do not answer N push-pulls in the same millisecond).
 const JOIN_SPREAD_MAX_MS: u64 = 2_000;
+
+/// How often the agent at `--server-rpc` is asked for its view of the pool.
+const SERVER_CHECK_INTERVAL_MS: u64 = 100;
 
 /// What to run. [`SwarmConfig::new`] fills in the defaults.
 #[derive(Debug, Clone)]
@@ -76,6 +81,9 @@ pub struct SwarmConfig {
     pub threads: Option<usize>,
     /// Print a progress line per second on stderr.
     pub progress: bool,
+    /// A Cairn agent's RPC address: its view of the pool (`Op::Members`) is polled to
+    /// measure detection from the servers' point of view too.
+    pub server_rpc: Option<String>,
 }
 
 impl SwarmConfig {
@@ -92,6 +100,7 @@ impl SwarmConfig {
             base_port: 20_000,
             threads: None,
             progress: true,
+            server_rpc: None,
         }
     }
 }
@@ -132,6 +141,9 @@ pub struct KillRecord {
     pub revived_at_ms: Option<Millis>,
     /// `None`: some live member did not see it alive by the end (or it was not revived).
     pub rejoin_ms: Option<Millis>,
+    /// From the kill until the agent at `--server-rpc` listed it failed (`None`: not
+    /// before it was revived or the run ended, or no agent was asked).
+    pub server_detection_ms: Option<Millis>,
 }
 
 /// Traffic and error counters over all members.
@@ -180,6 +192,8 @@ pub struct Summary {
     pub detection: Histogram<u64>,
     /// Rejoin times, microseconds.
     pub rejoin: Histogram<u64>,
+    /// Detection as the agent at `--server-rpc` saw it, microseconds.
+    pub server_detection: Histogram<u64>,
     pub counters: Counters,
 }
 
@@ -221,7 +235,7 @@ impl Summary {
         };
         let per = |v: u64| v as f64 / self.nodes as f64 / self.duration_s.max(1e-9);
         let c = &self.counters;
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "nodes": self.nodes,
             "threads": self.threads,
             "duration_s": self.duration_s,
@@ -260,7 +274,19 @@ impl Summary {
                 "revived_at_ms": k.revived_at_ms,
                 "rejoin_ms": k.rejoin_ms,
             })).collect::<Vec<_>>(),
-        })
+        });
+        // The servers' point of view (with --server-rpc).
+        v["server_rpc"] = serde_json::json!(cfg.server_rpc);
+        v["server_detected"] = serde_json::json!(self.server_detection.len());
+        v["server_detection_p50_ms"] = ms(&self.server_detection, 0.5);
+        v["server_detection_p99_ms"] = ms(&self.server_detection, 0.99);
+        v["server_detection_max_ms"] = max(&self.server_detection);
+        if let Some(events) = v["events"].as_array_mut() {
+            for (e, k) in events.iter_mut().zip(&self.kills) {
+                e["server_detection_ms"] = serde_json::json!(k.server_detection_ms);
+            }
+        }
+        v
     }
 
     /// The end-of-run table.
@@ -303,6 +329,16 @@ impl Summary {
             self.kills.len(),
         );
         s += &row("rejoin", &self.rejoin, self.rejoined(), self.revivals());
+        if !self.server_detection.is_empty()
+            || self.kills.iter().any(|k| k.server_detection_ms.is_some())
+        {
+            s += &row(
+                "server",
+                &self.server_detection,
+                self.server_detection.len() as usize,
+                self.kills.len(),
+            );
+        }
         s += &format!(
             "per member per second: sent {:.1} pkts {:.0} B, received {:.1} pkts {:.0} B\n",
             per(c.packets_sent),
@@ -727,6 +763,17 @@ fn control(cfg: &SwarmConfig, shared: &Shared, addrs: &[SocketAddr], threads: us
     // Commands sent but not yet applied by a worker: (member, record, revival, sent at).
     let mut issued: Vec<(usize, usize, bool, Millis)> = Vec::new();
     let mut converged_ms = None;
+    let mut server_detection = Histogram::<u64>::new(3).expect("3 significant digits is valid");
+    let mut server = cfg.server_rpc.as_ref().map(|a| {
+        ClusterClient::new(
+            std::slice::from_ref(a),
+            ClientOptions {
+                timeout: Duration::from_secs(2),
+                ..ClientOptions::default()
+            },
+        )
+    });
+    let mut next_server_check = 0;
     let mut next_kill = None;
     let mut next_view = 1_000;
     let mut next_converge_check = 0;
@@ -822,6 +869,37 @@ fn control(cfg: &SwarmConfig, shared: &Shared, addrs: &[SocketAddr], threads: us
             }
             !done
         });
+        // The servers' view: the agent at --server-rpc lists a killed member failed.
+        if let Some(client) = server.as_mut() {
+            let watching: Vec<usize> = kills
+                .iter()
+                .enumerate()
+                .filter(|(_, k)| k.server_detection_ms.is_none() && k.revived_at_ms.is_none())
+                .filter(|(r, _)| !issued.iter().any(|x| x.1 == *r && !x.2))
+                .map(|(r, _)| r)
+                .collect();
+            if !watching.is_empty() && now >= next_server_check {
+                next_server_check = now + SERVER_CHECK_INTERVAL_MS;
+                let req = Request {
+                    datacenter: String::new(),
+                    token: String::new(),
+                    op: Op::Members,
+                };
+                if let Ok(Response::Members(members)) = client.call(&req) {
+                    for r in watching {
+                        let victim = kills[r].victim.to_string();
+                        let failed = members.iter().any(|m| {
+                            m.address == victim && (m.status == "failed" || m.status == "left")
+                        });
+                        if failed {
+                            let took = now.saturating_sub(kills[r].killed_at_ms);
+                            kills[r].server_detection_ms = Some(took);
+                            let _ = server_detection.record(took.max(1) * 1000);
+                        }
+                    }
+                }
+            }
+        }
         // Revivals due. A kill not yet detected stays undetected.
         let mut i = 0;
         while i < down.len() {
@@ -873,6 +951,7 @@ fn control(cfg: &SwarmConfig, shared: &Shared, addrs: &[SocketAddr], threads: us
                         detection_ms: None,
                         revived_at_ms: None,
                         rejoin_ms: None,
+                        server_detection_ms: None,
                     });
                     issued.push((v, kills.len() - 1, false, now));
                 }
@@ -894,6 +973,7 @@ fn control(cfg: &SwarmConfig, shared: &Shared, addrs: &[SocketAddr], threads: us
         kills,
         detection,
         rejoin,
+        server_detection,
         counters: Counters::default(),
     }
 }
