@@ -100,3 +100,52 @@ fn a_closed_loop_sees_the_same_stall_as_one_slow_request() {
     let slow = h.count_between(300_000, u64::MAX);
     assert_eq!(slow, 1, "a closed loop waits instead of sending");
 }
+
+#[test]
+fn the_interval_log_parses_back_with_the_hdrhistogram_crate_and_adds_up_to_the_run() {
+    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+    use hdrhistogram::serialization::Deserializer;
+    let addr = stalling_server(Duration::from_millis(1));
+    let mut r = run(&addr, 0.0, 4);
+    r.duration = Duration::from_millis(2500);
+    let out = run_on(&r, 1, |_| {}).unwrap();
+    let log = out
+        .recorder
+        .interval_log(std::time::SystemTime::now())
+        .unwrap();
+    let mut total = 0u64;
+    let mut intervals = 0;
+    let mut de = Deserializer::new();
+    for entry in IntervalLogIterator::new(&log) {
+        if let LogEntry::Interval(h) = entry.expect("a valid interval log") {
+            let bytes = base64_decode(h.encoded_histogram());
+            let hist: hdrhistogram::Histogram<u64> =
+                de.deserialize(&mut &bytes[..]).expect("a V2 histogram");
+            total += hist.len();
+            intervals += 1;
+        }
+    }
+    assert!(intervals >= 2, "{intervals} intervals in 2.5 s");
+    assert_eq!(total, out.recorder.total().len());
+}
+
+/// Standard base64 (the interval log's encoding), enough for the test.
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let bytes: Vec<u8> = s.bytes().filter(|c| *c != b'=').collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let v: Vec<u32> = chunk.iter().map(|c| u32::from(val(*c))).collect();
+        let n = v.iter().fold(0u32, |acc, x| (acc << 6) | x) << (6 * (4 - v.len()));
+        let b = n.to_be_bytes();
+        out.extend_from_slice(&b[1..v.len()]);
+    }
+    out
+}
