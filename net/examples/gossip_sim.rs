@@ -4,6 +4,7 @@
 //! cargo run --release -p cairn-net --example gossip_sim -- --nodes 10000 --seed 1
 //!     [--loss 0.01] [--crashes 5] [--profile lan] [--latency-min-ms 1]
 //!     [--latency-mean-ms 1] [--steady-s 10] [--suspicion-mult M] [--named]
+//!     [--hgrm FILE]   (per-member detection times as an .hgrm for `loadgen compare`)
 //! ```
 //!
 //! Starts a converged cluster (every member already knows every other), runs
@@ -27,6 +28,7 @@ struct Args {
     steady_s: u64,
     named: bool,
     suspicion_mult: Option<u32>,
+    hgrm: Option<String>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -41,6 +43,7 @@ fn parse() -> Result<Args, String> {
         steady_s: 10,
         named: false,
         suspicion_mult: None,
+        hgrm: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -60,6 +63,7 @@ fn parse() -> Result<Args, String> {
             "--latency-mean-ms" => a.latency_mean_ms = v.parse().map_err(|e| bad(&e))?,
             "--suspicion-mult" => a.suspicion_mult = Some(v.parse().map_err(|e| bad(&e))?),
             "--steady-s" => a.steady_s = v.parse().map_err(|e| bad(&e))?,
+            "--hgrm" => a.hgrm = Some(v.clone()),
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -212,6 +216,12 @@ fn main() {
         t.max_packets_per_node_per_s,
         t.max_bytes_per_node_per_s
     );
+    if let Some(path) = &args.hgrm {
+        match std::fs::write(path, hgrm(&mut all)) {
+            Ok(()) => println!("wrote the detection distribution to {path}"),
+            Err(e) => eprintln!("gossip_sim: writing {path}: {e}"),
+        }
+    }
     let c = sim.counters();
     println!(
         "false suspicions {}, false deaths {}, datagrams lost {}, refused {}",
@@ -224,4 +234,31 @@ fn main() {
         wall.elapsed().as_secs_f64() - sim_wall.elapsed().as_secs_f64(),
         rss_mib().unwrap_or(f64::NAN)
     );
+}
+
+/// Detection times (ms) as HdrHistogram's percentile distribution text (`.hgrm`), one
+/// row per distinct time: what `loadgen compare` and HdrHistogram's plotter read.
+fn hgrm(times: &mut [u64]) -> String {
+    times.sort_unstable();
+    let n = times.len() as f64;
+    let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
+    for (i, t) in times.iter().enumerate() {
+        if i + 1 < times.len() && times[i + 1] == *t {
+            continue;
+        }
+        let p = (i + 1) as f64 / n;
+        let inv = if p < 1.0 {
+            format!("{:.2}", 1.0 / (1.0 - p))
+        } else {
+            "inf".into()
+        };
+        out += &format!("{:12.3} {:14.12} {:10} {:>14}\n", *t as f64, p, i + 1, inv);
+    }
+    let mean = times.iter().sum::<u64>() as f64 / n.max(1.0);
+    out += &format!(
+        "#[Mean = {mean:.3}, StdDeviation = 0.000]\n#[Max = {:.3}, Total count = {}]\n",
+        times.last().copied().unwrap_or(0) as f64,
+        times.len()
+    );
+    out
 }
