@@ -24,6 +24,11 @@ use super::server::{
 use super::{AgentConfig, AgentError};
 use crate::gossip::{GossipHandle, Role, Status};
 
+/// io_uring memory for a client agent's executor. A client agent reads no files and
+/// passes few small messages; the server-sized default (6 MiB under an 8 MiB memlock
+/// limit) was half of its resident memory.
+const CLIENT_IO_MEMORY: usize = 1 << 20;
+
 /// How long a request waits for a server to appear in the pool.
 const SERVER_WAIT: Duration = Duration::from_secs(5);
 
@@ -32,7 +37,7 @@ pub fn serve_client(
     cfg: AgentConfig,
     ready: impl FnOnce(&AgentConfig) + Send + 'static,
 ) -> Result<(), AgentError> {
-    let io_memory = crate::runtime::io_memory_per_executor(1)?;
+    let io_memory = crate::runtime::io_memory_per_executor(1)?.min(CLIENT_IO_MEMORY);
     probe_port(cfg.rpc_addr())?;
     let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(io_memory)
