@@ -565,6 +565,32 @@ pub fn kv(cmd: KvCommand, rpc: &RpcArgs) -> ExitCode {
     run().unwrap_or_else(|code| code)
 }
 
+/// `cairn keyring`: the agent's gossip keys.
+pub fn keyring(
+    install: Option<String>,
+    use_key: Option<String>,
+    remove: Option<String>,
+    rpc: &RpcArgs,
+) -> ExitCode {
+    use cairn_net::rpc::message::KeyringAction;
+    let (action, key) = match (install, use_key, remove) {
+        (Some(k), None, None) => (KeyringAction::Install, Some(k)),
+        (None, Some(k), None) => (KeyringAction::Use, Some(k)),
+        (None, None, Some(k)) => (KeyringAction::Remove, Some(k)),
+        _ => (KeyringAction::List, None),
+    };
+    match call(rpc, Op::Keyring { action, key }) {
+        Ok(Response::Keyring(keys)) => {
+            for (i, k) in keys.iter().enumerate() {
+                println!("{k}{}", if i == 0 { "  (primary)" } else { "" });
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(other) => unexpected(other),
+        Err(code) => code,
+    }
+}
+
 /// `cairn members`: the LAN gossip pool as the agent sees it.
 pub fn members(format: Format, rpc: &RpcArgs) -> ExitCode {
     match call(rpc, Op::Members) {

@@ -56,6 +56,19 @@ enum Command {
         #[command(flatten)]
         rpc: cli::RpcArgs,
     },
+    /// The agent's gossip encryption keys: list them (default), or install, use (make
+    /// primary) or remove one. Keys are per agent: to rotate, install the new key on every
+    /// agent, use it on every agent, then remove the old one everywhere.
+    Keyring {
+        #[arg(long, conflicts_with_all = ["use_key", "remove"])]
+        install: Option<String>,
+        #[arg(long = "use", conflicts_with = "remove")]
+        use_key: Option<String>,
+        #[arg(long)]
+        remove: Option<String>,
+        #[command(flatten)]
+        rpc: cli::RpcArgs,
+    },
     /// Print a new gossip encryption key (32 random bytes, base64) for `--encrypt`.
     Keygen,
     /// Inspect Cairn's on-disk files and this machine.
@@ -115,6 +128,12 @@ fn main() -> ExitCode {
         Command::Status { cmd, rpc } => cli::status(cmd, &rpc),
         Command::Operator { cmd, rpc } => cli::operator(cmd, &rpc),
         Command::Members { format, rpc } => cli::members(format, &rpc),
+        Command::Keyring {
+            install,
+            use_key,
+            remove,
+            rpc,
+        } => cli::keyring(install, use_key, remove, &rpc),
         Command::Keygen => {
             println!("{}", cairn::gossip::keygen());
             ExitCode::SUCCESS

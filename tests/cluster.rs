@@ -536,3 +536,59 @@ fn a_client_agent_joins_the_pool_and_serves_its_node_through_the_servers() {
         Some(Response::Error(_))
     ));
 }
+
+#[test]
+fn the_gossip_key_rotates_across_a_running_cluster_without_splitting_the_pool() {
+    use cairn_net::rpc::message::KeyringAction;
+    let k1 = cairn::gossip::keygen();
+    let k2 = cairn::gossip::keygen();
+    let c = Cluster::start(3, &["--encrypt", &k1]);
+    c.wait_for_leader(Duration::from_secs(10));
+    for n in ["s0", "s1", "s2"] {
+        wait_status(&c, 0, n, "alive", Duration::from_secs(10));
+    }
+    let ring = |i: usize, action: KeyringAction, key: Option<&str>| {
+        c.servers[i].call(
+            Op::Keyring {
+                action,
+                key: key.map(String::from),
+            },
+            Duration::from_secs(5),
+        )
+    };
+    // A bad key and removing the primary are refused, and change nothing.
+    assert!(matches!(
+        ring(0, KeyringAction::Install, Some("not base64!")),
+        Some(Response::Error(_))
+    ));
+    assert!(matches!(
+        ring(0, KeyringAction::Remove, Some(&k1)),
+        Some(Response::Error(_))
+    ));
+    for step in [
+        (KeyringAction::Install, &k2),
+        (KeyringAction::Use, &k2),
+        (KeyringAction::Remove, &k1),
+    ] {
+        for i in 0..3 {
+            let r = ring(i, step.0, Some(step.1));
+            assert!(
+                matches!(r, Some(Response::Keyring(_))),
+                "{step:?} on {i}: {r:?}"
+            );
+        }
+        // Traffic flows between the steps, as the rotation needs.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for i in 0..3 {
+        assert_eq!(
+            ring(i, KeyringAction::List, None),
+            Some(Response::Keyring(vec![k2.clone()]))
+        );
+    }
+    // Still one pool: nobody was marked failed, and everyone is alive.
+    std::thread::sleep(Duration::from_secs(2));
+    for n in ["s0", "s1", "s2"] {
+        wait_status(&c, 1, n, "alive", Duration::from_secs(10));
+    }
+}

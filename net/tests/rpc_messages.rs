@@ -88,6 +88,15 @@ fn op() -> impl Strategy<Value = Op> {
         (any::<u8>(), bytes(40)).prop_map(|(kind, body)| Op::Internal { kind, body }),
         Just(Op::RaftConfiguration),
         Just(Op::Members),
+        (0..4u8, prop::option::of(text())).prop_map(|(a, key)| Op::Keyring {
+            action: [
+                KeyringAction::List,
+                KeyringAction::Install,
+                KeyringAction::Use,
+                KeyringAction::Remove
+            ][a as usize],
+            key
+        }),
     ]
 }
 
@@ -175,6 +184,7 @@ fn response() -> impl Strategy<Value = Response> {
             0..4
         )
         .prop_map(Response::Members),
+        prop::collection::vec(text(), 0..4).prop_map(Response::Keyring),
         (0..3usize, text(), prop::option::of(text())).prop_map(|(c, message, leader)| {
             Response::Error(RpcError {
                 code: [

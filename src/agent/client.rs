@@ -18,8 +18,8 @@ use glommio::net::TcpListener;
 
 use super::peer::Peers;
 use super::server::{
-    connection, error, forward_timeout, is_read, members_response, probe_port, start_gossip,
-    Handler, FORWARD_ATTEMPTS, MAX_CONNECTIONS,
+    connection, error, forward_timeout, is_read, keyring_response, members_response, probe_port,
+    start_gossip, Handler, FORWARD_ATTEMPTS, MAX_CONNECTIONS,
 };
 use super::{AgentConfig, AgentError};
 use crate::gossip::{GossipHandle, Role, Status};
@@ -190,6 +190,9 @@ impl Handler for ClientAgent {
     async fn answer(self: Rc<Self>, req: Request) -> Response {
         match req.op {
             Op::Members => members_response(Some(&self.gossip)),
+            Op::Keyring { action, key } => {
+                keyring_response(Some(&self.gossip), action, key.as_deref())
+            }
             Op::Internal { .. } => error(
                 ErrorCode::Invalid,
                 "this is a client agent: server-to-server messages go to servers",

@@ -423,6 +423,7 @@ fn answers_locally(op: &Op) -> bool {
         | Op::StatusPeers
         | Op::RaftConfiguration
         | Op::Members
+        | Op::Keyring { .. }
         | Op::Internal { .. } => true,
         _ => false,
     }
@@ -830,6 +831,9 @@ impl Server {
                 )
             }
             Op::Members => members_response(self.gossip.as_ref()),
+            Op::Keyring { action, key } => {
+                keyring_response(self.gossip.as_ref(), action, key.as_deref())
+            }
             Op::RaftAddVoter { id, address } => {
                 self.add_voter(id, address).await?;
                 Response::Done
@@ -1144,6 +1148,55 @@ pub(super) fn members_response(gossip: Option<&crate::gossip::GossipHandle>) -> 
         None => error(
             ErrorCode::Invalid,
             "this agent runs without gossip (--serf-lan-port -1)",
+        ),
+    }
+}
+
+/// The answer to `Op::Keyring`: this agent's gossip keyring, changed as asked. Keys
+/// are per agent: rotate the pool by installing the new key on every agent, then using
+/// it on every agent, then removing the old one from every agent.
+pub(super) fn keyring_response(
+    gossip: Option<&crate::gossip::GossipHandle>,
+    action: cairn_net::rpc::message::KeyringAction,
+    key: Option<&str>,
+) -> Response {
+    use cairn_net::rpc::message::KeyringAction;
+    let Some(g) = gossip else {
+        return error(
+            ErrorCode::Invalid,
+            "this agent runs without gossip (--serf-lan-port -1)",
+        );
+    };
+    let key = match (action, key) {
+        (KeyringAction::List, _) => None,
+        (_, None) => return error(ErrorCode::Invalid, "this keyring action needs a key"),
+        (_, Some(k)) => match crate::gossip::Key::from_base64(k) {
+            Ok(k) => Some(k),
+            Err(e) => return error(ErrorCode::Invalid, e.to_string()),
+        },
+    };
+    let result = g.with_keyring(|ring| {
+        match (action, &key) {
+            (KeyringAction::Install, Some(k)) => {
+                ring.install(k.clone());
+            }
+            (KeyringAction::Use, Some(k)) => ring.use_key(k).map_err(|e| e.to_string())?,
+            (KeyringAction::Remove, Some(k)) => ring.remove(k).map_err(|e| e.to_string())?,
+            _ => {}
+        }
+        Ok::<_, String>(
+            ring.keys()
+                .iter()
+                .map(|k| k.to_base64())
+                .collect::<Vec<_>>(),
+        )
+    });
+    match result {
+        Some(Ok(keys)) => Response::Keyring(keys),
+        Some(Err(why)) => error(ErrorCode::Invalid, why),
+        None => error(
+            ErrorCode::Invalid,
+            "gossip encryption is off on this agent (start it with --encrypt KEY)",
         ),
     }
 }

@@ -73,6 +73,10 @@ pub fn is_read(op: &Op) -> bool {
             | Op::StatusPeers
             | Op::RaftConfiguration
             | Op::Members
+            | Op::Keyring {
+                action: super::message::KeyringAction::List,
+                ..
+            }
     )
 }
 

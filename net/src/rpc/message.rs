@@ -161,6 +161,12 @@ pub enum Op {
     RaftConfiguration,
     /// The LAN gossip pool as this agent sees it.
     Members,
+    /// This agent's gossip keyring: list, install, use (make primary) or remove a key
+    /// (base64, as `cairn keygen` prints).
+    Keyring {
+        action: KeyringAction,
+        key: Option<String>,
+    },
     /// Server-to-server traffic (Raft messages, cluster formation), opaque to this crate:
     /// `kind` says which message `body` holds; the agent's Raft layer encodes both. It
     /// shares the server port as Consul's Raft traffic shares port 8300.
@@ -257,6 +263,17 @@ pub enum Response {
     Servers(Vec<RaftServer>),
     /// The answer to [`Op::Members`].
     Members(Vec<MemberInfo>),
+    /// The answer to [`Op::Keyring`]: the installed keys, primary first.
+    Keyring(Vec<String>),
+}
+
+/// What [`Op::Keyring`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyringAction {
+    List,
+    Install,
+    Use,
+    Remove,
 }
 
 /// One member of the gossip pool.
@@ -466,6 +483,16 @@ impl Request {
             }
             Op::RaftConfiguration => w.u8(12),
             Op::Members => w.u8(13),
+            Op::Keyring { action, key } => {
+                w.u8(14);
+                w.u8(match action {
+                    KeyringAction::List => 0,
+                    KeyringAction::Install => 1,
+                    KeyringAction::Use => 2,
+                    KeyringAction::Remove => 3,
+                });
+                w.opt_bytes(key.as_deref().map(str::as_bytes));
+            }
             Op::Internal { kind, body } => {
                 w.u8(11);
                 w.u8(*kind);
@@ -533,6 +560,21 @@ impl Request {
             },
             12 => Op::RaftConfiguration,
             13 => Op::Members,
+            14 => Op::Keyring {
+                action: match r.u8()? {
+                    0 => KeyringAction::List,
+                    1 => KeyringAction::Install,
+                    2 => KeyringAction::Use,
+                    3 => KeyringAction::Remove,
+                    tag => {
+                        return Err(MessageError::UnknownTag {
+                            what: "keyring action",
+                            tag,
+                        })
+                    }
+                },
+                key: r.opt(|r| r.string("key"))?,
+            },
             11 => Op::Internal {
                 kind: r.u8()?,
                 body: r.raw("internal message", usize::MAX)?,
@@ -615,6 +657,13 @@ impl Response {
             Response::Internal(body) => {
                 w.u8(9);
                 w.bytes(body);
+            }
+            Response::Keyring(keys) => {
+                w.u8(12);
+                w.0.put_u32_le(keys.len() as u32);
+                for k in keys {
+                    w.bytes(k.as_bytes());
+                }
             }
             Response::Members(members) => {
                 w.u8(11);
@@ -735,6 +784,14 @@ impl Response {
                     });
                 }
                 Response::Members(members)
+            }
+            12 => {
+                let n = r.count("keys")?;
+                let mut keys = Vec::with_capacity(n.min(64));
+                for _ in 0..n {
+                    keys.push(r.string("key")?);
+                }
+                Response::Keyring(keys)
             }
             8 => {
                 let code = match r.u8()? {
