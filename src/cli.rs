@@ -381,6 +381,17 @@ fn call(rpc: &RpcArgs, op: Op) -> Result<Response, ExitCode> {
     }
 }
 
+/// `--consistent` / `--stale` (clap keeps them exclusive); neither: the leader's lease.
+fn consistency(consistent: bool, stale: bool) -> Consistency {
+    if consistent {
+        Consistency::Consistent
+    } else if stale {
+        Consistency::Stale
+    } else {
+        Consistency::Default
+    }
+}
+
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
@@ -395,13 +406,7 @@ pub fn kv(cmd: KvCommand, rpc: &RpcArgs) -> ExitCode {
                 recurse,
                 format,
             } => {
-                let consistency = if consistent {
-                    Consistency::Consistent
-                } else if stale {
-                    Consistency::Stale
-                } else {
-                    Consistency::Default
-                };
+                let consistency = consistency(consistent, stale);
                 let opts = ReadOpts {
                     consistency,
                     ..ReadOpts::default()
@@ -496,13 +501,7 @@ pub fn kv(cmd: KvCommand, rpc: &RpcArgs) -> ExitCode {
                 stale,
                 format,
             } => {
-                let consistency = if consistent {
-                    Consistency::Consistent
-                } else if stale {
-                    Consistency::Stale
-                } else {
-                    Consistency::Default
-                };
+                let consistency = consistency(consistent, stale);
                 let op = Op::KvList {
                     prefix: b(&prefix),
                     keys_only: keys,

@@ -18,8 +18,8 @@ use glommio::net::TcpListener;
 
 use super::peer::Peers;
 use super::server::{
-    connection, error, forward_timeout, is_read, keyring_response, members_response, probe_port,
-    start_gossip, Handler, FORWARD_ATTEMPTS, MAX_CONNECTIONS,
+    connection, error, executor, forward_timeout, is_read, keyring_response, members_response,
+    probe_port, start_gossip, Handler, FORWARD_ATTEMPTS, MAX_CONNECTIONS,
 };
 use super::{AgentConfig, AgentError};
 use crate::gossip::{GossipHandle, Role, Status};
@@ -39,13 +39,7 @@ pub fn serve_client(
 ) -> Result<(), AgentError> {
     let io_memory = crate::runtime::io_memory_per_executor(1)?.min(CLIENT_IO_MEMORY);
     probe_port(cfg.rpc_addr())?;
-    let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .io_memory(io_memory)
-        .spin_before_park(cfg.spin_before_park)
-        .name("cairn-client")
-        .make()
-        .map_err(|e| AgentError::Raft(format!("starting the executor: {e}")))?;
-    ex.run(async move { run(cfg, ready).await })
+    executor(&cfg, io_memory, "cairn-client")?.run(async move { run(cfg, ready).await })
 }
 
 struct ClientAgent {

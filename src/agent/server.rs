@@ -75,13 +75,21 @@ pub fn serve(
     // share its connections: probe with a plain bind first and refuse a clash.
     let addr = cfg.rpc_addr();
     probe_port(addr)?;
-    let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+    executor(&cfg, io_memory, "cairn-server")?.run(async move { run(cfg, ready).await })
+}
+
+/// The agent's glommio executor.
+pub(super) fn executor(
+    cfg: &AgentConfig,
+    io_memory: usize,
+    name: &str,
+) -> Result<glommio::LocalExecutor, AgentError> {
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(io_memory)
         .spin_before_park(cfg.spin_before_park)
-        .name("cairn-server")
+        .name(name)
         .make()
-        .map_err(|e| AgentError::Raft(format!("starting the executor: {e}")))?;
-    ex.run(async move { run(cfg, ready).await })
+        .map_err(|e| AgentError::Raft(format!("starting the executor: {e}")))
 }
 
 /// Refuses a port another process listens on. A listener of a process that just died
