@@ -151,7 +151,7 @@ fn snapshot_image(keys: usize) -> StateImage {
             .collect::<std::collections::BTreeMap<_, _>>()
             .into_values()
             .collect(),
-        nodes: Vec::new(),
+        catalog: Vec::new(),
         tombstones: Vec::new(),
         kv_index: keys as u64,
         membership: Vec::new(),

@@ -134,6 +134,7 @@ pub fn agent(a: AgentArgs) -> ExitCode {
     let cfg = AgentConfig {
         server,
         node,
+        datacenter: a.datacenter.clone(),
         data_dir: data_dir.clone(),
         bind: a.bind,
         server_port: a.server_port,

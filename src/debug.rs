@@ -140,7 +140,13 @@ pub fn snapshot_check(file: &Path) -> ExitCode {
                 None => println!("  last included: none"),
             }
             println!("  keys: {}", st.kv.len());
-            println!("  nodes: {}", st.nodes.len());
+            match cairn::catalog::Catalog::decode_image(st.catalog.as_slice()) {
+                Ok(c) => println!("  catalog nodes: {}", c.nodes().0.len()),
+                Err(e) => {
+                    println!("  catalog: DAMAGED ({e})");
+                    return ExitCode::FAILURE;
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

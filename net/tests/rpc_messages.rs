@@ -2,6 +2,7 @@
 //! limits are enforced on decode.
 
 use bytes::{Bytes, BytesMut};
+use cairn_net::rpc::catalog::*;
 use cairn_net::rpc::message::*;
 use proptest::prelude::*;
 
@@ -50,7 +51,207 @@ fn txn_op() -> impl Strategy<Value = TxnOp> {
     ]
 }
 
+fn string_map() -> impl Strategy<Value = std::collections::BTreeMap<String, String>> {
+    prop::collection::btree_map(text(), text(), 0..3)
+}
+
+fn status() -> impl Strategy<Value = Status> {
+    prop_oneof![
+        Just(Status::Passing),
+        Just(Status::Warning),
+        Just(Status::Critical)
+    ]
+}
+
+fn node() -> impl Strategy<Value = Node> {
+    (
+        text(),
+        text(),
+        text(),
+        text(),
+        string_map(),
+        any::<u64>(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(name, id, address, datacenter, meta, create_index, modify_index)| Node {
+                name,
+                id,
+                address,
+                datacenter,
+                meta,
+                create_index,
+                modify_index,
+            },
+        )
+}
+
+fn service() -> impl Strategy<Value = Service> {
+    (
+        (text(), text(), prop::collection::vec(text(), 0..3), text()),
+        (any::<u16>(), string_map(), any::<u32>(), any::<u32>()),
+        (any::<u64>(), any::<u64>()),
+    )
+        .prop_map(
+            |((id, name, tags, address), (port, meta, passing, warning), (c, m))| Service {
+                id,
+                name,
+                tags,
+                address,
+                port,
+                meta,
+                weights: Weights { passing, warning },
+                create_index: c,
+                modify_index: m,
+            },
+        )
+}
+
+fn check() -> impl Strategy<Value = Check> {
+    (
+        (text(), text(), text(), status()),
+        (".{0,40}", text(), text(), text()),
+        (any::<u64>(), any::<u64>()),
+    )
+        .prop_map(
+            |((id, name, node, status), (output, service_id, service_name, kind), (c, m))| Check {
+                id,
+                name,
+                node,
+                status,
+                output,
+                service_id,
+                service_name,
+                kind,
+                create_index: c,
+                modify_index: m,
+            },
+        )
+}
+
+fn session() -> impl Strategy<Value = SessionInfo> {
+    (
+        (text(), text(), text(), any::<bool>()),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            prop::collection::vec(text(), 0..3),
+            any::<u64>(),
+        ),
+    )
+        .prop_map(
+            |((id, name, node, delete), (ttl_ms, lock_delay_ms, node_checks, create_index))| {
+                SessionInfo {
+                    id,
+                    name,
+                    node,
+                    behavior: if delete {
+                        SessionBehavior::Delete
+                    } else {
+                        SessionBehavior::Release
+                    },
+                    ttl_ms,
+                    lock_delay_ms,
+                    node_checks,
+                    create_index,
+                }
+            },
+        )
+}
+
+fn catalog_query() -> impl Strategy<Value = CatalogQuery> {
+    prop_oneof![
+        Just(CatalogQuery::Nodes),
+        Just(CatalogQuery::Services),
+        (text(), prop::option::of(text()), any::<bool>()).prop_map(|(name, tag, passing_only)| {
+            CatalogQuery::Service {
+                name,
+                tag,
+                passing_only,
+            }
+        }),
+        text().prop_map(|node| CatalogQuery::NodeServices { node }),
+        text().prop_map(|node| CatalogQuery::NodeChecks { node }),
+        text().prop_map(|name| CatalogQuery::ServiceChecks { name }),
+        prop::option::of(status()).prop_map(|state| CatalogQuery::ChecksInState { state }),
+    ]
+}
+
+fn catalog_result() -> impl Strategy<Value = CatalogResult> {
+    prop_oneof![
+        prop::collection::vec(node(), 0..3).prop_map(CatalogResult::Nodes),
+        prop::collection::vec((text(), prop::collection::vec(text(), 0..3)), 0..3)
+            .prop_map(CatalogResult::Services),
+        prop::collection::vec(
+            (node(), service(), prop::collection::vec(check(), 0..3)).prop_map(
+                |(node, service, checks)| Instance {
+                    node,
+                    service,
+                    checks
+                }
+            ),
+            0..3
+        )
+        .prop_map(CatalogResult::Instances),
+        (
+            prop::option::of(node()),
+            prop::collection::vec(service(), 0..3)
+        )
+            .prop_map(|(n, s)| CatalogResult::NodeServices(n, s)),
+        prop::collection::vec(check(), 0..3).prop_map(CatalogResult::Checks),
+    ]
+}
+
+fn registration() -> impl Strategy<Value = Registration> {
+    (
+        (text(), text(), text(), text(), string_map()),
+        prop::option::of(service()),
+        prop::collection::vec(check(), 0..3),
+    )
+        .prop_map(
+            |((node, id, address, datacenter, node_meta), service, checks)| Registration {
+                node,
+                id,
+                address,
+                datacenter,
+                node_meta,
+                service,
+                checks,
+            },
+        )
+}
+
+fn catalog_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        registration().prop_map(|r| Op::CatalogRegister(Box::new(r))),
+        (text(), prop::option::of(text()), prop::option::of(text())).prop_map(
+            |(node, service_id, check_id)| Op::CatalogDeregister {
+                node,
+                service_id,
+                check_id
+            }
+        ),
+        (catalog_query(), opts()).prop_map(|(query, opts)| Op::CatalogRead { query, opts }),
+        session().prop_map(Op::SessionCreate),
+        text().prop_map(|id| Op::SessionDestroy { id }),
+        text().prop_map(|id| Op::SessionRenew { id }),
+        (
+            prop_oneof![
+                text().prop_map(|id| SessionQuery::Info { id }),
+                text().prop_map(|node| SessionQuery::Node { node }),
+                Just(SessionQuery::List),
+            ],
+            opts()
+        )
+            .prop_map(|(query, opts)| Op::SessionRead { query, opts }),
+    ]
+}
+
 fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![base_op(), catalog_op()]
+}
+
+fn base_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (bytes(30), opts()).prop_map(|(key, opts)| Op::KvGet { key, opts }),
         (bytes(30), any::<bool>(), prop::option::of(bytes(3)), opts()).prop_map(
@@ -185,12 +386,16 @@ fn response() -> impl Strategy<Value = Response> {
         )
         .prop_map(Response::Members),
         prop::collection::vec(text(), 0..4).prop_map(Response::Keyring),
-        (0..3usize, text(), prop::option::of(text())).prop_map(|(c, message, leader)| {
+        (catalog_result(), meta()).prop_map(|(result, meta)| Response::Catalog { result, meta }),
+        (prop::collection::vec(session(), 0..3), meta())
+            .prop_map(|(sessions, meta)| Response::Sessions { sessions, meta }),
+        (0..4usize, text(), prop::option::of(text())).prop_map(|(c, message, leader)| {
             Response::Error(RpcError {
                 code: [
                     ErrorCode::NotLeader,
                     ErrorCode::Timeout,
                     ErrorCode::InvalidSession,
+                    ErrorCode::NotFound,
                 ][c],
                 message,
                 leader,

@@ -31,6 +31,8 @@ pub const DEFAULT_SERVER_PORT: u16 = 8300;
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub node: String,
+    /// The datacenter this agent belongs to (`dc1` by default, as Consul's).
+    pub datacenter: String,
     /// A server (Raft voter, holds the state) or a client agent (forwards to servers).
     pub server: bool,
     pub data_dir: PathBuf,

@@ -30,8 +30,10 @@ use super::{AgentConfig, AgentError};
 use crate::kv::{KvCommand, KvEntry, KvOutcome};
 use crate::raft::network::Network;
 use crate::raft::store::{Flush, LogStore, SnapshotData, StateMachine};
-use crate::raft::types::{Command, TypeConfig};
+use crate::raft::types::{Command, Outcome, TypeConfig};
 use crate::raft::wire::{self, Kind};
+
+mod state;
 
 type CairnRaft = Raft<TypeConfig, StateMachine>;
 type Metrics = WatchReceiverOf<TypeConfig, RaftMetrics<TypeConfig>>;
@@ -229,7 +231,15 @@ async fn run(cfg: AgentConfig, ready: impl FnOnce(&AgentConfig, u64)) -> Result<
         last_leader_contact: Cell::new(None),
         limits: cfg.limits,
         seen: RefCell::new(BTreeMap::new()),
+        node: cfg.node.clone(),
+        datacenter: cfg.datacenter.clone(),
+        bind_ip: cfg.bind.to_string(),
+        session_timers: RefCell::new(state::SessionTimers::default()),
     });
+    {
+        let s = server.clone();
+        glommio::spawn_local(async move { s.leader_loop().await }).detach();
+    }
     // Form the cluster (or join one) in the background: requests are served meanwhile
     // (and answered "no leader" until there is one).
     let initialized = server
@@ -371,6 +381,12 @@ pub(super) struct Server {
     limits: Limits,
     /// Servers that said hello, or answered ours, while this one formed a cluster.
     seen: RefCell<BTreeMap<u64, Seen>>,
+    /// This agent's node name, datacenter and address (the catalog's view of it).
+    node: String,
+    datacenter: String,
+    bind_ip: String,
+    /// The leader's session TTL timers.
+    session_timers: RefCell<state::SessionTimers>,
 }
 
 fn entry(e: &KvEntry) -> WireEntry {
@@ -426,7 +442,10 @@ fn not_leader(hint: Option<(u64, String)>) -> Response {
 /// cluster that every server answers from what it knows.
 fn answers_locally(op: &Op) -> bool {
     match op {
-        Op::KvGet { opts, .. } | Op::KvList { opts, .. } => opts.consistency == Consistency::Stale,
+        Op::KvGet { opts, .. }
+        | Op::KvList { opts, .. }
+        | Op::CatalogRead { opts, .. }
+        | Op::SessionRead { opts, .. } => opts.consistency == Consistency::Stale,
         Op::StatusLeader
         | Op::StatusPeers
         | Op::RaftConfiguration
@@ -444,7 +463,12 @@ pub(super) fn is_read(op: &Op) -> bool {
 /// How long the leader may take to answer a forwarded request.
 pub(super) fn forward_timeout(op: &Op) -> Duration {
     match op {
-        Op::KvGet { opts, .. } | Op::KvList { opts, .. } if opts.index > 0 => {
+        Op::KvGet { opts, .. }
+        | Op::KvList { opts, .. }
+        | Op::CatalogRead { opts, .. }
+        | Op::SessionRead { opts, .. }
+            if opts.index > 0 =>
+        {
             Duration::from_millis(opts.wait_ms).min(MAX_WAIT) + MAX_WAIT / 16 + FORWARD_TIMEOUT
         }
         _ => FORWARD_TIMEOUT,
@@ -515,7 +539,7 @@ impl Server {
 
     /// Answers a request: here if this server may, otherwise through the leader.
     pub(super) async fn handle(&self, req: Request) -> Response {
-        if !req.datacenter.is_empty() && req.datacenter != "dc1" {
+        if !req.datacenter.is_empty() && req.datacenter != self.datacenter {
             return error(
                 ErrorCode::NoPathToDatacenter,
                 format!("No path to datacenter {:?}", req.datacenter),
@@ -598,18 +622,25 @@ impl Server {
             };
             return Err(Local::Done(error(code, e.to_string())));
         }
-        match self.raft.client_write(Command(cmd)).await {
-            Ok(resp) => match resp.data.0 {
-                Some(KvOutcome::Rejected(why)) if why.contains("session") => {
-                    Err(Local::Done(error(ErrorCode::InvalidSession, why)))
-                }
-                Some(KvOutcome::Rejected(why)) => Err(Local::Done(error(ErrorCode::Invalid, why))),
-                Some(o) => Ok(o),
-                None => Err(Local::Done(error(
-                    ErrorCode::Internal,
-                    "write applied without an outcome",
-                ))),
-            },
+        match self.propose(Command::Kv(cmd)).await? {
+            Outcome::Kv(KvOutcome::Rejected(why)) if why.contains("session") => {
+                Err(Local::Done(error(ErrorCode::InvalidSession, why)))
+            }
+            Outcome::Kv(KvOutcome::Rejected(why)) => {
+                Err(Local::Done(error(ErrorCode::Invalid, why)))
+            }
+            Outcome::Kv(o) => Ok(o),
+            other => Err(Local::Done(error(
+                ErrorCode::Internal,
+                format!("a KV write applied with outcome {other:?}"),
+            ))),
+        }
+    }
+
+    /// Proposes a command to Raft and waits until it is committed and applied here.
+    async fn propose(&self, cmd: Command) -> Result<Outcome, Local> {
+        match self.raft.client_write(cmd).await {
+            Ok(resp) => Ok(resp.data),
             Err(e) => Err(self.write_failed(e)),
         }
     }
@@ -681,6 +712,9 @@ impl Server {
     }
 
     async fn local_inner(&self, req: &Request) -> Result<Response, Local> {
+        if let Some(r) = self.state_op(&req.op).await {
+            return r;
+        }
         Ok(match req.op.clone() {
             Op::KvGet { key, opts } => {
                 self.read_barrier(opts.consistency).await?;
@@ -926,6 +960,14 @@ impl Server {
                 Response::Done
             }
             Op::Internal { .. } => error(ErrorCode::Invalid, "internal requests are not forwarded"),
+            // Answered by `state_op` above.
+            Op::CatalogRegister(_)
+            | Op::CatalogDeregister { .. }
+            | Op::CatalogRead { .. }
+            | Op::SessionCreate(_)
+            | Op::SessionDestroy { .. }
+            | Op::SessionRenew { .. }
+            | Op::SessionRead { .. } => error(ErrorCode::Internal, "unhandled catalog request"),
         })
     }
 

@@ -297,3 +297,212 @@ impl R<'_> {
         Ok(m)
     }
 }
+
+// ---- snapshot image -------------------------------------------------------------------
+//
+// The whole catalog inside a snapshot (`StateImage::catalog`): a version byte, then every
+// node, service (with its node's name) and check with their indexes, then the table
+// indexes and the per-service and per-node indexes. The name index is rebuilt on decode.
+// Counts are bounded by the bytes left, not by `MAX_ITEMS` (a catalog may hold 10,000s).
+
+const IMAGE_VERSION: u8 = 1;
+
+impl W {
+    fn u64(&mut self, v: u64) {
+        self.0.put_u64_le(v);
+    }
+    fn node(&mut self, n: &super::Node) {
+        self.str(&n.name);
+        self.str(&n.id);
+        self.str(&n.address);
+        self.str(&n.datacenter);
+        self.map(&n.meta);
+        self.u64(n.create_index);
+        self.u64(n.modify_index);
+    }
+    fn service(&mut self, s: &Service) {
+        self.str(&s.id);
+        self.str(&s.name);
+        self.0.put_u32_le(s.tags.len() as u32);
+        for t in &s.tags {
+            self.str(t);
+        }
+        self.str(&s.address);
+        self.0.put_u16_le(s.port);
+        self.map(&s.meta);
+        self.0.put_u32_le(s.weights.passing);
+        self.0.put_u32_le(s.weights.warning);
+        self.u64(s.create_index);
+        self.u64(s.modify_index);
+    }
+    fn check(&mut self, c: &Check) {
+        self.str(&c.id);
+        self.str(&c.name);
+        self.str(&c.node);
+        self.status(c.status);
+        self.str(&c.output);
+        self.str(&c.service_id);
+        self.str(&c.service_name);
+        self.str(&c.kind);
+        self.u64(c.create_index);
+        self.u64(c.modify_index);
+    }
+    fn index_map(&mut self, m: &BTreeMap<String, u64>) {
+        self.0.put_u32_le(m.len() as u32);
+        for (k, v) in m {
+            self.str(k);
+            self.u64(*v);
+        }
+    }
+}
+
+impl R<'_> {
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+    /// A count of items of at least `min` bytes each, bounded by the bytes left.
+    fn image_count(&mut self, what: &'static str, min: usize) -> Result<usize, DecodeError> {
+        let n = self.u32()? as usize;
+        let max = (self.data.len() - self.at) / min;
+        if n > max {
+            return Err(DecodeError::Limit { what, len: n, max });
+        }
+        Ok(n)
+    }
+    fn status(&mut self) -> Result<Status, DecodeError> {
+        match self.u8()? {
+            0 => Ok(Status::Passing),
+            1 => Ok(Status::Warning),
+            2 => Ok(Status::Critical),
+            tag => Err(DecodeError::Tag {
+                what: "status",
+                tag,
+            }),
+        }
+    }
+    fn node(&mut self) -> Result<super::Node, DecodeError> {
+        Ok(super::Node {
+            name: self.str()?,
+            id: self.str()?,
+            address: self.str()?,
+            datacenter: self.str()?,
+            meta: self.map()?,
+            create_index: self.u64()?,
+            modify_index: self.u64()?,
+        })
+    }
+    fn service(&mut self) -> Result<Service, DecodeError> {
+        let id = self.str()?;
+        let name = self.str()?;
+        let n = self.count("tags")?;
+        let mut tags = Vec::with_capacity(n);
+        for _ in 0..n {
+            tags.push(self.str()?);
+        }
+        Ok(Service {
+            id,
+            name,
+            tags,
+            address: self.str()?,
+            port: self.u16()?,
+            meta: self.map()?,
+            weights: Weights {
+                passing: self.u32()?,
+                warning: self.u32()?,
+            },
+            create_index: self.u64()?,
+            modify_index: self.u64()?,
+        })
+    }
+    fn check(&mut self) -> Result<Check, DecodeError> {
+        Ok(Check {
+            id: self.str()?,
+            name: self.str()?,
+            node: self.str()?,
+            status: self.status()?,
+            output: self.str()?,
+            service_id: self.str()?,
+            service_name: self.str()?,
+            kind: self.str()?,
+            create_index: self.u64()?,
+            modify_index: self.u64()?,
+        })
+    }
+    fn index_map(&mut self) -> Result<BTreeMap<String, u64>, DecodeError> {
+        let n = self.image_count("index map", 12)?;
+        let mut m = BTreeMap::new();
+        for _ in 0..n {
+            let k = self.str()?;
+            m.insert(k, self.u64()?);
+        }
+        Ok(m)
+    }
+}
+
+impl super::Catalog {
+    /// The catalog as a snapshot stores it.
+    pub fn encode_image(&self) -> Vec<u8> {
+        let mut w = W(BytesMut::with_capacity(256 + 256 * self.services.len()));
+        w.0.put_u8(IMAGE_VERSION);
+        w.0.put_u32_le(self.nodes.len() as u32);
+        for n in self.nodes.values() {
+            w.node(n);
+        }
+        w.0.put_u32_le(self.services.len() as u32);
+        for ((node, _), s) in &self.services {
+            w.str(node);
+            w.service(s);
+        }
+        w.0.put_u32_le(self.checks.len() as u32);
+        for c in self.checks.values() {
+            w.check(c);
+        }
+        w.u64(self.nodes_index);
+        w.u64(self.services_index);
+        w.u64(self.checks_index);
+        w.index_map(&self.service_index);
+        w.index_map(&self.node_index);
+        w.0.to_vec()
+    }
+
+    /// Rebuilds a catalog from [`Self::encode_image`]'s bytes (empty bytes: an empty
+    /// catalog, as in snapshots taken before anything was registered).
+    pub fn decode_image(data: &[u8]) -> Result<super::Catalog, DecodeError> {
+        let mut cat = super::Catalog::default();
+        if data.is_empty() {
+            return Ok(cat);
+        }
+        let mut r = R { data, at: 0 };
+        let v = r.u8()?;
+        if v != IMAGE_VERSION {
+            return Err(DecodeError::Version(v));
+        }
+        for _ in 0..r.image_count("nodes", 36)? {
+            let n = r.node()?;
+            cat.nodes.insert(n.name.clone(), n);
+        }
+        for _ in 0..r.image_count("services", 50)? {
+            let node = r.str()?;
+            let s = r.service()?;
+            let key = (node, s.id.clone());
+            cat.by_name
+                .entry(s.name.clone())
+                .or_default()
+                .insert(key.clone());
+            cat.services.insert(key, s);
+        }
+        for _ in 0..r.image_count("checks", 49)? {
+            let c = r.check()?;
+            cat.checks.insert((c.node.clone(), c.id.clone()), c);
+        }
+        cat.nodes_index = r.u64()?;
+        cat.services_index = r.u64()?;
+        cat.checks_index = r.u64()?;
+        cat.service_index = r.index_map()?;
+        cat.node_index = r.index_map()?;
+        if r.at != data.len() {
+            return Err(DecodeError::Trailing(data.len() - r.at));
+        }
+        Ok(cat)
+    }
+}

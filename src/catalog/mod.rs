@@ -11,108 +11,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 mod codec;
+pub mod reconcile;
 pub use codec::{CatalogCommand, DecodeError};
 
-/// A check's status, ordered from best to worst (so the worst of several is their max).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Status {
-    Passing,
-    Warning,
-    Critical,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Passing => "passing",
-            Status::Warning => "warning",
-            Status::Critical => "critical",
-        }
-    }
-}
-
-impl std::str::FromStr for Status {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Status, String> {
-        match s {
-            "passing" => Ok(Status::Passing),
-            "warning" => Ok(Status::Warning),
-            "critical" => Ok(Status::Critical),
-            other => Err(format!(
-                "unknown check status {other:?}: use passing, warning or critical"
-            )),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Node {
-    pub name: String,
-    pub id: String,
-    pub address: String,
-    pub datacenter: String,
-    pub meta: BTreeMap<String, String>,
-    pub create_index: u64,
-    pub modify_index: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Weights {
-    pub passing: u32,
-    pub warning: u32,
-}
-
-impl Default for Weights {
-    fn default() -> Self {
-        Weights {
-            passing: 1,
-            warning: 1,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Service {
-    /// Unique on its node; defaults to the name.
-    pub id: String,
-    pub name: String,
-    pub tags: Vec<String>,
-    /// Empty: the node's address.
-    pub address: String,
-    pub port: u16,
-    pub meta: BTreeMap<String, String>,
-    pub weights: Weights,
-    pub create_index: u64,
-    pub modify_index: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Check {
-    pub id: String,
-    pub name: String,
-    pub node: String,
-    pub status: Status,
-    pub output: String,
-    /// Empty: a node-level check (it affects every service on the node).
-    pub service_id: String,
-    pub service_name: String,
-    pub kind: String,
-    pub create_index: u64,
-    pub modify_index: u64,
-}
-
-/// A registration, as Consul's `/v1/catalog/register` takes it: the node (created or
-/// updated), optionally one service, and checks.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Registration {
-    pub node: String,
-    pub id: String,
-    pub address: String,
-    pub datacenter: String,
-    pub node_meta: BTreeMap<String, String>,
-    pub service: Option<Service>,
-    pub checks: Vec<Check>,
-}
+pub use cairn_net::rpc::catalog::{
+    CatalogQuery, CatalogResult, Check, Instance, Node, Registration, Service, Status, Weights,
+};
 
 /// What a registration or deregistration may be refused for (nothing changes then).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -135,28 +39,8 @@ pub enum CatalogError {
     MissingCheckId,
 }
 
-/// One service instance with its node and the checks that apply to it (node-level and
-/// its own), as Consul's health endpoint returns it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Instance {
-    pub node: Node,
-    pub service: Service,
-    pub checks: Vec<Check>,
-}
-
-impl Instance {
-    /// The worst status among the instance's checks (passing if it has none).
-    pub fn status(&self) -> Status {
-        self.checks
-            .iter()
-            .map(|c| c.status)
-            .max()
-            .unwrap_or(Status::Passing)
-    }
-}
-
 /// The catalog.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Catalog {
     nodes: BTreeMap<String, Node>,
     /// (node, service id) → service.
@@ -566,5 +450,87 @@ impl Catalog {
             .filter(|c| state.is_none_or(|s| c.status == s))
             .collect();
         (checks, self.checks_index.max(1))
+    }
+}
+
+impl Catalog {
+    /// Answers a catalog or health read: the result and its index (what a blocking query
+    /// on it waits to exceed).
+    pub fn query(&self, q: &CatalogQuery) -> (CatalogResult, u64) {
+        match q {
+            CatalogQuery::Nodes => {
+                let (nodes, index) = self.nodes();
+                (
+                    CatalogResult::Nodes(nodes.into_iter().cloned().collect()),
+                    index,
+                )
+            }
+            CatalogQuery::Services => {
+                let (services, index) = self.services();
+                (
+                    CatalogResult::Services(
+                        services
+                            .into_iter()
+                            .map(|(name, tags)| {
+                                (
+                                    name.to_string(),
+                                    tags.into_iter().map(str::to_string).collect(),
+                                )
+                            })
+                            .collect(),
+                    ),
+                    index,
+                )
+            }
+            CatalogQuery::Service {
+                name,
+                tag,
+                passing_only,
+            } => {
+                let (instances, index) = self.instances(name, tag.as_deref(), *passing_only);
+                (CatalogResult::Instances(instances), index)
+            }
+            CatalogQuery::NodeServices { node } => {
+                let (n, services, index) = self.node_services(node);
+                (
+                    CatalogResult::NodeServices(
+                        n.cloned(),
+                        services.into_iter().cloned().collect(),
+                    ),
+                    index,
+                )
+            }
+            CatalogQuery::NodeChecks { node } => {
+                let (checks, index) = self.node_checks(node);
+                (
+                    CatalogResult::Checks(checks.into_iter().cloned().collect()),
+                    index,
+                )
+            }
+            CatalogQuery::ServiceChecks { name } => {
+                let (checks, index) = self.service_checks(name);
+                (
+                    CatalogResult::Checks(checks.into_iter().cloned().collect()),
+                    index,
+                )
+            }
+            CatalogQuery::ChecksInState { state } => {
+                let (checks, index) = self.checks_in_state(*state);
+                (
+                    CatalogResult::Checks(checks.into_iter().cloned().collect()),
+                    index,
+                )
+            }
+        }
+    }
+
+    /// A node, if registered.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name)
+    }
+
+    /// One check of a node, if registered.
+    pub fn check(&self, node: &str, id: &str) -> Option<&Check> {
+        self.checks.get(&(node.to_string(), id.to_string()))
     }
 }

@@ -1,5 +1,5 @@
 //! openraft's storage over Cairn's: the Raft log is a [`SegmentLog`], the state machine is
-//! the KV store, snapshots are `StateImage` files.
+//! the KV store and the catalog, snapshots are `StateImage` files.
 //!
 //! Both live on the core that runs the Raft group (openraft is single-threaded here), so
 //! they share state through `Rc<RefCell<_>>`; no borrow is held across an await.
@@ -26,7 +26,10 @@ use openraft::storage::{EntryResponder, IOFlushed, LogState, RaftLogStorage, Raf
 use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::{OptionalSend, RaftLogReader, RaftSnapshotBuilder, StoredMembership};
 
-use super::types::{decode_payload, encode_payload, Entry, Outcome, RaftLogId, TypeConfig, Vote};
+use super::types::{
+    decode_payload, encode_payload, Command, Entry, Outcome, RaftLogId, TypeConfig, Vote,
+};
+use crate::catalog::Catalog;
 use crate::kv::ShardedKv;
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -303,6 +306,7 @@ pub struct StateMachine {
 
 struct SmInner {
     kv: ShardedKv,
+    catalog: Catalog,
     last_applied: Option<RaftLogId>,
     membership: StoredMembershipOf<TypeConfig>,
     dir: PathBuf,
@@ -324,12 +328,18 @@ impl StateMachine {
         f(&self.inner.borrow().kv)
     }
 
+    /// Runs `f` on the catalog as applied so far (a local, possibly stale, read).
+    pub fn with_catalog<R>(&self, f: impl FnOnce(&Catalog) -> R) -> R {
+        f(&self.inner.borrow().catalog)
+    }
+
     /// A state machine whose snapshots live in `dir`; restores the newest valid one.
     pub fn open(dir: &Path) -> io::Result<StateMachine> {
         std::fs::create_dir_all(dir)?;
         let sm = StateMachine {
             inner: Rc::new(RefCell::new(SmInner {
                 kv: ShardedKv::new(1),
+                catalog: Catalog::default(),
                 last_applied: None,
                 membership: StoredMembership::default(),
                 dir: dir.to_path_buf(),
@@ -346,9 +356,12 @@ impl StateMachine {
         let snap = SnapshotFile::<StateImage>::open(path).map_err(io_err)?;
         let backing = snap.archive_bytes();
         let kv = ShardedKv::from_archived(snap.state(), &backing, 1);
+        let catalog = Catalog::decode_image(snap.state().catalog.as_slice())
+            .map_err(|e| io_err(format!("snapshot {}: catalog: {e}", path.display())))?;
         let meta = decode_meta(snap.state().membership.as_slice(), snap.last_included())?;
         let mut inner = self.inner.borrow_mut();
         inner.kv = kv;
+        inner.catalog = catalog;
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
         Ok(meta)
@@ -408,8 +421,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 kv_index,
                 sessions,
                 lock_delays,
+                catalog: inner.catalog.encode_image(),
                 membership: encode_meta(&inner.membership),
-                ..StateImage::default()
             };
             (
                 image,
@@ -468,13 +481,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let mut inner = self.inner.borrow_mut();
                 inner.last_applied = Some(entry.log_id);
                 match entry.payload {
-                    EntryPayload::Blank => Outcome(None),
-                    EntryPayload::Normal(cmd) => {
-                        Outcome(Some(inner.kv.apply(entry.log_id.index, &cmd.0).0))
+                    EntryPayload::Blank => Outcome::None,
+                    EntryPayload::Normal(Command::Kv(cmd)) => {
+                        Outcome::Kv(inner.kv.apply(entry.log_id.index, &cmd).0)
+                    }
+                    EntryPayload::Normal(Command::Catalog(cmd)) => {
+                        Outcome::Catalog(inner.catalog.apply(entry.log_id.index, &cmd))
                     }
                     EntryPayload::Membership(m) => {
                         inner.membership = StoredMembership::new(Some(entry.log_id), m);
-                        Outcome(None)
+                        Outcome::None
                     }
                 }
             };

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! byte 0   payload version (1)
-//! byte 1   kind: 0 blank, 1 normal (a KV command, see kv::codec), 2 membership
+//! byte 1   kind: 0 blank, 1 a KV command (kv::codec), 2 membership,
+//!          3 a catalog command (catalog::codec)
 //! membership: u32 config count, each: u32 voter count + u64 ids;
 //!             u32 node count, each: u64 id + u32 length + address bytes
 //! ```
@@ -20,21 +21,34 @@ use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::Membership;
 
 use super::rt::GlommioRuntime;
+use crate::catalog::{CatalogCommand, CatalogError};
 use crate::kv::{KvCommand, KvOutcome};
 
-/// A write proposed to Raft.
+/// A write proposed to Raft: to the KV store (with sessions) or to the catalog.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Command(pub KvCommand);
+pub enum Command {
+    Kv(KvCommand),
+    Catalog(CatalogCommand),
+}
 
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.0)
+        match self {
+            Command::Kv(c) => write!(f, "{c:?}"),
+            Command::Catalog(c) => write!(f, "{c:?}"),
+        }
     }
 }
 
 /// What applying a [`Command`] returned (blank and membership entries return `None`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Outcome(pub Option<KvOutcome>);
+pub enum Outcome {
+    #[default]
+    None,
+    Kv(KvOutcome),
+    /// The catalog refused the write (nothing changed) or applied it.
+    Catalog(Result<(), CatalogError>),
+}
 
 openraft::declare_raft_types!(
     /// Cairn's Raft types.
@@ -60,9 +74,13 @@ pub fn encode_payload(p: &EntryPayload<Command, u64, BasicNode>) -> Bytes {
     b.put_u8(PAYLOAD_VERSION);
     match p {
         EntryPayload::Blank => b.put_u8(0),
-        EntryPayload::Normal(c) => {
+        EntryPayload::Normal(Command::Kv(c)) => {
             b.put_u8(1);
-            b.put_slice(&c.0.encode());
+            b.put_slice(&c.encode());
+        }
+        EntryPayload::Normal(Command::Catalog(c)) => {
+            b.put_u8(3);
+            b.put_slice(&c.encode());
         }
         EntryPayload::Membership(m) => {
             b.put_u8(2);
@@ -98,7 +116,10 @@ pub fn decode_payload(data: &Bytes) -> std::io::Result<EntryPayload<Command, u64
     match data[1] {
         0 => Ok(EntryPayload::Blank),
         1 => KvCommand::decode(&data.slice(2..))
-            .map(|c| EntryPayload::Normal(Command(c)))
+            .map(|c| EntryPayload::Normal(Command::Kv(c)))
+            .map_err(|e| bad(format!("raft entry payload: {e}"))),
+        3 => CatalogCommand::decode(&data[2..])
+            .map(|c| EntryPayload::Normal(Command::Catalog(c)))
             .map_err(|e| bad(format!("raft entry payload: {e}"))),
         2 => {
             let mut at = 2usize;

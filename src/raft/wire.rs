@@ -508,7 +508,7 @@ mod tests {
             entries: vec![
                 Entry {
                     log_id: RaftLogId::new_term_index(7, 11),
-                    payload: EntryPayload::Normal(Command(KvCommand::Set {
+                    payload: EntryPayload::Normal(Command::Kv(KvCommand::Set {
                         key: Bytes::from_static(b"k"),
                         value: Bytes::from_static(b"v"),
                         flags: 9,

@@ -1,8 +1,10 @@
 //! The shape of the state-machine image stored in snapshots.
 //!
-//! The KV and catalog records here are the fields the servers issue needs (CreateIndex,
-//! ModifyIndex, LockIndex, Flags, Value, Session); the catalog record is a placeholder that
-//! the catalog issue will grow. The file format around them is final (see [`crate::snapshot`]).
+//! KV entries, tombstones, sessions and lock-delays are archived records (a KV key is
+//! found in place by binary search); the catalog is one encoded blob owned by the agent's
+//! catalog module, since it is always rebuilt into memory on restore (its reads go
+//! through in-memory indexes, and it is small next to the KV store). The file format
+//! around them is described in [`crate::snapshot`].
 
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -17,14 +19,6 @@ pub struct KvRecord {
     pub lock_index: u64,
     pub flags: u64,
     pub session: Option<String>,
-}
-
-/// One node of the catalog (placeholder until the catalog issue).
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
-pub struct NodeRecord {
-    pub name: String,
-    pub address: String,
-    pub datacenter: String,
 }
 
 /// A deleted key remembered so that reads covering it keep the delete's index until the
@@ -65,7 +59,9 @@ pub struct StateImage {
     pub kv_index: u64,
     pub sessions: Vec<SessionRecord>,
     pub lock_delays: Vec<LockDelayRecord>,
-    pub nodes: Vec<NodeRecord>,
+    /// The catalog (nodes, services, checks and their indexes), encoded by the agent's
+    /// catalog module; empty when nothing was ever registered.
+    pub catalog: Vec<u8>,
     /// The Raft membership at the snapshot's last included entry, encoded by the server.
     pub membership: Vec<u8>,
 }

@@ -4,7 +4,7 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 
 use cairn_storage::snapshot::{list_snapshots, write_snapshot, Snapshot, SNAPSHOT_HEADER_LEN};
-use cairn_storage::state::{KvRecord, NodeRecord, StateImage};
+use cairn_storage::state::{KvRecord, StateImage};
 use cairn_storage::{LogId, StorageError};
 
 fn image(keys: usize) -> StateImage {
@@ -20,11 +20,7 @@ fn image(keys: usize) -> StateImage {
                 session: (i % 5 == 0).then(|| format!("session-{i}")),
             })
             .collect(),
-        nodes: vec![NodeRecord {
-            name: "node-1".into(),
-            address: "127.0.0.1".into(),
-            datacenter: "dc1".into(),
-        }],
+        catalog: b"an encoded catalog".to_vec(),
         tombstones: vec![cairn_storage::state::TombstoneRecord {
             key: b"gone".to_vec(),
             delete_index: 77,

@@ -69,6 +69,8 @@ pub fn is_read(op: &Op) -> bool {
         op,
         Op::KvGet { .. }
             | Op::KvList { .. }
+            | Op::CatalogRead { .. }
+            | Op::SessionRead { .. }
             | Op::StatusLeader
             | Op::StatusPeers
             | Op::RaftConfiguration

@@ -8,6 +8,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::catalog::{CatalogQuery, CatalogResult, Registration, SessionInfo, SessionQuery};
+
 /// Size limits checked on decode (and by servers before acting).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -167,6 +169,35 @@ pub enum Op {
         action: KeyringAction,
         key: Option<String>,
     },
+    /// Register (create or update) a node, optionally a service, and checks.
+    CatalogRegister(Box<Registration>),
+    /// Deregister a node (with everything on it), one of its services (with its checks),
+    /// or one of its checks.
+    CatalogDeregister {
+        node: String,
+        service_id: Option<String>,
+        check_id: Option<String>,
+    },
+    /// A catalog or health read.
+    CatalogRead {
+        query: CatalogQuery,
+        opts: ReadOpts,
+    },
+    /// Create a session (the leader picks its id; the answer is the session).
+    SessionCreate(SessionInfo),
+    /// Destroy a session: its locks are released or their keys deleted.
+    SessionDestroy {
+        id: String,
+    },
+    /// Renew a TTL session (the answer is the session; `NotFound` if it is gone).
+    SessionRenew {
+        id: String,
+    },
+    /// One session, a node's sessions, or all.
+    SessionRead {
+        query: SessionQuery,
+        opts: ReadOpts,
+    },
     /// Server-to-server traffic (Raft messages, cluster formation), opaque to this crate:
     /// `kind` says which message `body` holds; the agent's Raft layer encodes both. It
     /// shares the server port as Consul's Raft traffic shares port 8300.
@@ -224,6 +255,8 @@ pub enum ErrorCode {
     /// The request could not be carried out now (e.g. the leader could not be reached);
     /// the message says whether it may have taken effect.
     Unavailable = 13,
+    /// The thing the request names (a session, ...) does not exist.
+    NotFound = 14,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,6 +298,16 @@ pub enum Response {
     Members(Vec<MemberInfo>),
     /// The answer to [`Op::Keyring`]: the installed keys, primary first.
     Keyring(Vec<String>),
+    /// The answer to [`Op::CatalogRead`].
+    Catalog {
+        result: CatalogResult,
+        meta: Meta,
+    },
+    /// The answer to session operations.
+    Sessions {
+        sessions: Vec<SessionInfo>,
+        meta: Meta,
+    },
 }
 
 /// What [`Op::Keyring`] does.
@@ -302,21 +345,21 @@ pub struct RaftServer {
 
 // ---- encoding -------------------------------------------------------------------------
 
-struct W<'a>(&'a mut BytesMut);
+pub(crate) struct W<'a>(pub(crate) &'a mut BytesMut);
 
 impl W<'_> {
-    fn u8(&mut self, v: u8) {
+    pub(crate) fn u8(&mut self, v: u8) {
         self.0.put_u8(v);
     }
-    fn u64(&mut self, v: u64) {
+    pub(crate) fn u64(&mut self, v: u64) {
         self.0.put_u64_le(v);
     }
-    fn bytes(&mut self, b: &[u8]) {
+    pub(crate) fn bytes(&mut self, b: &[u8]) {
         self.0
             .put_u32_le(u32::try_from(b.len()).expect("limited far below 4 GiB"));
         self.0.put_slice(b);
     }
-    fn opt_bytes(&mut self, b: Option<&[u8]>) {
+    pub(crate) fn opt_bytes(&mut self, b: Option<&[u8]>) {
         match b {
             Some(b) => {
                 self.u8(1);
@@ -325,7 +368,7 @@ impl W<'_> {
             None => self.u8(0),
         }
     }
-    fn opt_u64(&mut self, v: Option<u64>) {
+    pub(crate) fn opt_u64(&mut self, v: Option<u64>) {
         match v {
             Some(v) => {
                 self.u8(1);
@@ -334,10 +377,14 @@ impl W<'_> {
             None => self.u8(0),
         }
     }
-    fn bool(&mut self, v: bool) {
+    pub(crate) fn bool(&mut self, v: bool) {
         self.u8(v as u8);
     }
-    fn opts(&mut self, o: &ReadOpts) {
+    pub(crate) fn count(&mut self, n: usize) {
+        self.0
+            .put_u32_le(u32::try_from(n).expect("limited far below 4 billion"));
+    }
+    pub(crate) fn opts(&mut self, o: &ReadOpts) {
         self.u8(match o.consistency {
             Consistency::Stale => 0,
             Consistency::Default => 1,
@@ -346,7 +393,7 @@ impl W<'_> {
         self.u64(o.index);
         self.u64(o.wait_ms);
     }
-    fn entry(&mut self, e: &Entry) {
+    pub(crate) fn entry(&mut self, e: &Entry) {
         self.bytes(&e.key);
         self.bytes(&e.value);
         self.u64(e.flags);
@@ -355,12 +402,12 @@ impl W<'_> {
         self.u64(e.lock_index);
         self.opt_bytes(e.session.as_deref().map(str::as_bytes));
     }
-    fn meta(&mut self, m: &Meta) {
+    pub(crate) fn meta(&mut self, m: &Meta) {
         self.u64(m.index);
         self.bool(m.known_leader);
         self.u64(m.last_contact_ms);
     }
-    fn txn_op(&mut self, op: &TxnOp) {
+    pub(crate) fn txn_op(&mut self, op: &TxnOp) {
         match op {
             TxnOp::Set { key, value, flags } => {
                 self.u8(1);
@@ -493,6 +540,42 @@ impl Request {
                 });
                 w.opt_bytes(key.as_deref().map(str::as_bytes));
             }
+            Op::CatalogRegister(r) => {
+                w.u8(15);
+                w.registration(r);
+            }
+            Op::CatalogDeregister {
+                node,
+                service_id,
+                check_id,
+            } => {
+                w.u8(16);
+                w.string(node);
+                w.opt_bytes(service_id.as_deref().map(str::as_bytes));
+                w.opt_bytes(check_id.as_deref().map(str::as_bytes));
+            }
+            Op::CatalogRead { query, opts } => {
+                w.u8(17);
+                w.catalog_query(query);
+                w.opts(opts);
+            }
+            Op::SessionCreate(s) => {
+                w.u8(18);
+                w.session(s);
+            }
+            Op::SessionDestroy { id } => {
+                w.u8(19);
+                w.string(id);
+            }
+            Op::SessionRenew { id } => {
+                w.u8(20);
+                w.string(id);
+            }
+            Op::SessionRead { query, opts } => {
+                w.u8(21);
+                w.session_query(query);
+                w.opts(opts);
+            }
             Op::Internal { kind, body } => {
                 w.u8(11);
                 w.u8(*kind);
@@ -574,6 +657,27 @@ impl Request {
                     }
                 },
                 key: r.opt(|r| r.string("key"))?,
+            },
+            15 => Op::CatalogRegister(Box::new(r.registration()?)),
+            16 => Op::CatalogDeregister {
+                node: r.string("node name")?,
+                service_id: r.opt(|r| r.string("service id"))?,
+                check_id: r.opt(|r| r.string("check id"))?,
+            },
+            17 => Op::CatalogRead {
+                query: r.catalog_query()?,
+                opts: r.opts()?,
+            },
+            18 => Op::SessionCreate(r.session()?),
+            19 => Op::SessionDestroy {
+                id: r.string("session id")?,
+            },
+            20 => Op::SessionRenew {
+                id: r.string("session id")?,
+            },
+            21 => Op::SessionRead {
+                query: r.session_query()?,
+                opts: r.opts()?,
             },
             11 => Op::Internal {
                 kind: r.u8()?,
@@ -657,6 +761,19 @@ impl Response {
             Response::Internal(body) => {
                 w.u8(9);
                 w.bytes(body);
+            }
+            Response::Catalog { result, meta } => {
+                w.u8(13);
+                w.meta(meta);
+                w.catalog_result(result);
+            }
+            Response::Sessions { sessions, meta } => {
+                w.u8(14);
+                w.meta(meta);
+                w.count(sessions.len());
+                for s in sessions {
+                    w.session(s);
+                }
             }
             Response::Keyring(keys) => {
                 w.u8(12);
@@ -785,6 +902,22 @@ impl Response {
                 }
                 Response::Members(members)
             }
+            13 => {
+                let meta = r.meta()?;
+                Response::Catalog {
+                    result: r.catalog_result()?,
+                    meta,
+                }
+            }
+            14 => {
+                let meta = r.meta()?;
+                let n = r.count("sessions")?;
+                let mut sessions = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    sessions.push(r.session()?);
+                }
+                Response::Sessions { sessions, meta }
+            }
             12 => {
                 let n = r.count("keys")?;
                 let mut keys = Vec::with_capacity(n.min(64));
@@ -808,6 +941,7 @@ impl Response {
                     11 => ErrorCode::InvalidSession,
                     12 => ErrorCode::Overloaded,
                     13 => ErrorCode::Unavailable,
+                    14 => ErrorCode::NotFound,
                     tag => {
                         return Err(MessageError::UnknownTag {
                             what: "error code",
@@ -835,14 +969,14 @@ impl Response {
 
 // ---- decoding -------------------------------------------------------------------------
 
-struct R<'a> {
+pub(crate) struct R<'a> {
     data: &'a Bytes,
     at: usize,
     limits: &'a Limits,
 }
 
 impl R<'_> {
-    fn take(&mut self, n: usize) -> Result<std::ops::Range<usize>, MessageError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<std::ops::Range<usize>, MessageError> {
         if n > self.data.len() - self.at {
             return Err(MessageError::Truncated(self.at));
         }
@@ -850,26 +984,26 @@ impl R<'_> {
         self.at += n;
         Ok(r)
     }
-    fn u8(&mut self) -> Result<u8, MessageError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, MessageError> {
         let r = self.take(1)?;
         Ok(self.data[r.start])
     }
-    fn bool(&mut self) -> Result<bool, MessageError> {
+    pub(crate) fn bool(&mut self) -> Result<bool, MessageError> {
         match self.u8()? {
             0 => Ok(false),
             1 => Ok(true),
             tag => Err(MessageError::UnknownTag { what: "bool", tag }),
         }
     }
-    fn u32(&mut self) -> Result<u32, MessageError> {
+    pub(crate) fn u32(&mut self) -> Result<u32, MessageError> {
         let r = self.take(4)?;
         Ok(u32::from_le_bytes(self.data[r].try_into().expect("4")))
     }
-    fn u64(&mut self) -> Result<u64, MessageError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, MessageError> {
         let r = self.take(8)?;
         Ok(u64::from_le_bytes(self.data[r].try_into().expect("8")))
     }
-    fn raw(&mut self, what: &'static str, max: usize) -> Result<Bytes, MessageError> {
+    pub(crate) fn raw(&mut self, what: &'static str, max: usize) -> Result<Bytes, MessageError> {
         let n = self.u32()? as usize;
         if n > max {
             return Err(MessageError::Limit { what, len: n, max });
@@ -877,22 +1011,22 @@ impl R<'_> {
         let r = self.take(n)?;
         Ok(self.data.slice(r))
     }
-    fn key(&mut self) -> Result<Bytes, MessageError> {
+    pub(crate) fn key(&mut self) -> Result<Bytes, MessageError> {
         self.raw("key", self.limits.max_key)
     }
-    fn value(&mut self) -> Result<Bytes, MessageError> {
+    pub(crate) fn value(&mut self) -> Result<Bytes, MessageError> {
         self.raw("value", self.limits.max_value)
     }
-    fn string(&mut self, what: &'static str) -> Result<String, MessageError> {
+    pub(crate) fn string(&mut self, what: &'static str) -> Result<String, MessageError> {
         let b = self.raw(what, self.limits.max_string)?;
         String::from_utf8(b.to_vec()).map_err(|_| MessageError::Utf8(what))
     }
     /// Free text (error messages) may be longer than a name, but not unbounded.
-    fn text(&mut self, what: &'static str) -> Result<String, MessageError> {
+    pub(crate) fn text(&mut self, what: &'static str) -> Result<String, MessageError> {
         let b = self.raw(what, 64 * 1024)?;
         String::from_utf8(b.to_vec()).map_err(|_| MessageError::Utf8(what))
     }
-    fn count(&mut self, what: &'static str) -> Result<usize, MessageError> {
+    pub(crate) fn count(&mut self, what: &'static str) -> Result<usize, MessageError> {
         let n = self.u32()? as usize;
         if n > self.limits.max_items {
             return Err(MessageError::Limit {
@@ -903,7 +1037,7 @@ impl R<'_> {
         }
         Ok(n)
     }
-    fn opt<T>(
+    pub(crate) fn opt<T>(
         &mut self,
         f: impl FnOnce(&mut Self) -> Result<T, MessageError>,
     ) -> Result<Option<T>, MessageError> {
@@ -913,7 +1047,7 @@ impl R<'_> {
             Ok(None)
         }
     }
-    fn opts(&mut self) -> Result<ReadOpts, MessageError> {
+    pub(crate) fn opts(&mut self) -> Result<ReadOpts, MessageError> {
         let consistency = match self.u8()? {
             0 => Consistency::Stale,
             1 => Consistency::Default,
@@ -931,7 +1065,7 @@ impl R<'_> {
             wait_ms: self.u64()?,
         })
     }
-    fn entry(&mut self) -> Result<Entry, MessageError> {
+    pub(crate) fn entry(&mut self) -> Result<Entry, MessageError> {
         Ok(Entry {
             key: self.key()?,
             value: self.value()?,
@@ -942,14 +1076,14 @@ impl R<'_> {
             session: self.opt(|r| r.string("session"))?,
         })
     }
-    fn meta(&mut self) -> Result<Meta, MessageError> {
+    pub(crate) fn meta(&mut self) -> Result<Meta, MessageError> {
         Ok(Meta {
             index: self.u64()?,
             known_leader: self.bool()?,
             last_contact_ms: self.u64()?,
         })
     }
-    fn txn_op(&mut self) -> Result<TxnOp, MessageError> {
+    pub(crate) fn txn_op(&mut self) -> Result<TxnOp, MessageError> {
         Ok(match self.u8()? {
             1 => TxnOp::Set {
                 key: self.key()?,
@@ -987,7 +1121,7 @@ impl R<'_> {
             }
         })
     }
-    fn end(&self) -> Result<(), MessageError> {
+    pub(crate) fn end(&self) -> Result<(), MessageError> {
         if self.at != self.data.len() {
             return Err(MessageError::Trailing(self.data.len() - self.at));
         }

@@ -3,6 +3,7 @@
 //! that the server and clients drive from their own IO; [`cluster`] is a blocking client
 //! for a set of servers (failover, leader hints, safe retries) over std sockets.
 
+pub mod catalog;
 pub mod client;
 pub mod cluster;
 pub mod frame;
