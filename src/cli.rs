@@ -345,7 +345,7 @@ pub enum StatusCommand {
 
 /// One request through the cluster client: it tries each `--rpc-addr` address until
 /// one accepts, follows leader hints, and retries only what is safe.
-fn call(rpc: &RpcArgs, op: Op) -> Result<Response, ExitCode> {
+pub(crate) fn call(rpc: &RpcArgs, op: Op) -> Result<Response, ExitCode> {
     let servers: Vec<String> = rpc
         .rpc_addr
         .split(',')
@@ -383,7 +383,7 @@ fn call(rpc: &RpcArgs, op: Op) -> Result<Response, ExitCode> {
 }
 
 /// `--consistent` / `--stale` (clap keeps them exclusive); neither: the leader's lease.
-fn consistency(consistent: bool, stale: bool) -> Consistency {
+pub(crate) fn consistency(consistent: bool, stale: bool) -> Consistency {
     if consistent {
         Consistency::Consistent
     } else if stale {
@@ -685,7 +685,7 @@ fn entry_json(e: &cairn_net::rpc::message::Entry) -> serde_json::Value {
     })
 }
 
-fn print_json(v: &serde_json::Value) {
+pub(crate) fn print_json(v: &serde_json::Value) {
     println!(
         "{}",
         serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
@@ -758,7 +758,7 @@ pub fn operator(cmd: OperatorCommand, rpc: &RpcArgs) -> ExitCode {
     run().unwrap_or_else(|code| code)
 }
 
-fn unexpected(r: Response) -> ExitCode {
+pub(crate) fn unexpected(r: Response) -> ExitCode {
     eprintln!("Error! unexpected response from the agent: {r:?}");
     ExitCode::FAILURE
 }

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cli;
+mod cli_catalog;
 mod debug;
 
 #[derive(Parser, Debug)]
@@ -46,6 +47,20 @@ enum Command {
     Operator {
         #[command(subcommand)]
         cmd: cli::OperatorCommand,
+        #[command(flatten)]
+        rpc: cli::RpcArgs,
+    },
+    /// The service catalog: nodes, services and their instances.
+    Catalog {
+        #[command(subcommand)]
+        cmd: cli_catalog::CatalogCommand,
+        #[command(flatten)]
+        rpc: cli::RpcArgs,
+    },
+    /// Health checks in the catalog: a service's, a node's, or those in a state.
+    Health {
+        #[command(subcommand)]
+        cmd: cli_catalog::HealthCommand,
         #[command(flatten)]
         rpc: cli::RpcArgs,
     },
@@ -128,6 +143,8 @@ fn main() -> ExitCode {
         Command::Status { cmd, rpc } => cli::status(cmd, &rpc),
         Command::Operator { cmd, rpc } => cli::operator(cmd, &rpc),
         Command::Members { format, rpc } => cli::members(format, &rpc),
+        Command::Catalog { cmd, rpc } => cli_catalog::catalog(cmd, &rpc),
+        Command::Health { cmd, rpc } => cli_catalog::health(cmd, &rpc),
         Command::Keyring {
             install,
             use_key,

@@ -15,7 +15,8 @@ pub mod reconcile;
 pub use codec::{CatalogCommand, DecodeError};
 
 pub use cairn_net::rpc::catalog::{
-    CatalogQuery, CatalogResult, Check, Instance, Node, Registration, Service, Status, Weights,
+    CatalogQuery, CatalogResult, Check, Instance, Node, Registration, Service, SessionBehavior,
+    SessionInfo, SessionQuery, Status, Weights,
 };
 
 /// What a registration or deregistration may be refused for (nothing changes then).

@@ -1,0 +1,313 @@
+//! `cairn catalog ...` and `cairn health ...`: the service catalog through an agent.
+
+use std::process::ExitCode;
+
+use cairn::catalog::{CatalogQuery, CatalogResult, Check, Instance, Node, Service, Status};
+use cairn_net::rpc::message::{Op, ReadOpts, Response};
+use clap::{Args, Subcommand};
+
+use crate::cli::{call, consistency, print_json, unexpected, Format, RpcArgs};
+
+/// How fresh a catalog read must be, and how it prints.
+#[derive(Args, Debug, Clone)]
+pub struct ReadArgs {
+    /// Read through a quorum-confirmed read index.
+    #[arg(long, conflicts_with = "stale")]
+    consistent: bool,
+    /// Read the agent's server's local state without asking the leader.
+    #[arg(long)]
+    stale: bool,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CatalogCommand {
+    /// Every node: name, address, datacenter.
+    Nodes {
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// Every service name (with its tags).
+    Services {
+        /// Show each service's tags.
+        #[arg(long)]
+        tags: bool,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// The instances of a service: node, address, port, tags, health.
+    Service {
+        name: String,
+        /// Only instances whose checks all pass.
+        #[arg(long)]
+        passing: bool,
+        /// Only instances with this tag.
+        #[arg(long)]
+        tag: Option<String>,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// A node's services.
+    Node {
+        name: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HealthCommand {
+    /// A service's checks, on every node.
+    Checks {
+        service: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// A node's checks.
+    Node {
+        node: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// Checks in a state: passing, warning, critical or any.
+    State {
+        state: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+}
+
+fn read(query: CatalogQuery, r: &ReadArgs, rpc: &RpcArgs) -> Result<CatalogResult, ExitCode> {
+    let opts = ReadOpts {
+        consistency: consistency(r.consistent, r.stale),
+        ..ReadOpts::default()
+    };
+    match call(rpc, Op::CatalogRead { query, opts })? {
+        Response::Catalog { result, .. } => Ok(result),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn node_json(n: &Node) -> serde_json::Value {
+    serde_json::json!({
+        "ID": n.id,
+        "Node": n.name,
+        "Address": n.address,
+        "Datacenter": n.datacenter,
+        "Meta": n.meta,
+        "CreateIndex": n.create_index,
+        "ModifyIndex": n.modify_index,
+    })
+}
+
+fn service_json(s: &Service) -> serde_json::Value {
+    serde_json::json!({
+        "ID": s.id,
+        "Service": s.name,
+        "Tags": s.tags,
+        "Address": s.address,
+        "Port": s.port,
+        "Meta": s.meta,
+        "Weights": {"Passing": s.weights.passing, "Warning": s.weights.warning},
+        "CreateIndex": s.create_index,
+        "ModifyIndex": s.modify_index,
+    })
+}
+
+fn check_json(c: &Check) -> serde_json::Value {
+    serde_json::json!({
+        "Node": c.node,
+        "CheckID": c.id,
+        "Name": c.name,
+        "Status": c.status.as_str(),
+        "Output": c.output,
+        "ServiceID": c.service_id,
+        "ServiceName": c.service_name,
+        "Type": c.kind,
+        "CreateIndex": c.create_index,
+        "ModifyIndex": c.modify_index,
+    })
+}
+
+fn instance_json(i: &Instance) -> serde_json::Value {
+    serde_json::json!({
+        "Node": node_json(&i.node),
+        "Service": service_json(&i.service),
+        "Checks": i.checks.iter().map(check_json).collect::<Vec<_>>(),
+    })
+}
+
+fn print_checks(checks: &[Check], format: Format) {
+    if format == Format::Json {
+        print_json(&serde_json::Value::Array(
+            checks.iter().map(check_json).collect(),
+        ));
+        return;
+    }
+    println!(
+        "{:<20} {:<24} {:<20} {:<9} Output",
+        "Node", "CheckID", "Service", "Status"
+    );
+    for c in checks {
+        println!(
+            "{:<20} {:<24} {:<20} {:<9} {}",
+            c.node,
+            c.id,
+            c.service_name,
+            c.status.as_str(),
+            c.output.lines().next().unwrap_or("")
+        );
+    }
+}
+
+pub fn catalog(cmd: CatalogCommand, rpc: &RpcArgs) -> ExitCode {
+    let run = || -> Result<(), ExitCode> {
+        match cmd {
+            CatalogCommand::Nodes { read: r } => match read(CatalogQuery::Nodes, &r, rpc)? {
+                CatalogResult::Nodes(nodes) if r.format == Format::Json => print_json(
+                    &serde_json::Value::Array(nodes.iter().map(node_json).collect()),
+                ),
+                CatalogResult::Nodes(nodes) => {
+                    println!("{:<20} {:<16} DC", "Node", "Address");
+                    for n in nodes {
+                        println!("{:<20} {:<16} {}", n.name, n.address, n.datacenter);
+                    }
+                }
+                other => return Err(unexpected_result(other)),
+            },
+            CatalogCommand::Services { tags, read: r } => {
+                match read(CatalogQuery::Services, &r, rpc)? {
+                    CatalogResult::Services(services) if r.format == Format::Json => {
+                        let m: serde_json::Map<String, serde_json::Value> = services
+                            .into_iter()
+                            .map(|(name, tags)| (name, serde_json::json!(tags)))
+                            .collect();
+                        print_json(&serde_json::Value::Object(m));
+                    }
+                    CatalogResult::Services(services) => {
+                        for (name, t) in services {
+                            if tags {
+                                println!("{name:<30} {}", t.join(","));
+                            } else {
+                                println!("{name}");
+                            }
+                        }
+                    }
+                    other => return Err(unexpected_result(other)),
+                }
+            }
+            CatalogCommand::Service {
+                name,
+                passing,
+                tag,
+                read: r,
+            } => {
+                let q = CatalogQuery::Service {
+                    name,
+                    tag,
+                    passing_only: passing,
+                };
+                match read(q, &r, rpc)? {
+                    CatalogResult::Instances(instances) if r.format == Format::Json => print_json(
+                        &serde_json::Value::Array(instances.iter().map(instance_json).collect()),
+                    ),
+                    CatalogResult::Instances(instances) => {
+                        println!(
+                            "{:<20} {:<20} {:<22} {:<9} Tags",
+                            "Node", "ServiceID", "Address", "Health"
+                        );
+                        for i in instances {
+                            let addr = if i.service.address.is_empty() {
+                                &i.node.address
+                            } else {
+                                &i.service.address
+                            };
+                            println!(
+                                "{:<20} {:<20} {:<22} {:<9} {}",
+                                i.node.name,
+                                i.service.id,
+                                format!("{addr}:{}", i.service.port),
+                                i.status().as_str(),
+                                i.service.tags.join(",")
+                            );
+                        }
+                    }
+                    other => return Err(unexpected_result(other)),
+                }
+            }
+            CatalogCommand::Node { name, read: r } => {
+                match read(CatalogQuery::NodeServices { node: name.clone() }, &r, rpc)? {
+                    CatalogResult::NodeServices(None, _) => {
+                        eprintln!("Error! No node named {name:?} in the catalog");
+                        return Err(ExitCode::FAILURE);
+                    }
+                    CatalogResult::NodeServices(Some(n), services) if r.format == Format::Json => {
+                        let m: serde_json::Map<String, serde_json::Value> = services
+                            .iter()
+                            .map(|s| (s.id.clone(), service_json(s)))
+                            .collect();
+                        print_json(&serde_json::json!({"Node": node_json(&n), "Services": m}));
+                    }
+                    CatalogResult::NodeServices(Some(n), services) => {
+                        println!(
+                            "Node {} ({}), datacenter {}",
+                            n.name, n.address, n.datacenter
+                        );
+                        println!("{:<20} {:<20} {:<6} Tags", "ID", "Service", "Port");
+                        for s in services {
+                            println!(
+                                "{:<20} {:<20} {:<6} {}",
+                                s.id,
+                                s.name,
+                                s.port,
+                                s.tags.join(",")
+                            );
+                        }
+                    }
+                    other => return Err(unexpected_result(other)),
+                }
+            }
+        }
+        Ok(())
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
+    }
+}
+
+pub fn health(cmd: HealthCommand, rpc: &RpcArgs) -> ExitCode {
+    let (query, r) = match cmd {
+        HealthCommand::Checks { service, read } => {
+            (CatalogQuery::ServiceChecks { name: service }, read)
+        }
+        HealthCommand::Node { node, read } => (CatalogQuery::NodeChecks { node }, read),
+        HealthCommand::State { state, read } => {
+            let state = match state.as_str() {
+                "any" => None,
+                s => match s.parse::<Status>() {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        eprintln!("Error! {e} (or any)");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            (CatalogQuery::ChecksInState { state }, read)
+        }
+    };
+    match read(query, &r, rpc) {
+        Ok(CatalogResult::Checks(checks)) => {
+            print_checks(&checks, r.format);
+            ExitCode::SUCCESS
+        }
+        Ok(other) => unexpected_result(other),
+        Err(code) => code,
+    }
+}
+
+fn unexpected_result(r: CatalogResult) -> ExitCode {
+    eprintln!("Error! unexpected answer from the agent: {r:?}");
+    ExitCode::FAILURE
+}

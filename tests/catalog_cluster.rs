@@ -1,0 +1,331 @@
+//! The catalog in a real cluster: gossip members become catalog nodes with a `serfHealth`
+//! check; a killed agent's check goes critical and its services leave passing queries;
+//! its sessions are invalidated and their locks released; an agent that leaves is
+//! deregistered; all of it carries on under a new leader; the catalog survives a restart
+//! through a snapshot.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use cairn::catalog::{
+    CatalogQuery, CatalogResult, Check, Registration, Service, SessionInfo, SessionQuery, Status,
+};
+use cairn_net::rpc::message::{Consistency, ErrorCode, Op, ReadOpts, Response};
+use support::{b, Cluster};
+
+const T: Duration = Duration::from_secs(10);
+
+fn read(c: &Cluster, i: usize, query: CatalogQuery) -> Option<CatalogResult> {
+    match c.servers[i].call(
+        Op::CatalogRead {
+            query,
+            opts: ReadOpts::default(),
+        },
+        T,
+    ) {
+        Some(Response::Catalog { result, .. }) => Some(result),
+        _ => None,
+    }
+}
+
+/// Polls `query` on server `i` until `ok` holds (at most `limit`).
+fn wait_for(
+    c: &Cluster,
+    i: usize,
+    query: CatalogQuery,
+    limit: Duration,
+    what: &str,
+    ok: impl Fn(&CatalogResult) -> bool,
+) -> CatalogResult {
+    let deadline = Instant::now() + limit;
+    let mut last = None;
+    loop {
+        if let Some(r) = read(c, i, query.clone()) {
+            if ok(&r) {
+                return r;
+            }
+            last = Some(r);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: last answer {last:?}\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn serf_status(r: &CatalogResult, node: &str) -> Option<Status> {
+    match r {
+        CatalogResult::Checks(checks) => checks
+            .iter()
+            .find(|c| c.node == node && c.id == "serfHealth")
+            .map(|c| c.status),
+        _ => None,
+    }
+}
+
+fn node_names(r: &CatalogResult) -> Vec<String> {
+    match r {
+        CatalogResult::Nodes(n) => n.iter().map(|n| n.name.clone()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn instances(r: &CatalogResult) -> usize {
+    match r {
+        CatalogResult::Instances(i) => i.len(),
+        _ => usize::MAX,
+    }
+}
+
+#[test]
+fn gossip_members_are_catalog_nodes_and_failures_leaves_and_sessions_follow_them() {
+    let mut c = Cluster::start(3, &[]);
+    c.wait_for_leader(T);
+    let a = c.add_client();
+    let bb = c.add_client();
+    let (na, nb) = (format!("c{a}"), format!("c{bb}"));
+    // Every member is a node with a passing serfHealth.
+    let all = CatalogQuery::ChecksInState { state: None };
+    wait_for(
+        &c,
+        0,
+        all.clone(),
+        Duration::from_secs(30),
+        "5 healthy nodes",
+        |r| {
+            ["s0", "s1", "s2", &na, &nb]
+                .iter()
+                .all(|n| serf_status(r, n) == Some(Status::Passing))
+        },
+    );
+    // A service on agent a, with a passing check of its own.
+    let reg = Registration {
+        node: na.clone(),
+        address: "127.0.0.1".into(),
+        service: Some(Service {
+            id: "web-1".into(),
+            name: "web".into(),
+            tags: vec!["v1".into()],
+            port: 8080,
+            ..Service::default()
+        }),
+        checks: vec![Check {
+            id: "web-alive".into(),
+            name: "web alive".into(),
+            status: Status::Passing,
+            service_id: "web-1".into(),
+            kind: "ttl".into(),
+            ..Check::default()
+        }],
+        ..Registration::default()
+    };
+    // Through a follower (forwarded to the leader).
+    let leader = c.wait_for_leader(T);
+    let follower = c.other_than(leader);
+    assert_eq!(
+        c.servers[follower].call(Op::CatalogRegister(Box::new(reg)), T),
+        Some(Response::Bool(true))
+    );
+    let web_passing = CatalogQuery::Service {
+        name: "web".into(),
+        tag: Some("v1".into()),
+        passing_only: true,
+    };
+    wait_for(&c, 1, web_passing.clone(), T, "web passing", |r| {
+        instances(r) == 1
+    });
+    // A session on a's node holding a lock.
+    let Some(Response::Sessions { sessions, .. }) = c.servers[follower].call(
+        Op::SessionCreate(SessionInfo {
+            node: na.clone(),
+            name: "lock-holder".into(),
+            ..SessionInfo::default()
+        }),
+        T,
+    ) else {
+        panic!("no session\n{}", c.logs());
+    };
+    let sid = sessions[0].id.clone();
+    assert_eq!(
+        c.servers[0].call(
+            Op::KvPut {
+                key: b("locks/web"),
+                value: b("a"),
+                flags: 0,
+                cas: None,
+                acquire: Some(sid.clone()),
+                release: None,
+            },
+            T,
+        ),
+        Some(Response::Bool(true))
+    );
+    // A session for a node the catalog does not know is refused.
+    assert!(matches!(
+        c.servers[0].call(
+            Op::SessionCreate(SessionInfo {
+                node: "nowhere".into(),
+                ..SessionInfo::default()
+            }),
+            T
+        ),
+        Some(Response::Error(e)) if e.code == ErrorCode::Invalid
+    ));
+
+    // kill -9 a: its serfHealth goes critical, web leaves passing queries, the session
+    // is invalidated and the lock released.
+    c.servers[a].kill();
+    wait_for(
+        &c,
+        0,
+        all.clone(),
+        Duration::from_secs(30),
+        "a critical",
+        |r| serf_status(r, &na) == Some(Status::Critical),
+    );
+    wait_for(&c, 2, web_passing.clone(), T, "web not passing", |r| {
+        instances(r) == 0
+    });
+    let every_web = CatalogQuery::Service {
+        name: "web".into(),
+        tag: None,
+        passing_only: false,
+    };
+    assert_eq!(instances(&read(&c, 0, every_web).unwrap()), 1);
+    let deadline = Instant::now() + T;
+    loop {
+        let gone = matches!(
+            c.servers[0].call(
+                Op::SessionRead {
+                    query: SessionQuery::Info { id: sid.clone() },
+                    opts: ReadOpts::default()
+                },
+                T
+            ),
+            Some(Response::Sessions { sessions, .. }) if sessions.is_empty()
+        );
+        if gone {
+            break;
+        }
+        assert!(Instant::now() < deadline, "session never invalidated");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    match c.servers[0].call(
+        Op::KvGet {
+            key: b("locks/web"),
+            opts: ReadOpts::default(),
+        },
+        T,
+    ) {
+        Some(Response::Entries { entries, .. }) => {
+            assert_eq!(entries.len(), 1);
+            assert_eq!(entries[0].session, None, "the lock was released");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // b leaves gracefully: deregistered.
+    c.servers[bb].terminate();
+    wait_for(
+        &c,
+        0,
+        CatalogQuery::Nodes,
+        Duration::from_secs(30),
+        "b gone",
+        |r| !node_names(r).contains(&nb),
+    );
+
+    // The leader dies: the new leader finds it failed and marks it critical.
+    let old = c.wait_for_leader(T);
+    c.servers[old].kill();
+    let new = c.wait_for_leader(Duration::from_secs(30));
+    let old_name = format!("s{old}");
+    wait_for(
+        &c,
+        new,
+        all,
+        Duration::from_secs(30),
+        "old leader critical",
+        |r| serf_status(r, &old_name) == Some(Status::Critical),
+    );
+}
+
+#[test]
+fn the_catalog_survives_a_full_restart_through_its_snapshot() {
+    // Snapshot every 20 entries so the catalog is restored from a snapshot, not only
+    // replayed from the log.
+    let mut c = Cluster::start(3, &["--raft-snapshot-threshold", "20"]);
+    c.wait_for_leader(T);
+    for i in 0..30 {
+        let reg = Registration {
+            node: format!("ext-{i}"),
+            address: format!("192.0.2.{i}"),
+            service: Some(Service {
+                name: "db".into(),
+                id: format!("db-{i}"),
+                port: 5432,
+                ..Service::default()
+            }),
+            ..Registration::default()
+        };
+        assert_eq!(
+            c.servers[0].call(Op::CatalogRegister(Box::new(reg)), T),
+            Some(Response::Bool(true)),
+            "{}",
+            c.logs()
+        );
+    }
+    for s in c.servers.iter_mut() {
+        s.kill();
+    }
+    for s in c.servers.iter_mut() {
+        s.restart();
+    }
+    c.wait_for_leader(Duration::from_secs(30));
+    let r = wait_for(
+        &c,
+        1,
+        CatalogQuery::Service {
+            name: "db".into(),
+            tag: None,
+            passing_only: false,
+        },
+        T,
+        "30 db instances",
+        |r| instances(r) == 30,
+    );
+    let CatalogResult::Instances(list) = r else {
+        unreachable!()
+    };
+    assert!(list.iter().all(|i| i.service.port == 5432));
+    // Each server wrote a snapshot (so the catalog came back from one, then the log).
+    for srv in &c.servers {
+        let snaps = std::fs::read_dir(srv.dir.join("raft/snapshots"))
+            .map(|d| d.filter_map(Result::ok).count())
+            .unwrap_or(0);
+        assert!(snaps > 0, "no snapshot in {}", srv.dir.display());
+    }
+    // Stale reads on a follower catch up to the same.
+    let deadline = Instant::now() + T;
+    loop {
+        let stale = c.servers[2].call(
+            Op::CatalogRead {
+                query: CatalogQuery::Nodes,
+                opts: ReadOpts {
+                    consistency: Consistency::Stale,
+                    ..ReadOpts::default()
+                },
+            },
+            T,
+        );
+        if matches!(&stale, Some(Response::Catalog { result: CatalogResult::Nodes(n), .. }) if n.len() >= 33)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{stale:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
