@@ -8,6 +8,8 @@
 //! - [`runtime`]: one glommio executor per core, each owning a KV shard, talking over a
 //!   channel mesh; executor 0 sequences writes and cross-shard reads.
 //! - [`raft`]: openraft's async runtime on glommio.
+//! - [`health`]: service and check definitions, and the agent's check runner (TCP, HTTP,
+//!   script and TTL checks on their own threads).
 //! - [`preflight`]: checks a machine's limits and kernel settings against what an agent
 //!   needs (`cairn debug preflight`).
 //!
@@ -19,6 +21,7 @@ pub mod agent;
 pub mod catalog;
 pub mod client;
 pub mod gossip;
+pub mod health;
 pub mod kv;
 pub mod preflight;
 pub mod raft;
