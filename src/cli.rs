@@ -80,6 +80,14 @@ pub struct AgentArgs {
     /// Server RPC port.
     #[arg(long, default_value_t = DEFAULT_SERVER_PORT)]
     pub server_port: u16,
+    /// A directory of service and check definitions (Consul's JSON format, `*.json`),
+    /// loaded at start: this node's services and health checks.
+    #[arg(long)]
+    pub config_dir: Option<PathBuf>,
+    /// Allow script checks (`args`): they run programs as the agent's user, so they are
+    /// off unless asked for, as in Consul.
+    #[arg(long)]
+    pub enable_script_checks: bool,
 }
 
 pub fn agent(a: AgentArgs) -> ExitCode {
@@ -135,6 +143,8 @@ pub fn agent(a: AgentArgs) -> ExitCode {
         server,
         node,
         datacenter: a.datacenter.clone(),
+        config_dir: a.config_dir.clone(),
+        enable_script_checks: a.enable_script_checks,
         data_dir: data_dir.clone(),
         bind: a.bind,
         server_port: a.server_port,

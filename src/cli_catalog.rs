@@ -311,3 +311,163 @@ fn unexpected_result(r: CatalogResult) -> ExitCode {
     eprintln!("Error! unexpected answer from the agent: {r:?}");
     ExitCode::FAILURE
 }
+
+#[derive(Subcommand, Debug)]
+pub enum ServicesCommand {
+    /// Register the services in a definition file (Consul's format: `{"service": {...}}`
+    /// or `{"services": [...]}`) with the agent; it runs their checks and keeps them in
+    /// the catalog.
+    Register { file: std::path::PathBuf },
+    /// Remove a service (by id) from the agent, with its checks.
+    Deregister { id: String },
+    /// The agent's own services.
+    List {
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+}
+
+pub fn services(cmd: ServicesCommand, rpc: &RpcArgs) -> ExitCode {
+    use cairn_net::rpc::message::AgentKind;
+    match cmd {
+        ServicesCommand::Register { file } => {
+            let text = match std::fs::read(&file) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("Error! reading {}: {e}", file.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            let v: serde_json::Value = match serde_json::from_slice(&text) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("Error! {}: {e}", file.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            let mut defs = Vec::new();
+            let get = |k: &str| {
+                v.get(k)
+                    .or_else(|| v.get(format!("{}{}", k[..1].to_uppercase(), &k[1..])))
+            };
+            if let Some(s) = get("service") {
+                defs.push(s.clone());
+            }
+            if let Some(serde_json::Value::Array(list)) = get("services") {
+                defs.extend(list.iter().cloned());
+            }
+            if defs.is_empty() {
+                eprintln!(
+                    "Error! {}: no \"service\" or \"services\" in the file",
+                    file.display()
+                );
+                return ExitCode::FAILURE;
+            }
+            for d in defs {
+                let op = Op::AgentRegister {
+                    kind: AgentKind::Service,
+                    definition: bytes::Bytes::from(d.to_string()),
+                };
+                match call(rpc, op) {
+                    Ok(Response::Bool(true)) => {
+                        let name = d
+                            .get("name")
+                            .or_else(|| d.get("Name"))
+                            .and_then(|n| n.as_str())
+                            .unwrap_or("?");
+                        println!("Registered service: {name}");
+                    }
+                    Ok(other) => return unexpected(other),
+                    Err(code) => return code,
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        ServicesCommand::Deregister { id } => {
+            match call(
+                rpc,
+                Op::AgentDeregister {
+                    kind: AgentKind::Service,
+                    id: id.clone(),
+                },
+            ) {
+                Ok(Response::Bool(true)) => {
+                    println!("Deregistered service: {id}");
+                    ExitCode::SUCCESS
+                }
+                Ok(other) => unexpected(other),
+                Err(code) => code,
+            }
+        }
+        ServicesCommand::List { format } => match call(
+            rpc,
+            Op::AgentLocal {
+                kind: AgentKind::Service,
+            },
+        ) {
+            Ok(Response::Catalog {
+                result: CatalogResult::NodeServices(_, services),
+                ..
+            }) => {
+                if format == Format::Json {
+                    let m: serde_json::Map<String, serde_json::Value> = services
+                        .iter()
+                        .map(|s| (s.id.clone(), service_json(s)))
+                        .collect();
+                    print_json(&serde_json::Value::Object(m));
+                } else {
+                    println!("{:<20} {:<20} {:<6} Tags", "ID", "Service", "Port");
+                    for s in services {
+                        println!(
+                            "{:<20} {:<20} {:<6} {}",
+                            s.id,
+                            s.name,
+                            s.port,
+                            s.tags.join(",")
+                        );
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+            Ok(other) => unexpected(other),
+            Err(code) => code,
+        },
+    }
+}
+
+/// `cairn maint`: put the node or one service in maintenance mode (a critical check
+/// that takes it out of passing queries), or take it out.
+pub fn maint(
+    enable: bool,
+    disable: bool,
+    service: Option<String>,
+    reason: String,
+    rpc: &RpcArgs,
+) -> ExitCode {
+    if enable == disable {
+        eprintln!("Error! give exactly one of --enable or --disable");
+        return ExitCode::from(2);
+    }
+    let what = match &service {
+        Some(s) => format!("service {s:?}"),
+        None => "node".to_string(),
+    };
+    match call(
+        rpc,
+        Op::AgentMaintenance {
+            service_id: service,
+            enable,
+            reason,
+        },
+    ) {
+        Ok(Response::Bool(true)) => {
+            println!(
+                "Maintenance mode {} for the {what}",
+                if enable { "enabled" } else { "disabled" }
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(other) => unexpected(other),
+        Err(code) => code,
+    }
+}

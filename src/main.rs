@@ -64,6 +64,27 @@ enum Command {
         #[command(flatten)]
         rpc: cli::RpcArgs,
     },
+    /// This agent's services: register from a definition file, deregister, list.
+    Services {
+        #[command(subcommand)]
+        cmd: cli_catalog::ServicesCommand,
+        #[command(flatten)]
+        rpc: cli::RpcArgs,
+    },
+    /// Maintenance mode for this agent's node or one of its services.
+    Maint {
+        #[arg(long)]
+        enable: bool,
+        #[arg(long)]
+        disable: bool,
+        /// A service id (default: the whole node).
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        rpc: cli::RpcArgs,
+    },
     /// The LAN gossip pool: every agent with its address, status and role.
     Members {
         #[arg(long, value_enum, default_value_t = cli::Format::Text)]
@@ -144,6 +165,14 @@ fn main() -> ExitCode {
         Command::Operator { cmd, rpc } => cli::operator(cmd, &rpc),
         Command::Members { format, rpc } => cli::members(format, &rpc),
         Command::Catalog { cmd, rpc } => cli_catalog::catalog(cmd, &rpc),
+        Command::Services { cmd, rpc } => cli_catalog::services(cmd, &rpc),
+        Command::Maint {
+            enable,
+            disable,
+            service,
+            reason,
+            rpc,
+        } => cli_catalog::maint(enable, disable, service, reason, &rpc),
         Command::Health { cmd, rpc } => cli_catalog::health(cmd, &rpc),
         Command::Keyring {
             install,

@@ -247,8 +247,29 @@ fn catalog_op() -> impl Strategy<Value = Op> {
     ]
 }
 
+fn agent_op() -> impl Strategy<Value = Op> {
+    let kind = || prop_oneof![Just(AgentKind::Service), Just(AgentKind::Check)];
+    prop_oneof![
+        (kind(), bytes(60)).prop_map(|(kind, definition)| Op::AgentRegister { kind, definition }),
+        (kind(), text()).prop_map(|(kind, id)| Op::AgentDeregister { kind, id }),
+        (text(), status(), ".{0,40}").prop_map(|(id, status, output)| Op::AgentCheckUpdate {
+            id,
+            status,
+            output
+        }),
+        (prop::option::of(text()), any::<bool>(), ".{0,30}").prop_map(
+            |(service_id, enable, reason)| Op::AgentMaintenance {
+                service_id,
+                enable,
+                reason
+            }
+        ),
+        kind().prop_map(|kind| Op::AgentLocal { kind }),
+    ]
+}
+
 fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![base_op(), catalog_op()]
+    prop_oneof![base_op(), catalog_op(), agent_op()]
 }
 
 fn base_op() -> impl Strategy<Value = Op> {

@@ -2,8 +2,8 @@
 //! `--server`. It holds no state: it joins the LAN gossip pool as a client, finds the
 //! servers there, and serves the binary RPC protocol on its own port for the
 //! applications of its node, sending every request on to a server (which forwards to the
-//! leader what only the leader may answer). Health checks, local services and
-//! anti-entropy come with the catalog (issue 6).
+//! leader what only the leader may answer), except the agent API (its own services and
+//! checks, `local.rs`), which it answers itself and keeps in the catalog by anti-entropy.
 //!
 //! Like a follower, it retries only what is safe: a request no server received (the
 //! connection could not be made) and reads. A write whose server went away after it was
@@ -49,6 +49,8 @@ struct ClientAgent {
     /// Spreads requests over the servers.
     next: Cell<usize>,
     datacenter: String,
+    /// This agent's own services and checks.
+    local: Rc<super::local::LocalAgent>,
 }
 
 async fn run(cfg: AgentConfig, ready: impl FnOnce(&AgentConfig)) -> Result<(), AgentError> {
@@ -67,7 +69,17 @@ async fn run(cfg: AgentConfig, ready: impl FnOnce(&AgentConfig)) -> Result<(), A
         what: format!("listening on {addr}"),
         source: std::io::Error::other(e.to_string()),
     })?;
+    let local = Rc::new(super::local::LocalAgent::start(
+        &cfg.node,
+        &cfg.datacenter,
+        &gossip.local_addr().ip().to_string(),
+        &cfg.data_dir,
+        cfg.config_dir.as_deref(),
+        cfg.enable_script_checks,
+        rand010::random(),
+    )?);
     let agent = Rc::new(ClientAgent {
+        local: local.clone(),
         gossip,
         peers: Peers::new(),
         limits: cfg.limits,
@@ -85,6 +97,14 @@ async fn run(cfg: AgentConfig, ready: impl FnOnce(&AgentConfig)) -> Result<(), A
                 eprintln!("cairn: leaving the gossip pool: {e}");
             }
             super::LEFT.store(true, Ordering::SeqCst);
+        })
+        .detach();
+    }
+    {
+        let a = agent.clone();
+        glommio::spawn_local(async move {
+            let pool = a.clone();
+            super::local::sync_loop(a, local, move || pool.gossip.num_live()).await
         })
         .detach();
     }
@@ -182,6 +202,9 @@ impl Handler for ClientAgent {
     }
 
     async fn answer(self: Rc<Self>, req: Request) -> Response {
+        if let Some(r) = self.local.answer(&req.op) {
+            return r;
+        }
         match req.op {
             Op::Members => members_response(Some(&self.gossip)),
             Op::Keyring { action, key } => {

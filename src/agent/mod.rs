@@ -15,6 +15,7 @@
 
 mod client;
 mod cluster;
+mod local;
 pub mod peer;
 mod server;
 
@@ -46,6 +47,10 @@ pub struct AgentConfig {
     /// Where to find the cluster: LAN gossip addresses (HOST[:PORT], port 8301 by
     /// default) when gossip is on; server RPC addresses when it is off.
     pub retry_join: Vec<String>,
+    /// Service and check definitions (Consul's JSON format) loaded at start.
+    pub config_dir: Option<PathBuf>,
+    /// Allow script checks (off by default: they run programs as the agent's user).
+    pub enable_script_checks: bool,
     /// The LAN gossip pool; `None` when disabled (`--serf-lan-port -1`).
     pub gossip: Option<GossipSettings>,
     pub raft: RaftTuning,

@@ -218,7 +218,20 @@ async fn run(cfg: AgentConfig, ready: impl FnOnce(&AgentConfig, u64)) -> Result<
         Some(g) => Some(start_gossip(&cfg, g)?),
         None => None,
     };
+    let local = Rc::new(super::local::LocalAgent::start(
+        &cfg.node,
+        &cfg.datacenter,
+        &gossip
+            .as_ref()
+            .map_or(cfg.bind, |g| g.local_addr().ip())
+            .to_string(),
+        &cfg.data_dir,
+        cfg.config_dir.as_deref(),
+        cfg.enable_script_checks,
+        id,
+    )?);
     let server = Rc::new(Server {
+        local: local.clone(),
         gossip,
         metrics: raft.metrics(),
         raft,
@@ -239,6 +252,15 @@ async fn run(cfg: AgentConfig, ready: impl FnOnce(&AgentConfig, u64)) -> Result<
     {
         let s = server.clone();
         glommio::spawn_local(async move { s.leader_loop().await }).detach();
+        let s = server.clone();
+        glommio::spawn_local(async move {
+            let pool = s.clone();
+            super::local::sync_loop(s, local, move || {
+                pool.gossip.as_ref().map_or(1, |g| g.num_live())
+            })
+            .await
+        })
+        .detach();
     }
     // Form the cluster (or join one) in the background: requests are served meanwhile
     // (and answered "no leader" until there is one).
@@ -387,6 +409,8 @@ pub(super) struct Server {
     bind_ip: String,
     /// The leader's session TTL timers.
     session_timers: RefCell<state::SessionTimers>,
+    /// This agent's own services and checks.
+    local: Rc<super::local::LocalAgent>,
 }
 
 fn entry(e: &KvEntry) -> WireEntry {
@@ -451,6 +475,11 @@ fn answers_locally(op: &Op) -> bool {
         | Op::RaftConfiguration
         | Op::Members
         | Op::Keyring { .. }
+        | Op::AgentRegister { .. }
+        | Op::AgentDeregister { .. }
+        | Op::AgentCheckUpdate { .. }
+        | Op::AgentMaintenance { .. }
+        | Op::AgentLocal { .. }
         | Op::Internal { .. } => true,
         _ => false,
     }
@@ -547,6 +576,9 @@ impl Server {
         }
         if let Op::Internal { kind, body } = &req.op {
             return self.internal(*kind, body.clone()).await;
+        }
+        if let Some(r) = self.local.answer(&req.op) {
+            return r;
         }
         if answers_locally(&req.op) || self.is_leader() {
             match self.local(&req).await {
@@ -968,6 +1000,12 @@ impl Server {
             | Op::SessionDestroy { .. }
             | Op::SessionRenew { .. }
             | Op::SessionRead { .. } => error(ErrorCode::Internal, "unhandled catalog request"),
+            // Answered by the local agent in `handle`.
+            Op::AgentRegister { .. }
+            | Op::AgentDeregister { .. }
+            | Op::AgentCheckUpdate { .. }
+            | Op::AgentMaintenance { .. }
+            | Op::AgentLocal { .. } => error(ErrorCode::Internal, "unhandled agent request"),
         })
     }
 

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+pub mod antientropy;
 mod codec;
 pub mod reconcile;
 pub use codec::{CatalogCommand, DecodeError};

@@ -228,7 +228,16 @@ impl Cluster {
         self.add_agent(false)
     }
 
+    /// A client agent with extra arguments (e.g. `--config-dir`).
+    pub fn add_client_with(&mut self, extra: &[&str]) -> usize {
+        self.add_agent_args(false, extra)
+    }
+
     fn add_agent(&mut self, server: bool) -> usize {
+        self.add_agent_args(server, &[])
+    }
+
+    fn add_agent_args(&mut self, server: bool, extra: &[&str]) -> usize {
         let i = self.servers.len();
         let ip = "127.0.0.1".to_string();
         let (port, serf_port) = (free_port(&ip), free_udp_port(&ip));
@@ -260,6 +269,7 @@ impl Cluster {
         if server {
             args.insert(1, "--server".into());
         }
+        args.extend(extra.iter().map(|s| s.to_string()));
         let mut s = Server {
             ip,
             port,

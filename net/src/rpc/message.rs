@@ -198,6 +198,37 @@ pub enum Op {
         query: SessionQuery,
         opts: ReadOpts,
     },
+    /// Agent API (answered by the agent that receives it, never forwarded): register a
+    /// service or a check on this agent's node from a Consul-style JSON definition (a
+    /// service definition, as `/v1/agent/service/register` takes it, or a check
+    /// definition, as `/v1/agent/check/register`).
+    AgentRegister {
+        kind: AgentKind,
+        definition: Bytes,
+    },
+    /// Agent API: remove a local service (with its checks) or a local check.
+    AgentDeregister {
+        kind: AgentKind,
+        id: String,
+    },
+    /// Agent API: set a TTL check's status (Consul's check pass/warn/fail/update).
+    AgentCheckUpdate {
+        id: String,
+        status: super::catalog::Status,
+        output: String,
+    },
+    /// Agent API: put the node (`service_id: None`) or one service in maintenance mode, or
+    /// take it out.
+    AgentMaintenance {
+        service_id: Option<String>,
+        enable: bool,
+        reason: String,
+    },
+    /// Agent API: this agent's own services (answered as `CatalogResult::NodeServices`)
+    /// or checks (`CatalogResult::Checks`), as it knows them, not as the catalog has them.
+    AgentLocal {
+        kind: AgentKind,
+    },
     /// Server-to-server traffic (Raft messages, cluster formation), opaque to this crate:
     /// `kind` says which message `body` holds; the agent's Raft layer encodes both. It
     /// shares the server port as Consul's Raft traffic shares port 8300.
@@ -310,6 +341,13 @@ pub enum Response {
     },
 }
 
+/// What an agent API request is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentKind {
+    Service,
+    Check,
+}
+
 /// What [`Op::Keyring`] does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyringAction {
@@ -347,7 +385,16 @@ pub struct RaftServer {
 
 pub(crate) struct W<'a>(pub(crate) &'a mut BytesMut);
 
+/// Largest service or check definition (JSON) accepted by the agent API.
+pub const MAX_DEFINITION: usize = 256 * 1024;
+
 impl W<'_> {
+    pub(crate) fn agent_kind(&mut self, k: AgentKind) {
+        self.u8(match k {
+            AgentKind::Service => 1,
+            AgentKind::Check => 2,
+        });
+    }
     pub(crate) fn u8(&mut self, v: u8) {
         self.0.put_u8(v);
     }
@@ -576,6 +623,36 @@ impl Request {
                 w.session_query(query);
                 w.opts(opts);
             }
+            Op::AgentRegister { kind, definition } => {
+                w.u8(22);
+                w.agent_kind(*kind);
+                w.bytes(definition);
+            }
+            Op::AgentDeregister { kind, id } => {
+                w.u8(23);
+                w.agent_kind(*kind);
+                w.string(id);
+            }
+            Op::AgentCheckUpdate { id, status, output } => {
+                w.u8(24);
+                w.string(id);
+                w.status(*status);
+                w.string(output);
+            }
+            Op::AgentMaintenance {
+                service_id,
+                enable,
+                reason,
+            } => {
+                w.u8(25);
+                w.opt_bytes(service_id.as_deref().map(str::as_bytes));
+                w.bool(*enable);
+                w.string(reason);
+            }
+            Op::AgentLocal { kind } => {
+                w.u8(26);
+                w.agent_kind(*kind);
+            }
             Op::Internal { kind, body } => {
                 w.u8(11);
                 w.u8(*kind);
@@ -678,6 +755,30 @@ impl Request {
             21 => Op::SessionRead {
                 query: r.session_query()?,
                 opts: r.opts()?,
+            },
+            22 => Op::AgentRegister {
+                kind: r.agent_kind()?,
+                definition: r.raw("definition", MAX_DEFINITION)?,
+            },
+            23 => Op::AgentDeregister {
+                kind: r.agent_kind()?,
+                id: r.string("id")?,
+            },
+            24 => Op::AgentCheckUpdate {
+                id: r.string("check id")?,
+                status: r.status()?,
+                output: {
+                    let b = r.raw("check output", super::catalog::MAX_OUTPUT)?;
+                    String::from_utf8(b.to_vec()).map_err(|_| MessageError::Utf8("check output"))?
+                },
+            },
+            25 => Op::AgentMaintenance {
+                service_id: r.opt(|r| r.string("service id"))?,
+                enable: r.bool()?,
+                reason: r.text("reason")?,
+            },
+            26 => Op::AgentLocal {
+                kind: r.agent_kind()?,
             },
             11 => Op::Internal {
                 kind: r.u8()?,
@@ -976,6 +1077,16 @@ pub(crate) struct R<'a> {
 }
 
 impl R<'_> {
+    pub(crate) fn agent_kind(&mut self) -> Result<AgentKind, MessageError> {
+        match self.u8()? {
+            1 => Ok(AgentKind::Service),
+            2 => Ok(AgentKind::Check),
+            tag => Err(MessageError::UnknownTag {
+                what: "agent kind",
+                tag,
+            }),
+        }
+    }
     pub(crate) fn take(&mut self, n: usize) -> Result<std::ops::Range<usize>, MessageError> {
         if n > self.data.len() - self.at {
             return Err(MessageError::Truncated(self.at));
