@@ -471,3 +471,17 @@ pub fn maint(
         Err(code) => code,
     }
 }
+
+/// `cairn force-leave NODE`.
+pub fn force_leave(node: &str, rpc: &RpcArgs) -> ExitCode {
+    match call(
+        rpc,
+        Op::ForceLeave {
+            node: node.to_string(),
+        },
+    ) {
+        Ok(Response::Done) => ExitCode::SUCCESS,
+        Ok(other) => unexpected(other),
+        Err(code) => code,
+    }
+}

@@ -85,6 +85,12 @@ enum Command {
         #[command(flatten)]
         rpc: cli::RpcArgs,
     },
+    /// Declare a failed agent left: the pool forgets it and the catalog deregisters it.
+    ForceLeave {
+        node: String,
+        #[command(flatten)]
+        rpc: cli::RpcArgs,
+    },
     /// The LAN gossip pool: every agent with its address, status and role.
     Members {
         #[arg(long, value_enum, default_value_t = cli::Format::Text)]
@@ -165,6 +171,7 @@ fn main() -> ExitCode {
         Command::Operator { cmd, rpc } => cli::operator(cmd, &rpc),
         Command::Members { format, rpc } => cli::members(format, &rpc),
         Command::Catalog { cmd, rpc } => cli_catalog::catalog(cmd, &rpc),
+        Command::ForceLeave { node, rpc } => cli_catalog::force_leave(&node, &rpc),
         Command::Services { cmd, rpc } => cli_catalog::services(cmd, &rpc),
         Command::Maint {
             enable,

@@ -227,6 +227,19 @@ fn gossip_members_are_catalog_nodes_and_failures_leaves_and_sessions_follow_them
         other => panic!("{other:?}"),
     }
 
+    // Forcing a live agent out is refused; forcing the failed one out deregisters it.
+    assert!(matches!(
+        c.servers[0].call(Op::ForceLeave { node: nb.clone() }, T),
+        Some(Response::Error(e)) if e.code == ErrorCode::Invalid && e.message.contains("not failed")
+    ));
+    assert_eq!(
+        c.servers[0].call(Op::ForceLeave { node: na.clone() }, T),
+        Some(Response::Done)
+    );
+    wait_for(&c, 1, CatalogQuery::Nodes, T, "a force-left", |r| {
+        !node_names(r).contains(&na)
+    });
+
     // b leaves gracefully: deregistered.
     c.servers[bb].terminate();
     wait_for(

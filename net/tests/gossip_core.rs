@@ -539,3 +539,32 @@ fn profiles_are_valid_and_named() {
     assert_eq!(c.retransmit_limit(9), 4);
     assert_eq!(c.retransmit_limit(10_000), 4 * 5);
 }
+
+#[test]
+fn force_leave_turns_a_failed_member_left_and_refuses_live_or_unknown_ones() {
+    let mut g = node_with_members(4);
+    let dead = Message::Dead {
+        addr: addr(2),
+        incarnation: 0,
+        from: addr(4),
+    };
+    g.handle_packet(0, addr(4), &packet(&[dead])).unwrap();
+    let _ = outputs(&mut g);
+    assert!(matches!(
+        g.force_leave(1, addr(3)),
+        Err(GossipError::NotFailed(_, "alive"))
+    ));
+    assert!(matches!(
+        g.force_leave(1, addr(9)),
+        Err(GossipError::UnknownMember(_))
+    ));
+    g.force_leave(1, addr(2)).unwrap();
+    assert_eq!(g.status_of(&addr(2)), Some((Status::Left, 0)));
+    assert!(outputs(&mut g).contains(&Output::Event(MemberEvent::Left {
+        addr: addr(2),
+        incarnation: 0
+    })));
+    // Forcing it again changes nothing.
+    g.force_leave(2, addr(2)).unwrap();
+    assert_eq!(outputs(&mut g), vec![]);
+}

@@ -265,6 +265,7 @@ fn agent_op() -> impl Strategy<Value = Op> {
             }
         ),
         kind().prop_map(|kind| Op::AgentLocal { kind }),
+        text().prop_map(|node| Op::ForceLeave { node }),
     ]
 }
 

@@ -18,8 +18,8 @@ use glommio::net::TcpListener;
 
 use super::peer::Peers;
 use super::server::{
-    connection, error, executor, forward_timeout, is_read, keyring_response, members_response,
-    probe_port, start_gossip, Handler, FORWARD_ATTEMPTS, MAX_CONNECTIONS,
+    connection, error, executor, force_leave_response, forward_timeout, is_read, keyring_response,
+    members_response, probe_port, start_gossip, Handler, FORWARD_ATTEMPTS, MAX_CONNECTIONS,
 };
 use super::{AgentConfig, AgentError};
 use crate::gossip::{GossipHandle, Role, Status};
@@ -207,6 +207,7 @@ impl Handler for ClientAgent {
         }
         match req.op {
             Op::Members => members_response(Some(&self.gossip)),
+            Op::ForceLeave { node } => force_leave_response(Some(&self.gossip), &node).await,
             Op::Keyring { action, key } => {
                 keyring_response(Some(&self.gossip), action, key.as_deref())
             }

@@ -480,6 +480,7 @@ fn answers_locally(op: &Op) -> bool {
         | Op::AgentCheckUpdate { .. }
         | Op::AgentMaintenance { .. }
         | Op::AgentLocal { .. }
+        | Op::ForceLeave { .. }
         | Op::Internal { .. } => true,
         _ => false,
     }
@@ -905,6 +906,7 @@ impl Server {
                 )
             }
             Op::Members => members_response(self.gossip.as_ref()),
+            Op::ForceLeave { node } => force_leave_response(self.gossip.as_ref(), &node).await,
             Op::Keyring { action, key } => {
                 keyring_response(self.gossip.as_ref(), action, key.as_deref())
             }
@@ -1211,6 +1213,23 @@ impl Server {
                 ))
             }
         }
+    }
+}
+
+/// The answer to `Op::ForceLeave`, from this agent's gossip driver.
+pub(super) async fn force_leave_response(
+    gossip: Option<&crate::gossip::GossipHandle>,
+    node: &str,
+) -> Response {
+    match gossip {
+        Some(g) => match g.force_leave(node).await {
+            Ok(()) => Response::Done,
+            Err(e) => error(ErrorCode::Invalid, e),
+        },
+        None => error(
+            ErrorCode::Invalid,
+            "this agent runs no gossip (--serf-lan-port -1)",
+        ),
     }
 }
 

@@ -437,6 +437,29 @@ impl GossipHandle {
         Ok(())
     }
 
+    /// Forces the failed member named `name` to leave (Consul's `force-leave`).
+    pub async fn force_leave(&self, name: &str) -> Result<(), String> {
+        let addr = self
+            .members()
+            .into_iter()
+            .filter(|m| m.name == name && m.addr != self.local)
+            .map(|m| m.addr)
+            .next();
+        let Some(addr) = addr else {
+            return Err(format!("no member named {name:?} in the pool"));
+        };
+        {
+            let now = self.inner.now();
+            self.inner
+                .core
+                .borrow_mut()
+                .force_leave(now, addr)
+                .map_err(|e| format!("{name}: {e}"))?;
+        }
+        flush(&self.inner).await;
+        Ok(())
+    }
+
     /// Replaces our metadata (tags, ...) and tells the pool.
     pub async fn update_meta(&self, meta: NodeMeta) -> Result<(), GossipError> {
         {

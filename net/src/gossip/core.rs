@@ -58,6 +58,10 @@ pub enum GossipError {
     Meta(WireError),
     #[error("this node has left the pool; nothing changed")]
     Left,
+    #[error("no member at {0}")]
+    UnknownMember(SocketAddr),
+    #[error("member {0} is not failed ({1}); only a failed member can be forced to leave")]
+    NotFailed(SocketAddr, &'static str),
 }
 
 /// Counters for operators and the simulator.
@@ -346,6 +350,26 @@ impl Gossip {
         self.broadcasts.push(self.local, msg.encode_to_bytes());
         // Push it out now rather than at the next gossip round: the caller may not wait.
         self.gossip_round(now);
+        Ok(())
+    }
+
+    /// Consul's `force-leave`: declares a failed member left, as if it had left itself,
+    /// and tells the pool (its tombstone is then reclaimed like any leaver's, and the
+    /// catalog deregisters it). A member that is in fact alive hears it and refutes,
+    /// so it cannot be pushed out this way; only a failed one is accepted.
+    pub fn force_leave(&mut self, now: Millis, addr: SocketAddr) -> Result<(), GossipError> {
+        let m = self
+            .members
+            .get(&addr)
+            .ok_or(GossipError::UnknownMember(addr))?;
+        match m.status {
+            Status::Dead => {}
+            Status::Left => return Ok(()),
+            Status::Alive => return Err(GossipError::NotFailed(addr, "alive")),
+            Status::Suspect => return Err(GossipError::NotFailed(addr, "suspect")),
+        }
+        let incarnation = m.incarnation;
+        self.on_left(now, addr, incarnation);
         Ok(())
     }
 

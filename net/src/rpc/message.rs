@@ -229,6 +229,11 @@ pub enum Op {
     AgentLocal {
         kind: AgentKind,
     },
+    /// Declare a failed gossip member left (Consul's `force-leave`); the leader then
+    /// deregisters it from the catalog.
+    ForceLeave {
+        node: String,
+    },
     /// Server-to-server traffic (Raft messages, cluster formation), opaque to this crate:
     /// `kind` says which message `body` holds; the agent's Raft layer encodes both. It
     /// shares the server port as Consul's Raft traffic shares port 8300.
@@ -653,6 +658,10 @@ impl Request {
                 w.u8(26);
                 w.agent_kind(*kind);
             }
+            Op::ForceLeave { node } => {
+                w.u8(27);
+                w.string(node);
+            }
             Op::Internal { kind, body } => {
                 w.u8(11);
                 w.u8(*kind);
@@ -779,6 +788,9 @@ impl Request {
             },
             26 => Op::AgentLocal {
                 kind: r.agent_kind()?,
+            },
+            27 => Op::ForceLeave {
+                node: r.string("node name")?,
             },
             11 => Op::Internal {
                 kind: r.u8()?,
