@@ -131,10 +131,14 @@ impl CheckKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probe {
     /// Connect to `address` (`host:port`).
-    Tcp { address: String },
+    Tcp {
+        address: String,
+    },
     Http(HttpProbe),
     /// Run `args[0]` with the rest as arguments (no shell).
-    Script { args: Vec<String> },
+    Script {
+        args: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,10 +173,7 @@ impl Definitions {
 #[derive(Debug, thiserror::Error)]
 pub enum DefinitionError {
     #[error("{file}: {error}")]
-    Io {
-        file: String,
-        error: std::io::Error,
-    },
+    Io { file: String, error: std::io::Error },
     /// Malformed JSON, a wrong type, or an unknown key (serde's message names the key and
     /// the line).
     #[error("{file}: {error}")]
@@ -211,7 +212,8 @@ pub fn parse_file(file: &str, json: &[u8]) -> Result<Definitions, DefinitionErro
         defs.services.push(s.validate(&cx, "service")?);
     }
     for (i, s) in raw.services.into_iter().flatten().enumerate() {
-        defs.services.push(s.validate(&cx, &format!("services[{i}]"))?);
+        defs.services
+            .push(s.validate(&cx, &format!("services[{i}]"))?);
     }
     if let Some(c) = raw.check {
         defs.checks.push(c.validate(&cx, "check", None)?);
@@ -312,10 +314,7 @@ fn check_unique(cx: &Cx, defs: &Definitions) -> Result<(), DefinitionError> {
     let mut services = BTreeSet::new();
     for s in &defs.services {
         if !services.insert(&s.id) {
-            return Err(cx.invalid(
-                &format!("service {:?}", s.id),
-                "service id defined twice",
-            ));
+            return Err(cx.invalid(&format!("service {:?}", s.id), "service id defined twice"));
         }
     }
     let mut checks = BTreeSet::new();
@@ -570,10 +569,7 @@ fn validate_meta(
     for (k, v) in meta {
         let at = format!("{field}.{k}");
         if k.is_empty() || k.len() > MAX_META_KEY_BYTES {
-            return Err(cx.invalid(
-                &at,
-                &format!("a key has 1 to {MAX_META_KEY_BYTES} bytes"),
-            ));
+            return Err(cx.invalid(&at, &format!("a key has 1 to {MAX_META_KEY_BYTES} bytes")));
         }
         if !k
             .bytes()
@@ -619,12 +615,10 @@ impl RawCheck {
         }
         let kind_name = match kinds.as_slice() {
             [one] => *one,
-            [] => {
-                return Err(cx.invalid(
-                    at,
-                    "a check needs one of ttl, tcp, http or args (other check types are not supported)",
-                ))
-            }
+            [] => return Err(cx.invalid(
+                at,
+                "a check needs one of ttl, tcp, http or args (other check types are not supported)",
+            )),
             several => {
                 return Err(cx.invalid(
                     at,
@@ -740,7 +734,10 @@ impl RawCheck {
             (None, given) => given.unwrap_or_default(),
         };
         cx.name(&f("service_id"), &service_id)?;
-        let service_name = owner.as_ref().map(|o| o.name.to_string()).unwrap_or_default();
+        let service_name = owner
+            .as_ref()
+            .map(|o| o.name.to_string())
+            .unwrap_or_default();
 
         // Consul's defaults: inside a service, "service:<id>" (numbered from 1 when the
         // service has several checks) and "Service '<name>' check"; alone, the id is the
@@ -761,14 +758,13 @@ impl RawCheck {
 
         let notes = self.notes.unwrap_or_default();
         if notes.len() > MAX_NOTES_BYTES {
-            return Err(cx.invalid(
-                &f("notes"),
-                &format!("at most {MAX_NOTES_BYTES} bytes"),
-            ));
+            return Err(cx.invalid(&f("notes"), &format!("at most {MAX_NOTES_BYTES} bytes")));
         }
         let initial_status = match self.status.as_deref() {
             None | Some("") => Status::Critical,
-            Some(s) => s.parse().map_err(|e: String| cx.invalid(&f("status"), &e))?,
+            Some(s) => s
+                .parse()
+                .map_err(|e: String| cx.invalid(&f("status"), &e))?,
         };
         let deregister_critical_service_after = cx.duration(
             &f("deregister_critical_service_after"),
@@ -829,11 +825,12 @@ fn validate_http(
     tls_skip_verify: Option<bool>,
 ) -> Result<HttpProbe, DefinitionError> {
     let f = |field: &str| format!("{at}.{field}");
-    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > MAX_URL_BYTES
-    {
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > MAX_URL_BYTES {
         return Err(cx.invalid(
             &f("http"),
-            &format!("{url:?}: expected an http:// or https:// URL of at most {MAX_URL_BYTES} bytes"),
+            &format!(
+                "{url:?}: expected an http:// or https:// URL of at most {MAX_URL_BYTES} bytes"
+            ),
         ));
     }
     let method = method
@@ -857,10 +854,7 @@ fn validate_http(
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
         if !valid_name {
-            return Err(cx.invalid(
-                &f(&format!("header.{name}")),
-                "not a valid header name",
-            ));
+            return Err(cx.invalid(&f(&format!("header.{name}")), "not a valid header name"));
         }
         if values
             .iter()
@@ -874,10 +868,7 @@ fn validate_http(
     }
     let body = body.unwrap_or_default();
     if body.len() > MAX_HTTP_BODY_BYTES {
-        return Err(cx.invalid(
-            &f("body"),
-            &format!("at most {MAX_HTTP_BODY_BYTES} bytes"),
-        ));
+        return Err(cx.invalid(&f("body"), &format!("at most {MAX_HTTP_BODY_BYTES} bytes")));
     }
     Ok(HttpProbe {
         url,

@@ -52,7 +52,9 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
         let whole: u128 = if whole.is_empty() {
             0
         } else {
-            whole.parse().map_err(|_| format!("{input:?}: bad number"))?
+            whole
+                .parse()
+                .map_err(|_| format!("{input:?}: bad number"))?
         };
         let mut part_ns = whole * unit_ns;
         if !fraction.is_empty() {

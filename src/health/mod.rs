@@ -45,10 +45,7 @@ pub enum HealthError {
         error: std::io::Error,
     },
     #[error("cannot create the check state directory {path}: {error}")]
-    StateDir {
-        path: String,
-        error: std::io::Error,
-    },
+    StateDir { path: String, error: std::io::Error },
     #[error("cannot start a check runner thread: {0}")]
     Thread(std::io::Error),
 }

@@ -36,10 +36,7 @@ pub fn run(probe: &Probe, timeout: Duration, cx: &ProbeContext) -> (Status, Stri
 /// if a connection opens. Name resolution uses the system resolver and its own timeouts.
 pub fn tcp(address: &str, timeout: Duration) -> (Status, String) {
     let critical = |reason: &dyn std::fmt::Display| {
-        (
-            Status::Critical,
-            format!("TCP connect {address}: {reason}"),
-        )
+        (Status::Critical, format!("TCP connect {address}: {reason}"))
     };
     let addrs: Vec<_> = match address.to_socket_addrs() {
         Ok(addrs) => addrs.collect(),
@@ -112,7 +109,11 @@ impl HttpClients {
         let mut builder = ureq::http::Request::builder()
             .method(probe.method.as_str())
             .uri(probe.url.as_str());
-        if !probe.header.keys().any(|k| k.eq_ignore_ascii_case("accept")) {
+        if !probe
+            .header
+            .keys()
+            .any(|k| k.eq_ignore_ascii_case("accept"))
+        {
             // Consul's default: health endpoints tend to answer text.
             builder = builder.header("Accept", "text/plain, text/*, */*");
         }

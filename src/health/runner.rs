@@ -36,7 +36,9 @@ use serde::{Deserialize, Serialize};
 
 use super::definition::{CheckDefinition, CheckKind, Probe};
 use super::probe::{self, HttpClients, ProbeContext};
-use super::schedule::{cap_output, CheckEvent, CheckState, Effect, RunRequest, ScheduleConfig, Scheduler};
+use super::schedule::{
+    cap_output, CheckEvent, CheckState, Effect, RunRequest, ScheduleConfig, Scheduler,
+};
 use super::HealthError;
 use crate::catalog::Status;
 
@@ -108,7 +110,9 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, Core> {
         // A panic while holding the lock is a bug in this module; the state may be
         // half-updated, so don't carry on with it.
-        self.core.lock().expect("check runner state poisoned by a panic")
+        self.core
+            .lock()
+            .expect("check runner state poisoned by a panic")
     }
 }
 
@@ -120,7 +124,10 @@ impl CheckRunner {
         defs: impl IntoIterator<Item = CheckDefinition>,
         options: RunnerOptions,
     ) -> Result<(CheckRunner, flume::Receiver<CheckEvent>), HealthError> {
-        assert!(options.workers > 0, "a runner needs at least one probe thread");
+        assert!(
+            options.workers > 0,
+            "a runner needs at least one probe thread"
+        );
         let defs: Vec<CheckDefinition> = defs.into_iter().collect();
         for def in &defs {
             refuse_disabled_script(def, options.enable_script_checks)?;
@@ -212,7 +219,9 @@ impl CheckRunner {
     pub fn ttl_update(&self, id: &str, status: Status, output: &str) -> Result<(), HealthError> {
         let mut core = self.shared.lock();
         let now = self.shared.now();
-        let effects = core.scheduler.ttl_update(now, id, status, output.to_string())?;
+        let effects = core
+            .scheduler
+            .ttl_update(now, id, status, output.to_string())?;
         let Some(CheckKind::Ttl { ttl }) = core.scheduler.definition(id).map(|d| &d.kind) else {
             unreachable!("ttl_update succeeded, so {id} is a TTL check")
         };
@@ -327,13 +336,9 @@ fn probe_thread(shared: &Shared, jobs: &flume::Receiver<RunRequest>) {
         let (status, output) = probe::run(&request.probe, request.timeout, &cx);
         let mut core = shared.lock();
         let now = shared.now();
-        let effects = core.scheduler.run_finished(
-            now,
-            &request.check_id,
-            request.generation,
-            status,
-            output,
-        );
+        let effects =
+            core.scheduler
+                .run_finished(now, &request.check_id, request.generation, status, output);
         for effect in effects {
             if let Effect::Event(event) = effect {
                 core.outbox.push(event);
@@ -501,7 +506,10 @@ mod tests {
     #[test]
     fn state_file_names_are_safe_distinct_and_bounded() {
         let a = state_file_name("service:web:1");
-        assert!(a.starts_with("service_web_1-") && a.ends_with(".json"), "{a}");
+        assert!(
+            a.starts_with("service_web_1-") && a.ends_with(".json"),
+            "{a}"
+        );
         assert_ne!(a, state_file_name("service_web_1"));
         let long = state_file_name(&"/".repeat(256));
         assert!(long.len() <= 86 && !long.contains('/'), "{long}");
@@ -510,14 +518,24 @@ mod tests {
     #[test]
     fn a_saved_ttl_state_loads_until_it_expires_and_a_foreign_file_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
-        save_ttl_state(dir.path(), "t", Status::Warning, "slow", Duration::from_secs(60)).unwrap();
+        save_ttl_state(
+            dir.path(),
+            "t",
+            Status::Warning,
+            "slow",
+            Duration::from_secs(60),
+        )
+        .unwrap();
         let (status, output, left) = load_ttl_state(dir.path(), "t").unwrap();
         assert_eq!((status, output.as_str()), (Status::Warning, "slow"));
         assert!(left <= Duration::from_secs(60) && left > Duration::from_secs(1));
 
         save_ttl_state(dir.path(), "gone", Status::Passing, "", Duration::ZERO).unwrap();
         assert!(load_ttl_state(dir.path(), "gone").is_none());
-        assert!(!dir.path().join(state_file_name("gone")).exists(), "expired file removed");
+        assert!(
+            !dir.path().join(state_file_name("gone")).exists(),
+            "expired file removed"
+        );
 
         std::fs::write(dir.path().join(state_file_name("x")), "{torn").unwrap();
         assert!(load_ttl_state(dir.path(), "x").is_none());

@@ -184,7 +184,10 @@ impl Entry {
     }
 
     fn deregister_at(&self) -> Option<Duration> {
-        match (self.critical_since, self.def.deregister_critical_service_after) {
+        match (
+            self.critical_since,
+            self.def.deregister_critical_service_after,
+        ) {
             (Some(since), Some(after)) if !self.deregister_reported => Some(since + after),
             _ => None,
         }
@@ -261,7 +264,10 @@ fn next_on_grid(start: Duration, interval: Duration, now: Duration) -> Duration 
 
 impl Scheduler {
     pub fn new(config: ScheduleConfig, seed: u64) -> Scheduler {
-        assert!(!config.min_interval.is_zero(), "min_interval must be positive");
+        assert!(
+            !config.min_interval.is_zero(),
+            "min_interval must be positive"
+        );
         Scheduler {
             config,
             rng: StdRng::seed_from_u64(seed),

@@ -49,7 +49,12 @@ fn events(effects: &[Effect]) -> Vec<(&'static str, String, Status, String)> {
         .collect()
 }
 
-fn event(kind: &'static str, id: &str, status: Status, output: &str) -> (&'static str, String, Status, String) {
+fn event(
+    kind: &'static str,
+    id: &str,
+    status: Status,
+    output: &str,
+) -> (&'static str, String, Status, String) {
     (kind, id.to_string(), status, output.to_string())
 }
 
@@ -65,7 +70,12 @@ fn run_once(s: &mut Scheduler, now: Duration, result: (Status, &str)) -> Vec<Eff
 fn first_runs_are_spread_over_the_interval_then_keep_their_offset() {
     let mut s = Scheduler::new(config(), 7);
     for i in 0..1000 {
-        s.add(Duration::ZERO, check(&format!(r#"{{"name": "c{i}", "tcp": "h:1", "interval": "10s"}}"#)));
+        s.add(
+            Duration::ZERO,
+            check(&format!(
+                r#"{{"name": "c{i}", "tcp": "h:1", "interval": "10s"}}"#
+            )),
+        );
     }
     // Drive the scheduler from deadline to deadline through the first interval (each poll
     // starts at least one probe, so at most 1000 polls): every check runs exactly once.
@@ -77,7 +87,10 @@ fn first_runs_are_spread_over_the_interval_then_keep_their_offset() {
             break;
         }
         for (id, generation) in runs(&s.poll(now)) {
-            assert!(first_run.insert(id.clone(), now).is_none(), "{id} ran twice");
+            assert!(
+                first_run.insert(id.clone(), now).is_none(),
+                "{id} ran twice"
+            );
             per_second[now.as_secs() as usize] += 1;
             s.run_finished(now, &id, generation, Status::Passing, String::new());
         }
@@ -85,7 +98,10 @@ fn first_runs_are_spread_over_the_interval_then_keep_their_offset() {
     assert_eq!(first_run.len(), 1000);
     // 100 expected per second; a fixed seed makes this exact, the bounds say "spread".
     for (second, n) in per_second.iter().enumerate() {
-        assert!((50..=150).contains(n), "second {second}: {n} first runs: {per_second:?}");
+        assert!(
+            (50..=150).contains(n),
+            "second {second}: {n} first runs: {per_second:?}"
+        );
     }
     // The next interval repeats each check's offset.
     let mut second_runs = 0;
@@ -108,9 +124,16 @@ fn the_same_seed_gives_the_same_schedule() {
     let schedule = |seed| {
         let mut s = Scheduler::new(config(), seed);
         for i in 0..20 {
-            s.add(Duration::ZERO, check(&format!(r#"{{"name": "c{i}", "tcp": "h:1", "interval": "1m"}}"#)));
+            s.add(
+                Duration::ZERO,
+                check(&format!(
+                    r#"{{"name": "c{i}", "tcp": "h:1", "interval": "1m"}}"#
+                )),
+            );
         }
-        (0..600).flat_map(|t| runs(&s.poll(ms(t * 100))).into_iter().map(move |r| (t, r))).collect::<Vec<_>>()
+        (0..600)
+            .flat_map(|t| runs(&s.poll(ms(t * 100))).into_iter().map(move |r| (t, r)))
+            .collect::<Vec<_>>()
     };
     assert_eq!(schedule(1), schedule(1));
     assert_ne!(schedule(1), schedule(2));
@@ -119,7 +142,10 @@ fn the_same_seed_gives_the_same_schedule() {
 #[test]
 fn a_run_still_in_progress_makes_the_next_one_be_skipped_not_queued() {
     let mut s = Scheduler::new(config(), 1);
-    s.add(Duration::ZERO, check(r#"{"name": "slow", "tcp": "h:1", "interval": "1s"}"#));
+    s.add(
+        Duration::ZERO,
+        check(r#"{"name": "slow", "tcp": "h:1", "interval": "1s"}"#),
+    );
     let first = s.next_due().unwrap();
     assert!(first < secs(1));
     let started = runs(&s.poll(first));
@@ -128,7 +154,13 @@ fn a_run_still_in_progress_makes_the_next_one_be_skipped_not_queued() {
     assert_eq!(s.next_due(), Some(first + secs(1)));
     assert!(runs(&s.poll(first + secs(1))).is_empty());
     assert!(runs(&s.poll(first + secs(2))).is_empty());
-    s.run_finished(first + ms(2500), "slow", started[0].1, Status::Passing, "ok".into());
+    s.run_finished(
+        first + ms(2500),
+        "slow",
+        started[0].1,
+        Status::Passing,
+        "ok".into(),
+    );
     // The grid is kept: the next run is at first + 3 s.
     assert_eq!(s.next_due(), Some(first + secs(3)));
     assert_eq!(runs(&s.poll(first + secs(3))).len(), 1);
@@ -137,7 +169,10 @@ fn a_run_still_in_progress_makes_the_next_one_be_skipped_not_queued() {
 #[test]
 fn a_late_poll_runs_once_and_goes_back_to_the_grid() {
     let mut s = Scheduler::new(config(), 3);
-    s.add(Duration::ZERO, check(r#"{"name": "c", "tcp": "h:1", "interval": "1s"}"#));
+    s.add(
+        Duration::ZERO,
+        check(r#"{"name": "c", "tcp": "h:1", "interval": "1s"}"#),
+    );
     let first = s.next_due().unwrap();
     let started = runs(&s.poll(first + ms(3500)));
     assert_eq!(started.len(), 1, "missed runs are not made up");
@@ -146,8 +181,17 @@ fn a_late_poll_runs_once_and_goes_back_to_the_grid() {
 
 #[test]
 fn intervals_below_the_minimum_are_raised_to_it() {
-    let mut s = Scheduler::new(ScheduleConfig { min_interval: secs(1), ..config() }, 1);
-    s.add(Duration::ZERO, check(r#"{"name": "c", "tcp": "h:1", "interval": "10ms"}"#));
+    let mut s = Scheduler::new(
+        ScheduleConfig {
+            min_interval: secs(1),
+            ..config()
+        },
+        1,
+    );
+    s.add(
+        Duration::ZERO,
+        check(r#"{"name": "c", "tcp": "h:1", "interval": "10ms"}"#),
+    );
     let first = s.next_due().unwrap();
     run_once(&mut s, first, (Status::Passing, ""));
     assert_eq!(s.next_due(), Some(first + secs(1)));
@@ -156,40 +200,77 @@ fn intervals_below_the_minimum_are_raised_to_it() {
 #[test]
 fn a_result_changing_the_status_is_reported_at_once() {
     let mut s = Scheduler::new(config(), 1);
-    s.add(Duration::ZERO, check(r#"{"name": "c", "tcp": "h:1", "interval": "1s"}"#));
-    assert_eq!(s.statuses()[0].status, Status::Critical, "Consul's initial status");
+    s.add(
+        Duration::ZERO,
+        check(r#"{"name": "c", "tcp": "h:1", "interval": "1s"}"#),
+    );
+    assert_eq!(
+        s.statuses()[0].status,
+        Status::Critical,
+        "Consul's initial status"
+    );
     let t = s.next_due().unwrap();
     let effects = run_once(&mut s, t, (Status::Passing, "up"));
-    assert_eq!(events(&effects), [event("status", "c", Status::Passing, "up")]);
+    assert_eq!(
+        events(&effects),
+        [event("status", "c", Status::Passing, "up")]
+    );
     // Same status, same output: nothing.
     assert!(run_once(&mut s, t + secs(1), (Status::Passing, "up")).is_empty());
     let effects = run_once(&mut s, t + secs(2), (Status::Warning, "slow"));
-    assert_eq!(events(&effects), [event("status", "c", Status::Warning, "slow")]);
+    assert_eq!(
+        events(&effects),
+        [event("status", "c", Status::Warning, "slow")]
+    );
     let state = &s.statuses()[0];
     assert_eq!((state.kind, state.status), ("tcp", Status::Warning));
     let catalog = state.to_catalog("node-1");
-    assert_eq!((catalog.node.as_str(), catalog.output.as_str(), catalog.kind.as_str()), ("node-1", "slow", "tcp"));
+    assert_eq!(
+        (
+            catalog.node.as_str(),
+            catalog.output.as_str(),
+            catalog.kind.as_str()
+        ),
+        ("node-1", "slow", "tcp")
+    );
 }
 
 #[test]
 fn output_only_changes_are_reported_at_most_once_per_update_interval() {
     let mut s = Scheduler::new(config(), 1);
-    s.add(Duration::ZERO, check(r#"{"name": "c", "tcp": "h:1", "interval": "1s", "status": "passing"}"#));
+    s.add(
+        Duration::ZERO,
+        check(r#"{"name": "c", "tcp": "h:1", "interval": "1s", "status": "passing"}"#),
+    );
     let t = s.next_due().unwrap();
     // The first output change is reported at once.
     let effects = run_once(&mut s, t, (Status::Passing, "v1"));
-    assert_eq!(events(&effects), [event("output", "c", Status::Passing, "v1")]);
+    assert_eq!(
+        events(&effects),
+        [event("output", "c", Status::Passing, "v1")]
+    );
     // Later ones within 30 s wait; the latest is reported when the 30 s are up.
     assert!(run_once(&mut s, t + secs(1), (Status::Passing, "v2")).is_empty());
     assert!(run_once(&mut s, t + secs(2), (Status::Passing, "v3")).is_empty());
-    assert_eq!(s.statuses()[0].output, "v3", "statuses() shows the latest at once");
-    assert_eq!(s.next_due(), Some(t + secs(3)), "the next run comes before the report");
+    assert_eq!(
+        s.statuses()[0].output,
+        "v3",
+        "statuses() shows the latest at once"
+    );
+    assert_eq!(
+        s.next_due(),
+        Some(t + secs(3)),
+        "the next run comes before the report"
+    );
     for k in 3..30 {
         let effects = run_once(&mut s, t + secs(k), (Status::Passing, "v3"));
         assert!(effects.is_empty(), "{k}: {effects:?}");
     }
     let effects = s.poll(t + secs(30));
-    assert_eq!(events(&effects), [event("output", "c", Status::Passing, "v3")]);
+    assert_eq!(
+        events(&effects),
+        [event("output", "c", Status::Passing, "v3")]
+    );
     let (id, generation) = runs(&effects).pop().expect("the run due at the same time");
     s.run_finished(t + secs(30), &id, generation, Status::Passing, "v3".into());
     // An output that changes and changes back before its report is never reported.
@@ -201,17 +282,28 @@ fn output_only_changes_are_reported_at_most_once_per_update_interval() {
     }
     // A status change goes out at once even within the 30 s, and restarts them.
     let effects = run_once(&mut s, t + secs(70), (Status::Passing, "v5"));
-    assert_eq!(events(&effects), [event("output", "c", Status::Passing, "v5")]);
+    assert_eq!(
+        events(&effects),
+        [event("output", "c", Status::Passing, "v5")]
+    );
     let effects = run_once(&mut s, t + secs(71), (Status::Critical, "down"));
-    assert_eq!(events(&effects), [event("status", "c", Status::Critical, "down")]);
+    assert_eq!(
+        events(&effects),
+        [event("status", "c", Status::Critical, "down")]
+    );
     assert!(run_once(&mut s, t + secs(72), (Status::Critical, "down!")).is_empty());
 }
 
 #[test]
 fn thresholds_need_consecutive_results_and_hold_status_and_output_until_reached() {
     let mut s = Scheduler::new(config(), 1);
-    s.add(Duration::ZERO, check(r#"{"name": "c", "tcp": "h:1", "interval": "1s",
-        "success_before_passing": 3, "failures_before_critical": 2}"#));
+    s.add(
+        Duration::ZERO,
+        check(
+            r#"{"name": "c", "tcp": "h:1", "interval": "1s",
+        "success_before_passing": 3, "failures_before_critical": 2}"#,
+        ),
+    );
     let t = s.next_due().unwrap();
     assert!(run_once(&mut s, t, (Status::Passing, "ok")).is_empty());
     assert!(run_once(&mut s, t + secs(1), (Status::Passing, "ok")).is_empty());
@@ -219,13 +311,22 @@ fn thresholds_need_consecutive_results_and_hold_status_and_output_until_reached(
     assert!(run_once(&mut s, t + secs(2), (Status::Critical, "blip")).is_empty());
     assert!(run_once(&mut s, t + secs(3), (Status::Passing, "ok")).is_empty());
     assert!(run_once(&mut s, t + secs(4), (Status::Passing, "ok")).is_empty());
-    assert_eq!((s.statuses()[0].status, s.statuses()[0].output.as_str()), (Status::Critical, ""));
+    assert_eq!(
+        (s.statuses()[0].status, s.statuses()[0].output.as_str()),
+        (Status::Critical, "")
+    );
     let effects = run_once(&mut s, t + secs(5), (Status::Passing, "ok"));
-    assert_eq!(events(&effects), [event("status", "c", Status::Passing, "ok")]);
+    assert_eq!(
+        events(&effects),
+        [event("status", "c", Status::Passing, "ok")]
+    );
     // Warning counts as a failure too.
     assert!(run_once(&mut s, t + secs(6), (Status::Warning, "slow")).is_empty());
     let effects = run_once(&mut s, t + secs(7), (Status::Critical, "down"));
-    assert_eq!(events(&effects), [event("status", "c", Status::Critical, "down")]);
+    assert_eq!(
+        events(&effects),
+        [event("status", "c", Status::Critical, "down")]
+    );
 }
 
 #[test]
@@ -233,8 +334,13 @@ fn a_ttl_check_turns_critical_when_its_ttl_runs_out_without_an_update() {
     let mut s = Scheduler::new(config(), 1);
     s.add(Duration::ZERO, check(r#"{"name": "app", "ttl": "10s"}"#));
     assert_eq!(s.next_due(), Some(secs(10)));
-    let effects = s.ttl_update(secs(4), "app", Status::Passing, "fine".into()).unwrap();
-    assert_eq!(events(&effects), [event("status", "app", Status::Passing, "fine")]);
+    let effects = s
+        .ttl_update(secs(4), "app", Status::Passing, "fine".into())
+        .unwrap();
+    assert_eq!(
+        events(&effects),
+        [event("status", "app", Status::Passing, "fine")]
+    );
     assert_eq!(s.next_due(), Some(secs(14)), "each update restarts the TTL");
     assert!(s.poll(secs(13)).is_empty());
     let effects = s.poll(secs(14));
@@ -252,14 +358,22 @@ fn a_ttl_check_turns_critical_when_its_ttl_runs_out_without_an_update() {
         }))]
     );
     assert_eq!(s.next_due(), None, "nothing more until the next update");
-    let effects = s.ttl_update(secs(20), "app", Status::Warning, "back".into()).unwrap();
-    assert_eq!(events(&effects), [event("status", "app", Status::Warning, "back")]);
+    let effects = s
+        .ttl_update(secs(20), "app", Status::Warning, "back".into())
+        .unwrap();
+    assert_eq!(
+        events(&effects),
+        [event("status", "app", Status::Warning, "back")]
+    );
 }
 
 #[test]
 fn ttl_updates_are_refused_for_unknown_and_probed_checks() {
     let mut s = Scheduler::new(config(), 1);
-    s.add(Duration::ZERO, check(r#"{"name": "c", "tcp": "h:1", "interval": "1s"}"#));
+    s.add(
+        Duration::ZERO,
+        check(r#"{"name": "c", "tcp": "h:1", "interval": "1s"}"#),
+    );
     assert!(matches!(
         s.ttl_update(secs(1), "nope", Status::Passing, String::new()),
         Err(HealthError::UnknownCheck(id)) if id == "nope"
@@ -274,8 +388,12 @@ fn ttl_updates_are_refused_for_unknown_and_probed_checks() {
 fn a_restored_ttl_state_holds_for_the_rest_of_its_ttl() {
     let mut s = Scheduler::new(config(), 1);
     s.add(secs(100), check(r#"{"name": "app", "ttl": "1m"}"#));
-    s.ttl_restore(secs(100), "app", Status::Passing, "saved".into(), secs(5)).unwrap();
-    assert_eq!((s.statuses()[0].status, s.statuses()[0].output.as_str()), (Status::Passing, "saved"));
+    s.ttl_restore(secs(100), "app", Status::Passing, "saved".into(), secs(5))
+        .unwrap();
+    assert_eq!(
+        (s.statuses()[0].status, s.statuses()[0].output.as_str()),
+        (Status::Passing, "saved")
+    );
     assert_eq!(s.next_due(), Some(secs(105)));
     let effects = s.poll(secs(105));
     assert_eq!(events(&effects)[0].2, Status::Critical);
@@ -284,8 +402,13 @@ fn a_restored_ttl_state_holds_for_the_rest_of_its_ttl() {
 #[test]
 fn a_service_check_critical_for_its_deregister_time_asks_once_per_critical_stretch() {
     let mut s = Scheduler::new(config(), 1);
-    s.add(Duration::ZERO, check(r#"{"name": "c", "service_id": "web", "ttl": "1h",
-        "deregister_critical_service_after": "1m"}"#));
+    s.add(
+        Duration::ZERO,
+        check(
+            r#"{"name": "c", "service_id": "web", "ttl": "1h",
+        "deregister_critical_service_after": "1m"}"#,
+        ),
+    );
     // Critical from the start (its initial status): the minute counts from registration.
     assert_eq!(s.next_due(), Some(secs(60)));
     assert!(s.poll(secs(59)).is_empty());
@@ -297,11 +420,14 @@ fn a_service_check_critical_for_its_deregister_time_asks_once_per_critical_stret
     ));
     assert!(s.poll(secs(120)).is_empty(), "reported once");
     // Passing ends the stretch; a new one counts from its own start.
-    s.ttl_update(secs(200), "c", Status::Passing, String::new()).unwrap();
-    s.ttl_update(secs(210), "c", Status::Critical, String::new()).unwrap();
+    s.ttl_update(secs(200), "c", Status::Passing, String::new())
+        .unwrap();
+    s.ttl_update(secs(210), "c", Status::Critical, String::new())
+        .unwrap();
     assert_eq!(s.next_due(), Some(secs(270)));
     // Warning is not critical: no deregistration.
-    s.ttl_update(secs(260), "c", Status::Warning, String::new()).unwrap();
+    s.ttl_update(secs(260), "c", Status::Warning, String::new())
+        .unwrap();
     assert!(events(&s.poll(secs(300))).is_empty());
 }
 
@@ -313,18 +439,25 @@ fn a_result_for_a_removed_or_replaced_check_is_dropped() {
     let t = s.next_due().unwrap();
     let started = runs(&s.poll(t));
     s.add(t, def);
-    assert!(s.run_finished(t, "c", started[0].1, Status::Passing, "old".into()).is_empty());
+    assert!(s
+        .run_finished(t, "c", started[0].1, Status::Passing, "old".into())
+        .is_empty());
     assert_eq!(s.statuses()[0].status, Status::Critical);
     assert!(s.remove("c"));
     assert!(!s.remove("c"));
-    assert!(s.run_finished(t, "c", started[0].1 + 1, Status::Passing, "x".into()).is_empty());
+    assert!(s
+        .run_finished(t, "c", started[0].1 + 1, Status::Passing, "x".into())
+        .is_empty());
     assert_eq!(s.next_due(), None);
 }
 
 #[test]
 fn a_dropped_run_lets_the_check_run_at_its_next_interval() {
     let mut s = Scheduler::new(config(), 1);
-    s.add(Duration::ZERO, check(r#"{"name": "c", "tcp": "h:1", "interval": "1s"}"#));
+    s.add(
+        Duration::ZERO,
+        check(r#"{"name": "c", "tcp": "h:1", "interval": "1s"}"#),
+    );
     let t = s.next_due().unwrap();
     let started = runs(&s.poll(t));
     s.run_dropped("c", started[0].1);
