@@ -5,7 +5,7 @@
 //! it expects; only what happens is checked.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -119,9 +119,15 @@ struct Responder {
 
 impl Responder {
     fn start(code: u16) -> Responder {
+        Responder::start_with(code, None)
+    }
+
+    /// With `tls`, the responder speaks HTTPS (URL scheme included).
+    fn start_with(code: u16, tls: Option<Arc<rustls::ServerConfig>>) -> Responder {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}", listener.local_addr().unwrap());
         let code = Arc::new(AtomicU16::new(code));
         let last_request = Arc::new(Mutex::new(String::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -131,7 +137,23 @@ impl Responder {
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((stream, _)) => {
-                            let request = answer(stream, code.load(Ordering::Relaxed));
+                            stream.set_nonblocking(false).unwrap();
+                            stream
+                                .set_read_timeout(Some(Duration::from_secs(5)))
+                                .unwrap();
+                            let code = code.load(Ordering::Relaxed);
+                            let request = match &tls {
+                                None => answer(stream, code),
+                                Some(config) => {
+                                    let conn =
+                                        rustls::ServerConnection::new(config.clone()).unwrap();
+                                    let mut tls = rustls::StreamOwned::new(conn, stream);
+                                    let request = answer(&mut tls, code);
+                                    tls.conn.send_close_notify();
+                                    let _ = tls.flush();
+                                    request
+                                }
+                            };
                             *last_request.lock().unwrap() = request;
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -159,11 +181,7 @@ impl Drop for Responder {
 }
 
 /// Reads one request (headers, then a Content-Length body) and answers it with `code`.
-fn answer(mut stream: TcpStream, code: u16) -> String {
-    stream.set_nonblocking(false).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+fn answer(mut stream: impl Read + Write, code: u16) -> String {
     let mut request = Vec::new();
     let mut buf = [0u8; 1024];
     // Bounded: at most 64 KiB of request, and a read timeout.
@@ -198,6 +216,7 @@ fn answer(mut stream: TcpStream, code: u16) -> String {
         "HTTP/1.1 {code} {reason}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
+    let _ = stream.flush();
     String::from_utf8_lossy(&request).to_string()
 }
 
@@ -270,6 +289,43 @@ fn an_http_check_with_no_server_is_critical() {
             .starts_with(&format!("HTTP GET http://{address}/: ")),
         "{}",
         down.output
+    );
+}
+
+#[test]
+fn an_https_check_with_a_self_signed_certificate_passes_only_with_tls_skip_verify() {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .unwrap();
+    let server = Responder::start_with(200, Some(Arc::new(config)));
+    let url = format!("{}/health", server.url);
+    let defs = [
+        check(&format!(
+            r#"{{"name": "skip", "http": "{url}", "interval": "50ms", "tls_skip_verify": true}}"#
+        )),
+        check(&format!(
+            r#"{{"name": "verify", "http": "{url}", "interval": "50ms", "status": "passing"}}"#
+        )),
+    ];
+    let (_runner, mut events) = start(defs, options());
+    let skipped = events.status_becomes("skip", Status::Passing);
+    assert_eq!(
+        skipped.output,
+        format!("HTTP GET {url}: 200 OK Output: state 200")
+    );
+    let verified = events.status_becomes("verify", Status::Critical);
+    assert!(
+        verified.output.starts_with(&format!("HTTP GET {url}: "))
+            && verified.output.to_lowercase().contains("certificate"),
+        "{}",
+        verified.output
     );
 }
 
