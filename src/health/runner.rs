@@ -334,6 +334,10 @@ fn probe_thread(shared: &Shared, jobs: &flume::Receiver<RunRequest>) {
             return;
         }
         let (status, output) = probe::run(&request.probe, request.timeout, &cx);
+        if shared.stop.load(Ordering::Relaxed) {
+            // The runner is gone: nobody should hear of this result.
+            return;
+        }
         let mut core = shared.lock();
         let now = shared.now();
         let effects =
@@ -502,6 +506,78 @@ fn load_ttl_state(dir: &Path, id: &str) -> Option<(Status, String, Duration)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn state(id: &str, status: Status, output: &str) -> CheckState {
+        CheckState {
+            id: id.into(),
+            name: id.into(),
+            notes: String::new(),
+            service_id: "web".into(),
+            service_name: "web".into(),
+            kind: "tcp",
+            status,
+            output: output.into(),
+        }
+    }
+
+    #[test]
+    fn a_full_channel_keeps_one_waiting_event_per_check_with_its_latest_state_in_order() {
+        let (tx, rx) = flume::bounded(1);
+        let mut outbox = Outbox::new(tx);
+        outbox.push(CheckEvent::OutputChanged(state("a", Status::Passing, "1")));
+        // The channel is full from here on.
+        outbox.push(CheckEvent::StatusChanged(state(
+            "b",
+            Status::Critical,
+            "down",
+        )));
+        outbox.push(CheckEvent::OutputChanged(state(
+            "b",
+            Status::Critical,
+            "down!",
+        )));
+        outbox.push(CheckEvent::DeregisterService {
+            service_id: "web".into(),
+            check: state("b", Status::Critical, "down!"),
+        });
+        outbox.push(CheckEvent::OutputChanged(state("a", Status::Passing, "2")));
+        outbox.push(CheckEvent::OutputChanged(state("a", Status::Passing, "3")));
+        assert_eq!(
+            outbox.waiting.len(),
+            3,
+            "a's output, b's status, b's deregistration"
+        );
+        let mut received = vec![rx.try_recv().unwrap()];
+        for _ in 0..10 {
+            outbox.flush();
+            if let Ok(event) = rx.try_recv() {
+                received.push(event);
+            }
+        }
+        assert!(!outbox.has_waiting());
+        assert_eq!(
+            received,
+            [
+                CheckEvent::OutputChanged(state("a", Status::Passing, "1")),
+                CheckEvent::OutputChanged(state("a", Status::Passing, "3")),
+                // Still a status change, with the newer output.
+                CheckEvent::StatusChanged(state("b", Status::Critical, "down!")),
+                CheckEvent::DeregisterService {
+                    service_id: "web".into(),
+                    check: state("b", Status::Critical, "down!"),
+                },
+            ]
+        );
+        // A new event goes straight to the channel again.
+        outbox.push(CheckEvent::OutputChanged(state("a", Status::Passing, "4")));
+        assert!(!outbox.has_waiting());
+        drop(rx);
+        outbox.push(CheckEvent::OutputChanged(state("a", Status::Passing, "5")));
+        assert!(
+            !outbox.has_waiting(),
+            "no agent listening: dropped, not kept"
+        );
+    }
 
     #[test]
     fn state_file_names_are_safe_distinct_and_bounded() {
