@@ -8,7 +8,7 @@
 //! silently ignored would leave a service registered forever.
 //!
 //! Parsing is in two steps: serde reads the JSON into loose `Raw*` structs (every field
-//! optional, durations as strings), then [`validate`](RawService) turns them into the
+//! optional, durations as strings), then their `validate` methods turn them into the
 //! checked [`ServiceDefinition`] and [`CheckDefinition`], applying Consul's defaults and
 //! naming the file and the field of every error.
 
