@@ -436,6 +436,39 @@ fn script_checks_are_refused_unless_enabled() {
 }
 
 #[test]
+fn checks_are_added_and_removed_while_running_up_to_the_limit() {
+    let (runner, mut events) = start(
+        [],
+        RunnerOptions {
+            max_checks: 2,
+            ..options()
+        },
+    );
+    runner.add(check(r#"{"name": "a", "ttl": "1h"}"#)).unwrap();
+    runner.add(check(r#"{"name": "b", "ttl": "1h"}"#)).unwrap();
+    // Replacing one is not adding one.
+    runner.add(check(r#"{"name": "b", "ttl": "2h"}"#)).unwrap();
+    assert!(matches!(
+        runner.add(check(r#"{"name": "c", "ttl": "1h"}"#)),
+        Err(HealthError::TooManyChecks(2))
+    ));
+    runner.ttl_pass("a", "up").unwrap();
+    runner.ttl_warn("b", "meh").unwrap();
+    assert_eq!(events.status_becomes("a", Status::Passing).output, "up");
+    assert_eq!(events.status_becomes("b", Status::Warning).output, "meh");
+    runner.ttl_fail("a", "down").unwrap();
+    assert_eq!(events.status_becomes("a", Status::Critical).output, "down");
+    assert!(runner.remove("a"));
+    let ids: Vec<_> = runner.statuses().into_iter().map(|c| c.id).collect();
+    assert_eq!(ids, ["b"]);
+    assert!(matches!(
+        runner.ttl_pass("a", ""),
+        Err(HealthError::UnknownCheck(_))
+    ));
+    runner.add(check(r#"{"name": "c", "ttl": "1h"}"#)).unwrap();
+}
+
+#[test]
 fn a_ttl_check_expires_to_critical_without_updates() {
     let def = check(r#"{"name": "app", "ttl": "300ms"}"#);
     let (runner, mut events) = start([def], options());

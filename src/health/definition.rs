@@ -34,6 +34,7 @@ pub const MAX_META_VALUE_BYTES: usize = 512;
 /// An HTTP check's URL, headers (names × values) and body.
 pub const MAX_URL_BYTES: usize = 2048;
 pub const MAX_HEADERS: usize = 64;
+pub const MAX_HEADER_VALUE_BYTES: usize = 1024;
 pub const MAX_HTTP_BODY_BYTES: usize = 64 * 1024;
 /// A script check's argument count, and the bytes of notes.
 pub const MAX_ARGS: usize = 64;
@@ -894,13 +895,12 @@ fn validate_http(
         if !valid_name {
             return Err(cx.invalid(&f(&format!("header.{name}")), "not a valid header name"));
         }
-        if values
-            .iter()
-            .any(|v| v.len() > MAX_NAME_BYTES * 4 || v.bytes().any(|b| b == b'\r' || b == b'\n'))
-        {
+        if values.iter().any(|v| {
+            v.len() > MAX_HEADER_VALUE_BYTES || v.bytes().any(|b| b == b'\r' || b == b'\n')
+        }) {
             return Err(cx.invalid(
                 &f(&format!("header.{name}")),
-                "a value has at most 1024 bytes and no line breaks",
+                &format!("a value has at most {MAX_HEADER_VALUE_BYTES} bytes and no line breaks"),
             ));
         }
     }
