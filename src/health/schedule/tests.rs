@@ -531,7 +531,7 @@ mod prop {
                 .into_iter()
                 .map(|c| (c.id, (c.status, c.output)))
                 .collect();
-            let mut apply = |effects: Vec<Effect>, agent: &mut BTreeMap<String, (Status, String)>| {
+            let apply = |effects: Vec<Effect>, agent: &mut BTreeMap<String, (Status, String)>| {
                 for effect in effects {
                     if let Effect::Event(CheckEvent::StatusChanged(c) | CheckEvent::OutputChanged(c)) = effect {
                         agent.insert(c.id, (c.status, c.output));
