@@ -99,8 +99,8 @@ impl HttpClients {
     }
 
     /// Sends the check's request; 2xx is passing, 429 (Too Many Requests) warning, anything
-    /// else or no answer critical. The output starts like Consul's: "HTTP GET <url>: 200 OK
-    /// Output: <start of the body>".
+    /// else or no answer critical. The output starts like Consul's: `HTTP GET <url>: 200 OK
+    /// Output: <start of the body>`.
     pub fn probe(&self, probe: &HttpProbe, timeout: Duration) -> (Status, String) {
         use ureq::RequestExt;
         let agent = if probe.tls_skip_verify {
