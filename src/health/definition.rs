@@ -593,51 +593,49 @@ fn validate_meta(
 
 impl RawCheck {
     fn validate(
-        self,
+        mut self,
         cx: &Cx,
         at: &str,
         owner: Option<Owner>,
     ) -> Result<CheckDefinition, DefinitionError> {
         let f = |field: &str| format!("{at}.{field}");
-        let mut raw = self;
         // Empty values are absent: Go clients of Consul's API send zero values, and Consul
         // reads "" as unset.
         for field in [
-            &mut raw.ttl,
-            &mut raw.tcp,
-            &mut raw.http,
-            &mut raw.interval,
-            &mut raw.timeout,
-            &mut raw.method,
-            &mut raw.body,
-            &mut raw.deregister_critical_service_after,
-            &mut raw.status,
-            &mut raw.service_id,
+            &mut self.ttl,
+            &mut self.tcp,
+            &mut self.http,
+            &mut self.interval,
+            &mut self.timeout,
+            &mut self.method,
+            &mut self.body,
+            &mut self.deregister_critical_service_after,
+            &mut self.status,
+            &mut self.service_id,
         ] {
             if field.as_ref().is_some_and(|v| v.is_empty()) {
                 *field = None;
             }
         }
-        if raw.args.as_ref().is_some_and(|a| a.is_empty()) {
-            raw.args = None;
+        if self.args.as_ref().is_some_and(|a| a.is_empty()) {
+            self.args = None;
         }
-        if raw.header.as_ref().is_some_and(|h| h.is_empty()) {
-            raw.header = None;
+        if self.header.as_ref().is_some_and(|h| h.is_empty()) {
+            self.header = None;
         }
-        let this = raw;
 
         // Which kind: exactly one of ttl, tcp, http, args.
         let mut kinds = Vec::new();
-        if this.ttl.is_some() {
+        if self.ttl.is_some() {
             kinds.push("ttl");
         }
-        if this.tcp.is_some() {
+        if self.tcp.is_some() {
             kinds.push("tcp");
         }
-        if this.http.is_some() {
+        if self.http.is_some() {
             kinds.push("http");
         }
-        if this.args.is_some() {
+        if self.args.is_some() {
             kinds.push("args");
         }
         let kind_name = match kinds.as_slice() {
@@ -658,10 +656,10 @@ impl RawCheck {
         };
         // Fields that belong to another kind are mistakes, not options to ignore.
         let http_only = [
-            ("method", this.method.is_some()),
-            ("header", this.header.is_some()),
-            ("body", this.body.is_some()),
-            ("tls_skip_verify", this.tls_skip_verify.is_some()),
+            ("method", self.method.is_some()),
+            ("header", self.header.is_some()),
+            ("body", self.body.is_some()),
+            ("tls_skip_verify", self.tls_skip_verify.is_some()),
         ];
         if kind_name != "http" {
             if let Some((field, _)) = http_only.iter().find(|(_, set)| *set) {
@@ -679,11 +677,11 @@ impl RawCheck {
             }
         }
 
-        let interval = cx.duration(&f("interval"), this.interval)?;
-        let timeout = cx.duration(&f("timeout"), this.timeout)?;
+        let interval = cx.duration(&f("interval"), self.interval)?;
+        let timeout = cx.duration(&f("timeout"), self.timeout)?;
         let kind = if kind_name == "ttl" {
             let ttl = cx
-                .duration(&f("ttl"), this.ttl)?
+                .duration(&f("ttl"), self.ttl)?
                 .expect("kind ttl has a ttl");
             if ttl.is_zero() {
                 return Err(cx.invalid(&f("ttl"), "must be more than zero"));
@@ -693,11 +691,11 @@ impl RawCheck {
                 ("timeout", timeout.is_some()),
                 (
                     "success_before_passing",
-                    this.success_before_passing.is_some(),
+                    self.success_before_passing.is_some(),
                 ),
                 (
                     "failures_before_critical",
-                    this.failures_before_critical.is_some(),
+                    self.failures_before_critical.is_some(),
                 ),
             ];
             if let Some((field, _)) = periodic_only.iter().find(|(_, set)| *set) {
@@ -725,21 +723,21 @@ impl RawCheck {
             if timeout.is_some_and(|t| t.is_zero()) {
                 return Err(cx.invalid(&f("timeout"), "must be more than zero"));
             }
-            let probe = if let Some(address) = this.tcp {
+            let probe = if let Some(address) = self.tcp {
                 validate_tcp_address(&address).map_err(|e| cx.invalid(&f("tcp"), &e))?;
                 Probe::Tcp { address }
-            } else if let Some(url) = this.http {
+            } else if let Some(url) = self.http {
                 Probe::Http(validate_http(
                     cx,
                     at,
                     url,
-                    this.method,
-                    this.header,
-                    this.body,
-                    this.tls_skip_verify,
+                    self.method,
+                    self.header,
+                    self.body,
+                    self.tls_skip_verify,
                 )?)
             } else {
-                let args = this.args.expect("kind args has args");
+                let args = self.args.expect("kind args has args");
                 if args.is_empty() || args[0].is_empty() {
                     return Err(cx.invalid(&f("args"), "needs a program to run"));
                 }
@@ -759,7 +757,7 @@ impl RawCheck {
             }
         };
 
-        let service_id = match (&owner, this.service_id) {
+        let service_id = match (&owner, self.service_id) {
             (Some(o), Some(given)) if !given.is_empty() && given != o.id => {
                 return Err(cx.invalid(
                     &f("service_id"),
@@ -781,13 +779,13 @@ impl RawCheck {
         // Consul's defaults: inside a service, "service:<id>" (numbered from 1 when the
         // service has several checks) and "Service '<name>' check"; alone, the id is the
         // name, which is then required.
-        let name = match (this.name.filter(|n| !n.is_empty()), &owner) {
+        let name = match (self.name.filter(|n| !n.is_empty()), &owner) {
             (Some(n), _) => n,
             (None, Some(o)) => format!("Service '{}' check", o.name),
             (None, None) => return Err(cx.invalid(&f("name"), "a check needs a name")),
         };
         cx.name(&f("name"), &name)?;
-        let id = match (this.id.filter(|i| !i.is_empty()), &owner) {
+        let id = match (self.id.filter(|i| !i.is_empty()), &owner) {
             (Some(id), _) => id,
             (None, Some(o)) if o.count > 1 => format!("service:{}:{}", o.id, o.position + 1),
             (None, Some(o)) => format!("service:{}", o.id),
@@ -795,11 +793,11 @@ impl RawCheck {
         };
         cx.name(&f("id"), &id)?;
 
-        let notes = this.notes.unwrap_or_default();
+        let notes = self.notes.unwrap_or_default();
         if notes.len() > MAX_NOTES_BYTES {
             return Err(cx.invalid(&f("notes"), &format!("at most {MAX_NOTES_BYTES} bytes")));
         }
-        let initial_status = match this.status.as_deref() {
+        let initial_status = match self.status.as_deref() {
             None | Some("") => Status::Critical,
             Some(s) => s
                 .parse()
@@ -807,7 +805,7 @@ impl RawCheck {
         };
         let deregister_critical_service_after = cx.duration(
             &f("deregister_critical_service_after"),
-            this.deregister_critical_service_after,
+            self.deregister_critical_service_after,
         )?;
         if deregister_critical_service_after.is_some() && service_id.is_empty() {
             return Err(cx.invalid(
@@ -815,8 +813,8 @@ impl RawCheck {
                 "only a service's check can deregister it: set service_id",
             ));
         }
-        let success_before_passing = this.success_before_passing.unwrap_or(0);
-        let failures_before_critical = this.failures_before_critical.unwrap_or(0);
+        let success_before_passing = self.success_before_passing.unwrap_or(0);
+        let failures_before_critical = self.failures_before_critical.unwrap_or(0);
         for (field, v) in [
             ("success_before_passing", success_before_passing),
             ("failures_before_critical", failures_before_critical),
