@@ -8,7 +8,7 @@
 //! silently ignored would leave a service registered forever.
 //!
 //! Parsing is in two steps: serde reads the JSON into loose `Raw*` structs (every field
-//! optional, durations as strings), then [`validate`](RawService) turns them into the
+//! optional, durations as strings), then their `validate` methods turn them into the
 //! checked [`ServiceDefinition`] and [`CheckDefinition`], applying Consul's defaults and
 //! naming the file and the field of every error.
 
@@ -34,6 +34,7 @@ pub const MAX_META_VALUE_BYTES: usize = 512;
 /// An HTTP check's URL, headers (names × values) and body.
 pub const MAX_URL_BYTES: usize = 2048;
 pub const MAX_HEADERS: usize = 64;
+pub const MAX_HEADER_VALUE_BYTES: usize = 1024;
 pub const MAX_HTTP_BODY_BYTES: usize = 64 * 1024;
 /// A script check's argument count, and the bytes of notes.
 pub const MAX_ARGS: usize = 64;
@@ -592,12 +593,36 @@ fn validate_meta(
 
 impl RawCheck {
     fn validate(
-        self,
+        mut self,
         cx: &Cx,
         at: &str,
         owner: Option<Owner>,
     ) -> Result<CheckDefinition, DefinitionError> {
         let f = |field: &str| format!("{at}.{field}");
+        // Empty values are absent: Go clients of Consul's API send zero values, and Consul
+        // reads "" as unset.
+        for field in [
+            &mut self.ttl,
+            &mut self.tcp,
+            &mut self.http,
+            &mut self.interval,
+            &mut self.timeout,
+            &mut self.method,
+            &mut self.body,
+            &mut self.deregister_critical_service_after,
+            &mut self.status,
+            &mut self.service_id,
+        ] {
+            if field.as_ref().is_some_and(|v| v.is_empty()) {
+                *field = None;
+            }
+        }
+        if self.args.as_ref().is_some_and(|a| a.is_empty()) {
+            self.args = None;
+        }
+        if self.header.as_ref().is_some_and(|h| h.is_empty()) {
+            self.header = None;
+        }
 
         // Which kind: exactly one of ttl, tcp, http, args.
         let mut kinds = Vec::new();
@@ -640,7 +665,14 @@ impl RawCheck {
             if let Some((field, _)) = http_only.iter().find(|(_, set)| *set) {
                 return Err(cx.invalid(
                     &f(field),
-                    &format!("only an http check has {field} (this is a {kind_name} check)"),
+                    &format!(
+                        "only an http check has {field} (this is a {} check)",
+                        if kind_name == "args" {
+                            "script"
+                        } else {
+                            kind_name
+                        }
+                    ),
                 ));
             }
         }
@@ -675,9 +707,14 @@ impl RawCheck {
             CheckKind::Ttl { ttl }
         } else {
             let interval = interval.ok_or_else(|| {
+                let article = match kind_name {
+                    "http" => "an http",
+                    "args" => "a script",
+                    _ => "a tcp",
+                };
                 cx.invalid(
                     &f("interval"),
-                    &format!("a {kind_name} check needs an interval"),
+                    &format!("{article} check needs an interval"),
                 )
             })?;
             if interval.is_zero() {
@@ -856,13 +893,12 @@ fn validate_http(
         if !valid_name {
             return Err(cx.invalid(&f(&format!("header.{name}")), "not a valid header name"));
         }
-        if values
-            .iter()
-            .any(|v| v.len() > MAX_NAME_BYTES * 4 || v.bytes().any(|b| b == b'\r' || b == b'\n'))
-        {
+        if values.iter().any(|v| {
+            v.len() > MAX_HEADER_VALUE_BYTES || v.bytes().any(|b| b == b'\r' || b == b'\n')
+        }) {
             return Err(cx.invalid(
                 &f(&format!("header.{name}")),
-                "a value has at most 1024 bytes and no line breaks",
+                &format!("a value has at most {MAX_HEADER_VALUE_BYTES} bytes and no line breaks"),
             ));
         }
     }

@@ -44,6 +44,8 @@ pub enum HealthError {
         path: String,
         error: std::io::Error,
     },
+    #[error("the agent already runs its maximum of {0} checks")]
+    TooManyChecks(usize),
     #[error("cannot create the check state directory {path}: {error}")]
     StateDir { path: String, error: std::io::Error },
     #[error("cannot start a check runner thread: {0}")]

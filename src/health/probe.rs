@@ -16,8 +16,7 @@ pub const HTTP_USER_AGENT: &str = "Cairn Health Check";
 
 /// What a probe needs beyond its definition.
 pub struct ProbeContext<'a> {
-    /// HTTP clients, made once per probe thread (they keep connections alive between runs
-    /// of the same check).
+    /// HTTP clients, made once per probe thread.
     pub http: &'a HttpClients,
     /// Set when the runner stops: a running script is killed.
     pub stop: &'a AtomicBool,
@@ -81,6 +80,10 @@ impl HttpClients {
                 .user_agent(HTTP_USER_AGENT)
                 // Methods are validated as upper-case tokens; let WebDAV's and others through.
                 .allow_non_standard_methods(true)
+                // A new connection per run, as Consul (DisableKeepAlives): a check that reused
+                // a kept-alive connection would not notice a server that stopped accepting.
+                .max_idle_connections(0)
+                .max_idle_connections_per_host(0)
                 .tls_config(
                     ureq::tls::TlsConfig::builder()
                         .disable_verification(skip_verify)
@@ -96,8 +99,8 @@ impl HttpClients {
     }
 
     /// Sends the check's request; 2xx is passing, 429 (Too Many Requests) warning, anything
-    /// else or no answer critical. The output starts like Consul's: "HTTP GET <url>: 200 OK
-    /// Output: <start of the body>".
+    /// else or no answer critical. The output starts like Consul's: `HTTP GET <url>: 200 OK
+    /// Output: <start of the body>`.
     pub fn probe(&self, probe: &HttpProbe, timeout: Duration) -> (Status, String) {
         use ureq::RequestExt;
         let agent = if probe.tls_skip_verify {

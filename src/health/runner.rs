@@ -60,6 +60,8 @@ pub struct RunnerOptions {
     pub queue_capacity: usize,
     /// Events waiting in the channel before the outbox coalesces them. Default 1,024.
     pub event_capacity: usize,
+    /// Checks at most (each poll visits every check). Default 4,096.
+    pub max_checks: usize,
     pub schedule: ScheduleConfig,
 }
 
@@ -72,6 +74,7 @@ impl Default for RunnerOptions {
             workers: 4,
             queue_capacity: 64,
             event_capacity: 1024,
+            max_checks: 4096,
             schedule: ScheduleConfig::default(),
         }
     }
@@ -93,6 +96,7 @@ struct Shared {
     /// Set on drop; probe threads and running scripts look at it.
     stop: AtomicBool,
     enable_script_checks: bool,
+    max_checks: usize,
     /// `state_dir/checks`.
     checks_dir: Option<PathBuf>,
 }
@@ -150,6 +154,7 @@ impl CheckRunner {
             epoch: Instant::now(),
             stop: AtomicBool::new(false),
             enable_script_checks: options.enable_script_checks,
+            max_checks: options.max_checks,
             checks_dir,
         });
         let mut runner = CheckRunner {
@@ -180,7 +185,8 @@ impl CheckRunner {
 
     /// Adds a check, or replaces the one with its id (its state starts again from the new
     /// definition's initial status; a TTL check's saved state, if still within its TTL,
-    /// is restored). Refused if it is a script check and scripts are not enabled.
+    /// is restored). Refused if it is a script check and scripts are not enabled, or if
+    /// the runner already has `max_checks` others.
     pub fn add(&self, def: CheckDefinition) -> Result<(), HealthError> {
         refuse_disabled_script(&def, self.shared.enable_script_checks)?;
         let saved = match (&def.kind, &self.shared.checks_dir) {
@@ -188,6 +194,9 @@ impl CheckRunner {
             _ => None,
         };
         let mut core = self.shared.lock();
+        if !core.scheduler.contains(&def.id) && core.scheduler.len() >= self.shared.max_checks {
+            return Err(HealthError::TooManyChecks(self.shared.max_checks));
+        }
         let now = self.shared.now();
         let id = def.id.clone();
         core.scheduler.add(now, def);
@@ -243,6 +252,21 @@ impl CheckRunner {
             path,
             error,
         })
+    }
+
+    /// `ttl_update` with passing, as Consul's `/v1/agent/check/pass/:id?note=`.
+    pub fn ttl_pass(&self, id: &str, note: &str) -> Result<(), HealthError> {
+        self.ttl_update(id, Status::Passing, note)
+    }
+
+    /// `ttl_update` with warning, as Consul's `/v1/agent/check/warn/:id?note=`.
+    pub fn ttl_warn(&self, id: &str, note: &str) -> Result<(), HealthError> {
+        self.ttl_update(id, Status::Warning, note)
+    }
+
+    /// `ttl_update` with critical, as Consul's `/v1/agent/check/fail/:id?note=`.
+    pub fn ttl_fail(&self, id: &str, note: &str) -> Result<(), HealthError> {
+        self.ttl_update(id, Status::Critical, note)
     }
 
     /// Every check's current state, by id.
@@ -334,6 +358,10 @@ fn probe_thread(shared: &Shared, jobs: &flume::Receiver<RunRequest>) {
             return;
         }
         let (status, output) = probe::run(&request.probe, request.timeout, &cx);
+        if shared.stop.load(Ordering::Relaxed) {
+            // The runner is gone: nobody should hear of this result.
+            return;
+        }
         let mut core = shared.lock();
         let now = shared.now();
         let effects =
@@ -502,6 +530,78 @@ fn load_ttl_state(dir: &Path, id: &str) -> Option<(Status, String, Duration)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn state(id: &str, status: Status, output: &str) -> CheckState {
+        CheckState {
+            id: id.into(),
+            name: id.into(),
+            notes: String::new(),
+            service_id: "web".into(),
+            service_name: "web".into(),
+            kind: "tcp",
+            status,
+            output: output.into(),
+        }
+    }
+
+    #[test]
+    fn a_full_channel_keeps_one_waiting_event_per_check_with_its_latest_state_in_order() {
+        let (tx, rx) = flume::bounded(1);
+        let mut outbox = Outbox::new(tx);
+        outbox.push(CheckEvent::OutputChanged(state("a", Status::Passing, "1")));
+        // The channel is full from here on.
+        outbox.push(CheckEvent::StatusChanged(state(
+            "b",
+            Status::Critical,
+            "down",
+        )));
+        outbox.push(CheckEvent::OutputChanged(state(
+            "b",
+            Status::Critical,
+            "down!",
+        )));
+        outbox.push(CheckEvent::DeregisterService {
+            service_id: "web".into(),
+            check: state("b", Status::Critical, "down!"),
+        });
+        outbox.push(CheckEvent::OutputChanged(state("a", Status::Passing, "2")));
+        outbox.push(CheckEvent::OutputChanged(state("a", Status::Passing, "3")));
+        assert_eq!(
+            outbox.waiting.len(),
+            3,
+            "a's output, b's status, b's deregistration"
+        );
+        let mut received = vec![rx.try_recv().unwrap()];
+        for _ in 0..10 {
+            outbox.flush();
+            if let Ok(event) = rx.try_recv() {
+                received.push(event);
+            }
+        }
+        assert!(!outbox.has_waiting());
+        assert_eq!(
+            received,
+            [
+                CheckEvent::OutputChanged(state("a", Status::Passing, "1")),
+                CheckEvent::OutputChanged(state("a", Status::Passing, "3")),
+                // Still a status change, with the newer output.
+                CheckEvent::StatusChanged(state("b", Status::Critical, "down!")),
+                CheckEvent::DeregisterService {
+                    service_id: "web".into(),
+                    check: state("b", Status::Critical, "down!"),
+                },
+            ]
+        );
+        // A new event goes straight to the channel again.
+        outbox.push(CheckEvent::OutputChanged(state("a", Status::Passing, "4")));
+        assert!(!outbox.has_waiting());
+        drop(rx);
+        outbox.push(CheckEvent::OutputChanged(state("a", Status::Passing, "5")));
+        assert!(
+            !outbox.has_waiting(),
+            "no agent listening: dropped, not kept"
+        );
+    }
 
     #[test]
     fn state_file_names_are_safe_distinct_and_bounded() {

@@ -338,6 +338,14 @@ impl Scheduler {
         self.checks.remove(id).is_some()
     }
 
+    pub fn len(&self) -> usize {
+        self.checks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.checks.is_empty()
+    }
+
     pub fn contains(&self, id: &str) -> bool {
         self.checks.contains_key(id)
     }

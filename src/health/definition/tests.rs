@@ -210,14 +210,14 @@ fn every_validation_error_names_the_field() {
         ),
         (
             r#"{"check": {"name": "a", "http": "http://h/"}}"#,
-            "check.interval: a http check needs an interval",
+            "check.interval: an http check needs an interval",
         ),
         (
             r#"{"check": {"name": "a", "args": ["x"]}}"#,
-            "check.interval: a args check needs an interval",
+            "check.interval: a script check needs an interval",
         ),
         (
-            r#"{"check": {"name": "a", "args": [], "interval": "1s"}}"#,
+            r#"{"check": {"name": "a", "args": [""], "interval": "1s"}}"#,
             "check.args: needs a program",
         ),
         (
@@ -390,4 +390,22 @@ fn load_dir_reads_json_files_in_name_order_and_names_the_file_in_errors() {
 
     let missing = dir.path().join("nope");
     assert!(load_dir(&missing).unwrap_err().to_string().contains("nope"));
+}
+
+#[test]
+fn empty_values_count_as_absent_as_go_clients_send_them() {
+    let check = parse_check(
+        "request body",
+        br#"{"Name": "a", "TTL": "5s", "Interval": "", "Timeout": "", "HTTP": "", "TCP": "",
+             "Args": [], "Header": {}, "Method": "", "Body": "", "Status": "", "ServiceID": "",
+             "DeregisterCriticalServiceAfter": ""}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        check.kind,
+        CheckKind::Ttl {
+            ttl: Duration::from_secs(5)
+        }
+    );
+    assert_eq!(check.initial_status, Status::Critical);
 }

@@ -474,3 +474,100 @@ fn outputs_are_capped_at_4_kib_on_a_character_boundary() {
     assert!(output.len() <= MAX_OUTPUT_BYTES && output.len() >= MAX_OUTPUT_BYTES - 1);
     assert!(output.chars().all(|c| c == 'é'));
 }
+
+/// One step of the random walk below: let `advance_ms` pass, then either update TTL check
+/// `check` or answer the probes the poll started with `results`.
+#[derive(Debug, Clone)]
+struct Step {
+    advance_ms: u64,
+    ttl_update: Option<(usize, u8, u8)>,
+    result: (u8, u8),
+}
+
+fn status_of(n: u8) -> Status {
+    [Status::Passing, Status::Warning, Status::Critical][n as usize % 3]
+}
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn step() -> impl Strategy<Value = Step> {
+        (
+            0u64..5_000,
+            proptest::option::of((0usize..2, 0u8..3, 0u8..3)),
+            (0u8..3, 0u8..3),
+        )
+            .prop_map(|(advance_ms, ttl_update, result)| Step {
+                advance_ms,
+                ttl_update,
+                result,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        /// An agent that starts from `statuses()` and applies every status and output event
+        /// ends with the runner's state once the output interval has passed: no change is
+        /// lost by the rate limit, the thresholds or TTL expiry.
+        #[test]
+        fn the_events_carry_every_change_to_the_agent(
+            seed in any::<u64>(),
+            steps in proptest::collection::vec(step(), 1..200),
+        ) {
+            let mut s = Scheduler::new(config(), seed);
+            for def in [
+                r#"{"name": "ttl-0", "ttl": "3s"}"#,
+                r#"{"name": "ttl-1", "ttl": "7s", "status": "passing"}"#,
+                r#"{"name": "tcp", "tcp": "h:1", "interval": "1s"}"#,
+                r#"{"name": "http", "http": "http://h/", "interval": "2s",
+                    "success_before_passing": 2, "failures_before_critical": 3}"#,
+            ] {
+                s.add(Duration::ZERO, check(def));
+            }
+            let mut agent: BTreeMap<String, (Status, String)> = s
+                .statuses()
+                .into_iter()
+                .map(|c| (c.id, (c.status, c.output)))
+                .collect();
+            let apply = |effects: Vec<Effect>, agent: &mut BTreeMap<String, (Status, String)>| {
+                for effect in effects {
+                    if let Effect::Event(CheckEvent::StatusChanged(c) | CheckEvent::OutputChanged(c)) = effect {
+                        agent.insert(c.id, (c.status, c.output));
+                    }
+                }
+            };
+            let outputs = ["", "a", "b"];
+            let mut now = Duration::ZERO;
+            for step in steps {
+                now += ms(step.advance_ms);
+                let effects = s.poll(now);
+                let started = runs(&effects);
+                apply(effects, &mut agent);
+                for (id, generation) in started {
+                    let (status, output) = step.result;
+                    let effects = s.run_finished(now, &id, generation, status_of(status), outputs[output as usize].into());
+                    apply(effects, &mut agent);
+                }
+                if let Some((check, status, output)) = step.ttl_update {
+                    let effects = s
+                        .ttl_update(now, &format!("ttl-{check}"), status_of(status), outputs[output as usize].into())
+                        .unwrap();
+                    apply(effects, &mut agent);
+                }
+            }
+            // Past every TTL, then past the output interval: whatever was pending is out.
+            for later in [secs(10), secs(10) + config().output_update_interval] {
+                let effects = s.poll(now + later);
+                apply(effects, &mut agent);
+            }
+            let runner: BTreeMap<String, (Status, String)> = s
+                .statuses()
+                .into_iter()
+                .map(|c| (c.id, (c.status, c.output)))
+                .collect();
+            prop_assert_eq!(agent, runner);
+        }
+    }
+}
