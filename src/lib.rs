@@ -8,6 +8,7 @@
 //! - [`runtime`]: one glommio executor per core, each owning a KV shard, talking over a
 //!   channel mesh; executor 0 sequences writes and cross-shard reads.
 //! - [`raft`]: openraft's async runtime on glommio.
+//! - [`http`]: Consul's HTTP API, translated to and from the RPC protocol.
 //! - [`preflight`]: checks a machine's limits and kernel settings against what an agent
 //!   needs (`cairn debug preflight`).
 //!
@@ -19,6 +20,7 @@ pub mod agent;
 pub mod catalog;
 pub mod client;
 pub mod gossip;
+pub mod http;
 pub mod kv;
 pub mod preflight;
 pub mod raft;
