@@ -140,7 +140,9 @@ pub fn agent(a: AgentArgs) -> ExitCode {
         (false, None) => 0,
     };
     if a.http_port == 0 {
-        eprintln!("cairn: agent: --http-port must be a port number (or -1 to turn the HTTP API off)");
+        eprintln!(
+            "cairn: agent: --http-port must be a port number (or -1 to turn the HTTP API off)"
+        );
         return ExitCode::from(2);
     }
     let node = a.node.clone().unwrap_or_else(|| {

@@ -145,7 +145,10 @@ mod tests {
     fn members_render_as_serf_members() {
         let r = render(
             &Render::Members,
-            Response::Members(vec![info("a", "alive", "server"), info("b", "failed", "client")]),
+            Response::Members(vec![
+                info("a", "alive", "server"),
+                info("b", "failed", "client"),
+            ]),
             false,
             &Ctx::for_tests(),
         );
@@ -160,7 +163,10 @@ mod tests {
         let ctx = Ctx::for_tests();
         let r = render(
             &Render::SelfInfo,
-            Response::Members(vec![info("other", "alive", "server"), info("node1", "alive", "server")]),
+            Response::Members(vec![
+                info("other", "alive", "server"),
+                info("node1", "alive", "server"),
+            ]),
             false,
             &ctx,
         );

@@ -15,10 +15,7 @@ use super::reply::Reply;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Render {
     /// Entries as Consul's JSON list, or (`raw`) the first entry's value as it is.
-    Entries {
-        raw: bool,
-        consistency: Consistency,
-    },
+    Entries { raw: bool, consistency: Consistency },
     /// Key names (`?keys`).
     Keys { consistency: Consistency },
     /// `true` or `false` (put, delete).
@@ -105,7 +102,10 @@ fn route_inner(method: &str, raw_key: &str, q: &Query, ctx: &Ctx) -> Result<Rout
                     .get("separator")
                     .filter(|s| !s.is_empty())
                     .map(|s| Bytes::copy_from_slice(s.as_bytes()));
-                if separator.as_ref().is_some_and(|s| s.len() > ctx.limits.max_key) {
+                if separator
+                    .as_ref()
+                    .is_some_and(|s| s.len() > ctx.limits.max_key)
+                {
                     return Err(Reply::bad_request("Invalid separator: too long"));
                 }
                 call(
@@ -138,9 +138,9 @@ fn route_inner(method: &str, raw_key: &str, q: &Query, ctx: &Ctx) -> Result<Rout
             }
             let session = |name: &str| -> Result<Option<String>, Reply> {
                 match q.get(name) {
-                    Some(s) if s.len() > ctx.limits.max_string => Err(Reply::bad_request(
-                        format!("Invalid {name}: session id too long"),
-                    )),
+                    Some(s) if s.len() > ctx.limits.max_string => Err(Reply::bad_request(format!(
+                        "Invalid {name}: session id too long"
+                    ))),
                     Some(s) => Ok(Some(s.to_string())),
                     None => Ok(None),
                 }
@@ -285,7 +285,11 @@ mod tests {
             Op::KvList { prefix, keys_only: false, separator: None, opts }
                 if prefix == &b("app/") && opts.consistency == Consistency::Stale
         ));
-        let c = call("GET", "/v1/kv/app/", Some("keys&separator=/&index=5&wait=10s"));
+        let c = call(
+            "GET",
+            "/v1/kv/app/",
+            Some("keys&separator=/&index=5&wait=10s"),
+        );
         assert_eq!(
             op(&c),
             &Op::KvList {
@@ -366,7 +370,11 @@ mod tests {
             ("PUT", "/v1/kv/", ""),
             ("DELETE", "/v1/kv/", ""),
         ] {
-            assert_eq!(reply(method, path, Some(q)).status, 400, "{method} {path}?{q}");
+            assert_eq!(
+                reply(method, path, Some(q)).status,
+                400,
+                "{method} {path}?{q}"
+            );
         }
         let long = format!("/v1/kv/{}", "k".repeat(ctx().limits.max_key + 1));
         assert_eq!(reply("GET", &long, None).status, 413);
@@ -513,7 +521,13 @@ mod tests {
             false,
         );
         assert_eq!(&r.body[..], br#"["a/","b"]"#);
-        assert_eq!(&render(&Render::Bool, Response::Bool(true), false).body[..], b"true");
-        assert_eq!(&render(&Render::Bool, Response::Bool(false), false).body[..], b"false");
+        assert_eq!(
+            &render(&Render::Bool, Response::Bool(true), false).body[..],
+            b"true"
+        );
+        assert_eq!(
+            &render(&Render::Bool, Response::Bool(false), false).body[..],
+            b"false"
+        );
     }
 }

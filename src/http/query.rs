@@ -82,9 +82,9 @@ impl Query {
         };
         let wait = match self.get("wait") {
             None => None,
-            Some(w) => Some(
-                parse_go_duration(w).ok_or_else(|| Reply::bad_request("Invalid wait time"))?,
-            ),
+            Some(w) => {
+                Some(parse_go_duration(w).ok_or_else(|| Reply::bad_request("Invalid wait time"))?)
+            }
         };
         let index = self
             .get("index")
@@ -160,7 +160,9 @@ pub(crate) fn parse_go_duration(s: &str) -> Option<Duration> {
         rest = after;
     }
     // Go's durations stop at about 292 years; so do these.
-    let ns = u64::try_from(total_ns).ok().filter(|n| *n <= i64::MAX as u64)?;
+    let ns = u64::try_from(total_ns)
+        .ok()
+        .filter(|n| *n <= i64::MAX as u64)?;
     Some(Duration::from_nanos(ns))
 }
 
@@ -180,10 +182,24 @@ mod tests {
         assert_eq!(ms("1h"), Some(3_600_000));
         assert_eq!(ms("0"), Some(0));
         assert_eq!(ms("+2s"), Some(2_000));
-        assert_eq!(parse_go_duration("1500us"), Some(Duration::from_micros(1500)));
+        assert_eq!(
+            parse_go_duration("1500us"),
+            Some(Duration::from_micros(1500))
+        );
         assert_eq!(parse_go_duration("3µs"), Some(Duration::from_micros(3)));
         assert_eq!(parse_go_duration("7ns"), Some(Duration::from_nanos(7)));
-        for bad in ["", "10", "xyz", "s", "1x", "-1s", "1..5s", ".s", "10 s", "99999999999h"] {
+        for bad in [
+            "",
+            "10",
+            "xyz",
+            "s",
+            "1x",
+            "-1s",
+            "1..5s",
+            ".s",
+            "10 s",
+            "99999999999h",
+        ] {
             assert_eq!(parse_go_duration(bad), None, "{bad:?}");
         }
     }
@@ -217,15 +233,17 @@ mod tests {
         assert_eq!(opts("index=7").unwrap().wait_ms, 300_000);
         assert_eq!(opts("index=7&wait=0s").unwrap().wait_ms, 300_000);
         assert_eq!(opts("index=7&wait=1h").unwrap().wait_ms, 600_000);
-        assert_eq!(
-            opts("stale").unwrap().consistency,
-            Consistency::Stale
-        );
+        assert_eq!(opts("stale").unwrap().consistency, Consistency::Stale);
         assert_eq!(
             opts("consistent").unwrap().consistency,
             Consistency::Consistent
         );
-        for bad in ["wait=xyz&index=1", "index=abc", "index=-1", "stale&consistent"] {
+        for bad in [
+            "wait=xyz&index=1",
+            "index=abc",
+            "index=-1",
+            "stale&consistent",
+        ] {
             assert_eq!(opts(bad).unwrap_err().status, 400, "{bad}");
         }
         let r = opts("index=1&wait=xyz").unwrap_err();

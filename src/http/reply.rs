@@ -99,9 +99,9 @@ impl Reply {
         // values are digits or text from the server without line breaks.
         b.body(http_body_util::Full::new(self.body))
             .unwrap_or_else(|e| {
-                let mut r = hyper::Response::new(http_body_util::Full::new(Bytes::from(
-                    format!("rendering the answer failed: {e}"),
-                )));
+                let mut r = hyper::Response::new(http_body_util::Full::new(Bytes::from(format!(
+                    "rendering the answer failed: {e}"
+                ))));
                 *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
                 r
             })
@@ -147,7 +147,10 @@ mod tests {
         let r = rpc_error(&err(ErrorCode::NoLeader));
         assert_eq!((r.status, &r.body[..]), (500, &b"No cluster leader"[..]));
         let r = rpc_error(&err(ErrorCode::NoPathToDatacenter));
-        assert_eq!((r.status, &r.body[..]), (500, &b"No path to datacenter"[..]));
+        assert_eq!(
+            (r.status, &r.body[..]),
+            (500, &b"No path to datacenter"[..])
+        );
         assert_eq!(rpc_error(&err(ErrorCode::ValueTooLarge)).status, 413);
         assert_eq!(rpc_error(&err(ErrorCode::KeyTooLarge)).status, 413);
         assert_eq!(rpc_error(&err(ErrorCode::TxnTooLarge)).status, 413);

@@ -85,7 +85,11 @@ mod tests {
 
     #[test]
     fn the_leader_is_a_json_string_and_empty_without_one() {
-        let r = render(&Render::Leader, Response::Leader(Some("10.0.0.1:8300".into())), false);
+        let r = render(
+            &Render::Leader,
+            Response::Leader(Some("10.0.0.1:8300".into())),
+            false,
+        );
         assert_eq!(&r.body[..], br#""10.0.0.1:8300""#);
         let r = render(&Render::Leader, Response::Leader(None), false);
         assert_eq!(&r.body[..], br#""""#);
@@ -93,7 +97,11 @@ mod tests {
 
     #[test]
     fn peers_and_the_configuration_render_as_consuls_json() {
-        let r = render(&Render::Peers, Response::Peers(vec!["a:1".into(), "b:2".into()]), false);
+        let r = render(
+            &Render::Peers,
+            Response::Peers(vec!["a:1".into(), "b:2".into()]),
+            false,
+        );
         assert_eq!(&r.body[..], br#"["a:1","b:2"]"#);
         let r = render(
             &Render::Configuration,

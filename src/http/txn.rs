@@ -258,7 +258,8 @@ mod tests {
             Route::Call(Call {
                 request:
                     cairn_net::rpc::message::Request {
-                        op: Op::Txn { ops }, ..
+                        op: Op::Txn { ops },
+                        ..
                     },
                 ..
             }) => ops,
@@ -322,9 +323,15 @@ mod tests {
         for (body, status) in [
             ("not json", 400),
             (r#"{"KV": {}}"#, 400),
-            (r#"[{"KV": {"Verb": "set", "Key": "a", "Value": "!!"}}]"#, 400),
+            (
+                r#"[{"KV": {"Verb": "set", "Key": "a", "Value": "!!"}}]"#,
+                400,
+            ),
             (r#"[{"KV": {"Verb": "frob", "Key": "a"}}]"#, 400),
-            (r#"[{"KV": {"Verb": "lock", "Key": "a", "Session": "s"}}]"#, 400),
+            (
+                r#"[{"KV": {"Verb": "lock", "Key": "a", "Session": "s"}}]"#,
+                400,
+            ),
             (r#"[{"Node": {"Verb": "set"}}]"#, 400),
             (r#"[{}]"#, 400),
         ] {
