@@ -130,6 +130,32 @@ pub(crate) fn allow(method: &str, allowed: &[&str]) -> Result<(), Reply> {
     }
 }
 
+/// The request's ACL token, looked up where Consul looks: `?token`, then the
+/// `X-Consul-Token` header, then `Authorization: Bearer`. Empty: anonymous. It travels
+/// in the RPC request; the servers do not enforce ACLs yet.
+pub(crate) fn token(
+    query: Option<&str>,
+    x_consul_token: Option<&str>,
+    authorization: Option<&str>,
+    ctx: &Ctx,
+) -> Result<String, Reply> {
+    let q = Query::parse(query);
+    let bearer = authorization.and_then(|a| {
+        let (scheme, rest) = a.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+    });
+    let token = q
+        .get("token")
+        .filter(|t| !t.is_empty())
+        .or(x_consul_token.filter(|t| !t.is_empty()))
+        .or(bearer)
+        .unwrap_or("");
+    if token.len() > ctx.limits.max_string {
+        return Err(Reply::bad_request("Invalid token: too long"));
+    }
+    Ok(token.to_string())
+}
+
 /// Routes one request. `path` is as received (percent-encoded); `query` is the raw query
 /// string.
 pub(crate) fn route(method: &str, path: &str, query: Option<&str>, ctx: &Ctx) -> Route {
@@ -195,6 +221,22 @@ mod tests {
                 other => panic!("{method} {path}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_token_is_taken_from_the_query_then_the_header_then_a_bearer() {
+        let ctx = Ctx::for_tests();
+        let t = |q, h, a| token(q, h, a, &ctx).unwrap();
+        assert_eq!(t(None, None, None), "");
+        assert_eq!(t(Some("token=q"), Some("h"), Some("Bearer b")), "q");
+        assert_eq!(t(None, Some("h"), Some("Bearer b")), "h");
+        assert_eq!(t(None, None, Some("bearer b")), "b");
+        assert_eq!(t(None, None, Some("Basic xyz")), "");
+        let long = format!("token={}", "t".repeat(ctx.limits.max_string + 1));
+        assert_eq!(
+            token(Some(&long), None, None, &ctx).unwrap_err().status,
+            400
+        );
     }
 
     #[test]

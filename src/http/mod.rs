@@ -11,8 +11,9 @@
 //! - `io`, `timer`: hyper's runtime traits on glommio (no tokio runtime).
 //! - this file: the accept loop and the thin per-request driver.
 //!
-//! Left to others: ACL tokens (`X-Consul-Token` is not read yet), the catalog, health,
-//! session and agent-service endpoints (they plug into [`api::route`]).
+//! Left to others: enforcing ACL tokens (the token is read as Consul reads it and sent
+//! on, but servers do not check it yet), the catalog, health, session and agent-service
+//! endpoints (they plug into [`api::route`]).
 //!
 //! [`Request`]: cairn_net::rpc::message::Request
 //! [`Response`]: cairn_net::rpc::message::Response
@@ -191,13 +192,21 @@ async fn handle<H: Handler>(
             },
         };
     }
-    let reply = match route {
-        Route::Reply(r) => r,
-        Route::Call(call) => {
+    let header = |name| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let token = api::token(
+        parts.uri.query(),
+        header("x-consul-token"),
+        header(hyper::header::AUTHORIZATION.as_str()),
+        ctx,
+    );
+    let reply = match (route, token) {
+        (Route::Reply(r), _) | (_, Err(r)) => r,
+        (Route::Call(mut call), Ok(token)) => {
+            call.request.token = token;
             let resp = h.answer(call.request).await;
             api::render(&call.render, resp, call.pretty, ctx)
         }
-        Route::Body(_) => Reply::text(500, "request body read twice"),
+        (Route::Body(_), _) => Reply::text(500, "request body read twice"),
     };
     Ok(reply.into_response())
 }
