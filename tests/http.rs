@@ -624,3 +624,45 @@ fn a_client_agent_serves_the_http_api_through_the_servers() {
         false
     );
 }
+
+#[test]
+fn a_blocking_get_whose_client_hangs_up_frees_its_connection_slot() {
+    let a = dev(&["--http-max-connections", "1"]);
+    // Wait until the readiness probe's connection is gone and the one slot is free.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let watcher = loop {
+        let mut s = TcpStream::connect(&a.http).unwrap();
+        s.write_all(b"GET /v1/kv/never?index=1000000&wait=10m HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            // Still waiting: it holds the slot.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                break s
+            }
+            // Refused (the slot was still taken): try again.
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "the one slot never came free");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(watcher);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = try_call(&a.http, "GET", "/v1/status/leader", b"") {
+            if r.status == 200 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hung-up blocking GET kept its connection slot"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
