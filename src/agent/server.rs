@@ -1215,7 +1215,8 @@ pub(super) fn keyring_response(
     }
 }
 
-/// What serves requests on an RPC connection: a server, or a client agent.
+/// What answers requests, from an RPC connection or the HTTP API (`crate::http`): a
+/// server, or a client agent.
 pub(crate) trait Handler: 'static {
     fn limits(&self) -> &Limits;
     fn answer(self: Rc<Self>, req: Request) -> impl std::future::Future<Output = Response>;
