@@ -29,10 +29,17 @@ impl Reply {
         }
     }
 
-    /// A JSON answer; `pretty` is Consul's `?pretty`.
+    /// A JSON answer; `pretty` is Consul's `?pretty` (Go's `MarshalIndent` with four
+    /// spaces, and a final newline).
     pub fn json<T: serde::Serialize + ?Sized>(status: u16, value: &T, pretty: bool) -> Reply {
         let body = if pretty {
-            serde_json::to_vec_pretty(value)
+            let mut out = Vec::new();
+            let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+            let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+            value.serialize(&mut ser).map(|()| {
+                out.push(b'\n');
+                out
+            })
         } else {
             serde_json::to_vec(value)
         };
@@ -178,6 +185,16 @@ mod tests {
                 ("X-Consul-Effective-Consistency", "leader".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn pretty_json_is_indented_as_gos_marshal_indent() {
+        let r = Reply::json(200, &serde_json::json!({"A": [1]}), true);
+        assert_eq!(
+            std::str::from_utf8(&r.body).unwrap(),
+            "{\n    \"A\": [\n        1\n    ]\n}\n"
+        );
+        assert_eq!(&Reply::json(200, &true, false).body[..], b"true");
     }
 
     #[test]
