@@ -259,6 +259,17 @@ fn kv_put_get_raw_recurse_keys_cas_and_delete_answer_as_consul() {
     assert_eq!(a.delete("/v1/kv/app/?recurse").text(), "true");
     assert_eq!(a.get("/v1/kv/app/?recurse").status, 404);
 
+    // Values are bytes: every byte value survives a round trip, raw and base64.
+    let binary: Vec<u8> = (0..=255u8).cycle().take(64 * 1024).collect();
+    assert_eq!(a.put("/v1/kv/bin", &binary).text(), "true");
+    assert_eq!(a.get("/v1/kv/bin?raw").body, binary);
+    let b64 = a.get("/v1/kv/bin").json()[0]["Value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(b64.starts_with("AAECAwQF"), "{}", &b64[..16]);
+    assert_eq!(a.delete("/v1/kv/bin").text(), "true");
+
     // Keys travel percent-encoded in the path.
     a.put("/v1/kv/with%20space", b"s");
     assert_eq!(a.get("/v1/kv/with%20space?raw").text(), "s");
