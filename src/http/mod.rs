@@ -1,10 +1,10 @@
 //! Consul's HTTP API (`/v1/...`) on the agent's HTTP port (8500 by default), served by
 //! translating each HTTP request into the binary RPC protocol's [`Request`], asking the
-//! agent's [`Handler`] (the server, or a client agent that forwards), and rendering the
+//! agent's `Handler` (the server, or a client agent that forwards), and rendering the
 //! [`Response`] as Consul's JSON. Consistency, forwarding to the leader, blocking reads
 //! and typed errors are therefore exactly those of the RPC port.
 //!
-//! - `api`: routing ([`api::route`]) and rendering ([`api::render`]); pure.
+//! - `api`: routing (`api::route`) and rendering (`api::render`); pure.
 //! - `kv`, `txn`, `status`, `agent`: one module per endpoint group; pure.
 //! - `query`: query parameters, Consul's blocking-query defaults, Go durations; pure.
 //! - `reply`: the HTTP answer as plain data, and RPC errors as Consul's statuses.
@@ -13,7 +13,7 @@
 //!
 //! Left to others: enforcing ACL tokens (the token is read as Consul reads it and sent
 //! on, but servers do not check it yet), the catalog, health, session and agent-service
-//! endpoints (they plug into [`api::route`]).
+//! endpoints (they plug into `api::route`).
 //!
 //! [`Request`]: cairn_net::rpc::message::Request
 //! [`Response`]: cairn_net::rpc::message::Response
