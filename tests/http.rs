@@ -677,3 +677,27 @@ fn a_blocking_get_whose_client_hangs_up_frees_its_connection_slot() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_dev_agent_serves_http_on_loopback_port_8500_by_default() {
+    let mut child = Command::new(CAIRN)
+        .args(["agent", "--dev", "--serf-lan-port", "0"])
+        .args(["--server-port", &free_port("127.0.0.1").to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The start-up line names the HTTP address; if something else holds 8500 on this
+    // machine, the refusal names the same address. Either shows the default.
+    let mut line = String::new();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        line.contains("HTTP API on 127.0.0.1:8500")
+            || err.contains("HTTP port 127.0.0.1:8500 is already in use"),
+        "stdout {line:?}, stderr {err:?}"
+    );
+}

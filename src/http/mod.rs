@@ -101,9 +101,21 @@ pub(crate) fn start<H: Handler>(
     settings: &HttpSettings,
     ctx: Ctx,
 ) -> Result<(), AgentError> {
-    let listener = TcpListener::bind(settings.addr).map_err(|e| AgentError::Io {
-        what: format!("listening for HTTP on {}", settings.addr),
-        source: std::io::Error::other(e.to_string()),
+    let listener = TcpListener::bind(settings.addr).map_err(|e| match e {
+        // The probe can miss a listener that never accepts (its backlog fills up and
+        // the probe's connections time out); glommio's bind still refuses it.
+        glommio::GlommioError::IoError(source)
+            if source.kind() == std::io::ErrorKind::AddrInUse =>
+        {
+            AgentError::HttpPortInUse {
+                addr: settings.addr,
+                source,
+            }
+        }
+        other => AgentError::Io {
+            what: format!("listening for HTTP on {}", settings.addr),
+            source: std::io::Error::other(other.to_string()),
+        },
     })?;
     glommio::spawn_local(timer::drive()).detach();
     glommio::spawn_local(serve_http(h, listener, settings.clone(), Rc::new(ctx))).detach();
