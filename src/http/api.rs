@@ -92,7 +92,7 @@ impl NeedsBody {
         too_large(len, self.limit(ctx))
     }
 
-    pub fn finish(self, body: Bytes, ctx: &Ctx) -> Route {
+    pub fn finish(self, body: Bytes, ctx: &Ctx) -> Result<Call, Reply> {
         match self {
             NeedsBody::KvPut(p) => p.finish(body, ctx),
             NeedsBody::Txn(p) => p.finish(&body, ctx),

@@ -35,14 +35,14 @@ pub(crate) struct Put {
 }
 
 impl Put {
-    pub fn finish(self, value: Bytes, ctx: &Ctx) -> Route {
+    pub fn finish(self, value: Bytes, ctx: &Ctx) -> Result<Call, Reply> {
         if value.len() > ctx.limits.max_value {
-            return Route::Reply(api::too_large(
+            return Err(api::too_large(
                 Some(value.len() as u64),
                 ctx.limits.max_value,
             ));
         }
-        Route::Call(Call {
+        Ok(Call {
             request: request(
                 self.datacenter,
                 Op::KvPut {
@@ -325,9 +325,9 @@ mod tests {
             panic!("a put reads its body");
         };
         assert_eq!(p.limit(&ctx), ctx.limits.max_value);
-        let Route::Call(c) = p.finish(b("v"), &ctx) else {
-            panic!("a put with a small body is a call");
-        };
+        let c = p
+            .finish(b("v"), &ctx)
+            .expect("a put with a small body is a call");
         assert_eq!(
             c.request,
             Request {
@@ -352,9 +352,7 @@ mod tests {
             panic!()
         };
         let big = Bytes::from(vec![b'x'; ctx.limits.max_value + 1]);
-        let Route::Reply(r) = p.finish(big, &ctx) else {
-            panic!("too large")
-        };
+        let r = p.finish(big, &ctx).expect_err("too large");
         assert_eq!(r.status, 413);
     }
 

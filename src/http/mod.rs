@@ -40,7 +40,6 @@ use http_body_util::BodyExt;
 use crate::agent::{AgentConfig, AgentError, Handler};
 pub(crate) use api::Ctx;
 use api::Route;
-use reply::Reply;
 
 /// Consul's HTTP port.
 pub const DEFAULT_HTTP_PORT: u16 = 8500;
@@ -183,27 +182,31 @@ async fn handle<H: Handler>(
     timeout: Duration,
 ) -> Result<hyper::Response<http_body_util::Full<Bytes>>, std::io::Error> {
     let (parts, body) = req.into_parts();
-    let mut route = api::route(
+    let route = api::route(
         parts.method.as_str(),
         parts.uri.path(),
         parts.uri.query(),
         ctx,
     );
-    if let Route::Body(pending) = route {
-        let limit = pending.limit(ctx);
-        let announced = parts
-            .headers
-            .get(hyper::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        route = match announced {
-            Some(len) if len > limit as u64 => Route::Reply(pending.too_large(Some(len), ctx)),
-            _ => match read_body(body, limit, timeout).await? {
-                Some(bytes) => pending.finish(bytes, ctx),
-                None => Route::Reply(pending.too_large(None, ctx)),
-            },
-        };
-    }
+    let call = match route {
+        Route::Reply(r) => Err(r),
+        Route::Call(c) => Ok(c),
+        Route::Body(pending) => {
+            let limit = pending.limit(ctx);
+            let announced = parts
+                .headers
+                .get(hyper::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            match announced {
+                Some(len) if len > limit as u64 => Err(pending.too_large(Some(len), ctx)),
+                _ => match read_body(body, limit, timeout).await? {
+                    Some(bytes) => pending.finish(bytes, ctx),
+                    None => Err(pending.too_large(None, ctx)),
+                },
+            }
+        }
+    };
     let header = |name| parts.headers.get(name).and_then(|v| v.to_str().ok());
     let token = api::token(
         parts.uri.query(),
@@ -211,14 +214,13 @@ async fn handle<H: Handler>(
         header(hyper::header::AUTHORIZATION.as_str()),
         ctx,
     );
-    let reply = match (route, token) {
-        (Route::Reply(r), _) | (_, Err(r)) => r,
-        (Route::Call(mut call), Ok(token)) => {
+    let reply = match (call, token) {
+        (Err(r), _) | (_, Err(r)) => r,
+        (Ok(mut call), Ok(token)) => {
             call.request.token = token;
             let resp = h.answer(call.request).await;
             api::render(&call.render, resp, call.pretty, ctx)
         }
-        (Route::Body(_), _) => Reply::text(500, "request body read twice"),
     };
     Ok(reply.into_response())
 }

@@ -61,15 +61,17 @@ struct KvOpJson {
 }
 
 impl Pending {
-    pub fn finish(self, body: &[u8], ctx: &Ctx) -> Route {
-        match parse(body, ctx) {
-            Ok(ops) => Route::Call(Call {
-                request: request(self.datacenter, Op::Txn { ops }),
-                render: api::Render::Txn,
-                pretty: self.pretty,
-            }),
-            Err(r) => Route::Reply(r),
-        }
+    pub fn finish(self, body: &[u8], ctx: &Ctx) -> Result<Call, Reply> {
+        Ok(Call {
+            request: request(
+                self.datacenter,
+                Op::Txn {
+                    ops: parse(body, ctx)?,
+                },
+            ),
+            render: api::Render::Txn,
+            pretty: self.pretty,
+        })
     }
 }
 
@@ -245,7 +247,7 @@ mod tests {
         Bytes::copy_from_slice(s.as_bytes())
     }
 
-    fn finish(body: &str) -> Route {
+    fn finish(body: &str) -> Result<Call, Reply> {
         let ctx = Ctx::for_tests();
         let Route::Body(p) = api::route("PUT", "/v1/txn", None, &ctx) else {
             panic!("a transaction reads its body")
@@ -255,7 +257,7 @@ mod tests {
 
     fn ops(body: &str) -> Vec<TxnOp> {
         match finish(body) {
-            Route::Call(Call {
+            Ok(Call {
                 request:
                     cairn_net::rpc::message::Request {
                         op: Op::Txn { ops },
@@ -269,7 +271,7 @@ mod tests {
 
     fn refused(body: &str) -> Reply {
         match finish(body) {
-            Route::Reply(r) => r,
+            Err(r) => r,
             other => panic!("{body}: {other:?}"),
         }
     }
