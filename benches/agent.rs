@@ -24,7 +24,7 @@ fn main() {
         .port();
     let mut agent = Command::new(&bin)
         .args(["agent", "--dev", "--server-port", &port.to_string()])
-        .args(["--serf-lan-port", "0"])
+        .args(["--serf-lan-port", "0", "--http-port", "-1"])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

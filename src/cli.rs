@@ -88,6 +88,19 @@ pub struct AgentArgs {
     /// off unless asked for, as in Consul.
     #[arg(long)]
     pub enable_script_checks: bool,
+    /// Port of the Consul-compatible HTTP API; -1 turns it off.
+    #[arg(long, default_value_t = cairn::http::DEFAULT_HTTP_PORT as i32, value_parser = clap::value_parser!(i32).range(-1..=65535), allow_negative_numbers = true)]
+    pub http_port: i32,
+    /// Address the HTTP API listens on (Consul's client address).
+    #[arg(long = "client", default_value = "127.0.0.1")]
+    pub client_addr: IpAddr,
+    /// Most HTTP connections open at once; more are closed on accept.
+    #[arg(long, default_value_t = cairn::http::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub http_max_connections: usize,
+    /// Milliseconds a client may take to send a request's headers (or its body), and
+    /// that an idle keep-alive connection stays open; slower clients are cut off.
+    #[arg(long, default_value_t = cairn::http::DEFAULT_HEADER_READ_TIMEOUT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub http_read_timeout_ms: u64,
 }
 
 pub fn agent(a: AgentArgs) -> ExitCode {
@@ -134,6 +147,12 @@ pub fn agent(a: AgentArgs) -> ExitCode {
         }
         (false, None) => 0,
     };
+    if a.http_port == 0 {
+        eprintln!(
+            "cairn: agent: --http-port must be a port number (or -1 to turn the HTTP API off)"
+        );
+        return ExitCode::from(2);
+    }
     let node = a.node.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|s| s.trim().to_string())
@@ -163,6 +182,11 @@ pub fn agent(a: AgentArgs) -> ExitCode {
             datacenter: a.datacenter.clone(),
             encrypt: a.encrypt.clone(),
             local_profile: a.dev,
+        }),
+        http: (a.http_port > 0).then(|| cairn::http::HttpSettings {
+            addr: std::net::SocketAddr::new(a.client_addr, a.http_port as u16),
+            max_connections: a.http_max_connections,
+            header_read_timeout: Duration::from_millis(a.http_read_timeout_ms),
         }),
         limits: Limits {
             max_key: a.max_key_size,
@@ -200,9 +224,10 @@ pub fn agent(a: AgentArgs) -> ExitCode {
     if !server {
         let result = cairn::agent::serve_client(cfg, |c| {
             println!(
-                "cairn: client agent running: node {}, RPC for this node on {}",
+                "cairn: client agent running: node {}, RPC for this node on {}{}",
                 c.node,
-                c.rpc_addr()
+                c.rpc_addr(),
+                http_note(c)
             );
         });
         return match result {
@@ -215,9 +240,10 @@ pub fn agent(a: AgentArgs) -> ExitCode {
     }
     let result = cairn::agent::serve(cfg, |c, id| {
         println!(
-            "cairn: agent running: node {} (raft id {id}), server RPC on {}, data in {}{}",
+            "cairn: agent running: node {} (raft id {id}), server RPC on {}{}, data in {}{}",
             c.node,
             c.rpc_addr(),
+            http_note(c),
             c.data_dir.display(),
             if c.ephemeral { " (temporary)" } else { "" }
         );
@@ -231,6 +257,14 @@ pub fn agent(a: AgentArgs) -> ExitCode {
             eprintln!("cairn: agent: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Where the HTTP API listens, for the agent's start-up line.
+fn http_note(c: &AgentConfig) -> String {
+    match &c.http {
+        Some(h) => format!(", HTTP API on {}", h.addr),
+        None => String::new(),
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`raft`]: openraft's async runtime on glommio.
 //! - [`health`]: service and check definitions, and the agent's check runner (TCP, HTTP,
 //!   script and TTL checks on their own threads).
+//! - [`http`]: Consul's HTTP API, translated to and from the RPC protocol.
 //! - [`preflight`]: checks a machine's limits and kernel settings against what an agent
 //!   needs (`cairn debug preflight`).
 //!
@@ -22,6 +23,7 @@ pub mod catalog;
 pub mod client;
 pub mod gossip;
 pub mod health;
+pub mod http;
 pub mod kv;
 pub mod preflight;
 pub mod raft;

@@ -28,7 +28,15 @@ impl Drop for Agent {
 
 fn start(args: &[&str], port: u16) -> Agent {
     let port_s = port.to_string();
-    let mut all = vec!["agent", "--server-port", &port_s, "--serf-lan-port", "0"];
+    let mut all = vec![
+        "agent",
+        "--server-port",
+        &port_s,
+        "--serf-lan-port",
+        "0",
+        "--http-port",
+        "-1",
+    ];
     all.extend_from_slice(args);
     let log = std::env::temp_dir().join(format!(
         "cairn-agent-test-{port}-{}.log",
@@ -152,6 +160,7 @@ fn a_second_agent_on_the_same_port_or_data_dir_is_refused() {
     );
     let out = Command::new(CAIRN)
         .args(["agent", "--dev", "--server-port", &port.to_string()])
+        .args(["--http-port", "-1"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

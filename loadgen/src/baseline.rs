@@ -391,6 +391,8 @@ fn start_cairn(sup: &Supervisor, bin: &Path) -> Result<Vec<String>, String> {
         &port.to_string(),
         "--serf-lan-port",
         "0",
+        "--http-port",
+        "-1",
     ]
     .iter()
     .map(|s| s.to_string())

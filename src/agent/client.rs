@@ -39,6 +39,9 @@ pub fn serve_client(
 ) -> Result<(), AgentError> {
     let io_memory = crate::runtime::io_memory_per_executor(1)?.min(CLIENT_IO_MEMORY);
     probe_port(cfg.rpc_addr())?;
+    if let Some(http) = &cfg.http {
+        crate::http::probe(http.addr)?;
+    }
     executor(&cfg, io_memory, "cairn-client")?.run(async move { run(cfg, ready).await })
 }
 
@@ -107,6 +110,9 @@ async fn run(cfg: AgentConfig, ready: impl FnOnce(&AgentConfig)) -> Result<(), A
             super::local::sync_loop(a, local, move || pool.gossip.num_live()).await
         })
         .detach();
+    }
+    if let Some(http) = &cfg.http {
+        crate::http::start(agent.clone(), http, crate::http::Ctx::of(&cfg))?;
     }
     ready(&cfg);
     let open = Rc::new(Cell::new(0usize));

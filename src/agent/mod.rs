@@ -24,6 +24,7 @@ use std::path::PathBuf;
 
 pub use client::serve_client;
 pub use server::serve;
+pub(crate) use server::{probe_port, Handler};
 
 /// Default server RPC port, as Consul's.
 pub const DEFAULT_SERVER_PORT: u16 = 8300;
@@ -60,6 +61,8 @@ pub struct AgentConfig {
     /// the next request without a wake-up (cross-core p50 70 -> 7 us in the shard
     /// benchmark) but burns a core, so 0 is better when servers share cores.
     pub spin_before_park: std::time::Duration,
+    /// The Consul-compatible HTTP API; `None` when disabled (`--http-port -1`).
+    pub http: Option<crate::http::HttpSettings>,
 }
 
 /// Set (by the signal handler) to ask the agent to leave: it tells the gossip pool it is
@@ -125,6 +128,11 @@ pub enum AgentError {
     Runtime(#[from] crate::runtime::RuntimeError),
     #[error("server port {addr} is already in use (is another agent running?): {source}")]
     PortInUse {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP port {addr} is already in use (is another agent running? choose another with --http-port, or -1 to turn the HTTP API off): {source}")]
+    HttpPortInUse {
         addr: SocketAddr,
         source: std::io::Error,
     },

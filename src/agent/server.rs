@@ -77,6 +77,9 @@ pub fn serve(
     // share its connections: probe with a plain bind first and refuse a clash.
     let addr = cfg.rpc_addr();
     probe_port(addr)?;
+    if let Some(http) = &cfg.http {
+        crate::http::probe(http.addr)?;
+    }
     executor(&cfg, io_memory, "cairn-server")?.run(async move { run(cfg, ready).await })
 }
 
@@ -98,7 +101,7 @@ pub(super) fn executor(
 /// can linger for a moment while the kernel tears down its io_uring, so a clash is only
 /// reported after it persisted for [`PORT_CLASH_GRACE`]; connections a killed agent left
 /// behind on the port are not a clash.
-pub(super) fn probe_port(addr: std::net::SocketAddr) -> Result<(), AgentError> {
+pub(crate) fn probe_port(addr: std::net::SocketAddr) -> Result<(), AgentError> {
     let deadline = Instant::now() + PORT_CLASH_GRACE;
     loop {
         match probe_bind(addr) {
@@ -304,6 +307,9 @@ async fn run(cfg: AgentConfig, ready: impl FnOnce(&AgentConfig, u64)) -> Result<
             super::LEFT.store(true, Ordering::SeqCst);
         })
         .detach();
+    }
+    if let Some(http) = &cfg.http {
+        crate::http::start(server.clone(), http, crate::http::Ctx::of(&cfg))?;
     }
     ready(&cfg, id);
     loop {
@@ -1308,8 +1314,9 @@ pub(super) fn keyring_response(
     }
 }
 
-/// What serves requests on an RPC connection: a server, or a client agent.
-pub(super) trait Handler: 'static {
+/// What answers requests, from an RPC connection or the HTTP API (`crate::http`): a
+/// server, or a client agent.
+pub(crate) trait Handler: 'static {
     fn limits(&self) -> &Limits;
     fn answer(self: Rc<Self>, req: Request) -> impl std::future::Future<Output = Response>;
 }

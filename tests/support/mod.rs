@@ -190,6 +190,9 @@ impl Cluster {
                 &ports[i].to_string(),
                 "--serf-lan-port",
                 &serf_ports[i].to_string(),
+                // Many agents share the host: the HTTP API is tested on its own.
+                "--http-port",
+                "-1",
                 "--bootstrap-expect",
                 &n.to_string(),
                 "--retry-join",
@@ -260,6 +263,8 @@ impl Cluster {
             &port.to_string(),
             "--serf-lan-port",
             &serf_port.to_string(),
+            "--http-port",
+            "-1",
             "--retry-join",
             &join.join(","),
         ]
