@@ -8,6 +8,8 @@
 //! - [`runtime`]: one glommio executor per core, each owning a KV shard, talking over a
 //!   channel mesh; executor 0 sequences writes and cross-shard reads.
 //! - [`raft`]: openraft's async runtime on glommio.
+//! - [`dns`]: Consul's DNS interface (node and service lookups, SRV, RFC 2782) over a
+//!   view of the catalog, served on UDP and TCP.
 //! - [`preflight`]: checks a machine's limits and kernel settings against what an agent
 //!   needs (`cairn debug preflight`).
 //!
@@ -18,6 +20,7 @@
 pub mod agent;
 pub mod catalog;
 pub mod client;
+pub mod dns;
 pub mod gossip;
 pub mod kv;
 pub mod preflight;
