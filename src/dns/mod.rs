@@ -189,3 +189,6 @@ impl DnsView for CatalogView {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests;
