@@ -104,7 +104,8 @@ impl Running {
                         glommio::timer::sleep(Duration::from_millis(20)).await;
                     }
                 };
-                futures_lite::future::or(server.serve(view, cfg), until_stopped).await;
+                let serve = async { server.serve(view, cfg).await.expect("a valid config") };
+                futures_lite::future::or(serve, until_stopped).await;
                 stats.get()
             })
             .expect("starting an executor (RLIMIT_MEMLOCK too low?)");

@@ -67,6 +67,15 @@ pub enum Found {
     Instances(Vec<Instance>),
 }
 
+/// A response ready to send, with what the driver counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub bytes: Vec<u8>,
+    pub code: ResponseCode,
+    /// Records were dropped to fit the transport (TC is set).
+    pub truncated: bool,
+}
+
 /// Answers one query packet: `None` means send nothing. `soa_serial` is the SOA's
 /// serial (Consul uses the current Unix time); `shuffle_seed` orders the answers.
 pub async fn answer<V: DnsView>(
@@ -76,7 +85,7 @@ pub async fn answer<V: DnsView>(
     transport: Transport,
     soa_serial: u32,
     shuffle_seed: u64,
-) -> Option<Vec<u8>> {
+) -> Option<Response> {
     let (reply, edns_payload) = match decode(packet, cfg, view.datacenter(), soa_serial) {
         Decoded::Drop => return None,
         // Header, question and at most an SOA: these fit any transport as they are.
@@ -94,9 +103,14 @@ pub async fn answer<V: DnsView>(
             (m, payload)
         }
     };
-    fit(reply, transport, edns_payload, cfg.udp_answer_limit)
-        .to_vec()
-        .ok()
+    let reply = fit(reply, transport, edns_payload, cfg.udp_answer_limit);
+    // Encoding fails only for messages no query can produce (over 65,535 records).
+    let bytes = reply.to_vec().ok()?;
+    Some(Response {
+        bytes,
+        code: reply.metadata.response_code,
+        truncated: reply.metadata.truncation,
+    })
 }
 
 /// The catalog reads a lookup needs.
@@ -106,6 +120,7 @@ pub async fn resolve<V: DnsView>(
     lookup: &Lookup,
 ) -> Result<Found, DnsError> {
     match lookup {
+        // `decode` answers the apex itself; nothing to read.
         Lookup::Apex => Ok(Found::Node(None)),
         Lookup::Node { name } => Ok(Found::Node(view.node(name, cfg.allow_stale).await?)),
         Lookup::Service { name, tag } => Ok(Found::Instances(
@@ -238,10 +253,11 @@ pub fn render(
                 return negative(reply, ResponseCode::NXDomain, cfg, soa_serial);
             }
             healthy.shuffle(&mut SmallRng::seed_from_u64(shuffle_seed));
-            let Lookup::Service { name, .. } = &req.lookup else {
-                unreachable!("instances are only read for service lookups")
+            let ttl = match &req.lookup {
+                Lookup::Service { name, .. } => cfg.service_ttl(name),
+                Lookup::Node { .. } | Lookup::Apex => cfg.node_ttl_s,
             };
-            service_entries(&healthy, qname, qtype, cfg.service_ttl(name), cfg)
+            service_entries(&healthy, qname, qtype, ttl, cfg)
         }
     };
     if entries.is_empty() {
@@ -445,7 +461,7 @@ pub fn fit(
     let size = |k: usize, m: &Message| {
         let mut t = m.clone();
         join_entries(&mut t, &entries[..k]);
-        t.to_vec().map_or(usize::MAX, |b| b.len())
+        encoded_len(&t)
     };
     if size(keep, &reply) > limit {
         // The largest prefix that fits: sizes grow with the prefix, so bisect.
@@ -469,6 +485,27 @@ pub fn fit(
     }
     join_entries(&mut reply, &entries[..keep]);
     reply
+}
+
+/// The encoded size of `m`, or `usize::MAX` if it does not encode whole: hickory's
+/// encoder stops at 65,535 bytes and silently leaves out the records past it, which
+/// counts here as not fitting so that the cut is [`fit`]'s (answers with their
+/// ADDITIONAL records), not an arbitrary one.
+fn encoded_len(m: &Message) -> usize {
+    let Ok(b) = m.to_vec() else {
+        return usize::MAX;
+    };
+    let count = |at: usize| usize::from(u16::from_be_bytes([b[at], b[at + 1]]));
+    // Answers, authorities and additionals (plus OPT) all written?
+    let whole = b.len() >= 12
+        && count(6) == m.answers.len()
+        && count(8) == m.authorities.len()
+        && count(10) >= m.additionals.len();
+    if whole {
+        b.len()
+    } else {
+        usize::MAX
+    }
 }
 
 /// Takes the answers out of `m`, each with the ADDITIONAL record naming its target.

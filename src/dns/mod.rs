@@ -30,7 +30,7 @@ pub mod answer;
 pub mod lookup;
 pub mod server;
 
-pub use answer::{answer, Transport};
+pub use answer::{answer, Response, Transport};
 pub use lookup::Lookup;
 pub use server::{serve_dns, DnsServer, DnsStats, ServeError, StatsHandle};
 
@@ -123,6 +123,25 @@ impl Default for DnsConfig {
 }
 
 impl DnsConfig {
+    /// Checks the settings a server cannot run with; says which and why.
+    pub fn validate(&self) -> Result<(), String> {
+        let domain = hickory_proto::rr::Name::from_ascii(&self.domain)
+            .map_err(|e| format!("DNS domain {:?} is not a domain name: {e}", self.domain))?;
+        if domain.num_labels() == 0 {
+            return Err("the DNS domain must not be the root: Cairn answers one zone".into());
+        }
+        if self.udp_answer_limit == 0 {
+            return Err("udp_answer_limit must be at least 1".into());
+        }
+        if self.max_tcp_connections == 0 || self.max_udp_in_flight == 0 {
+            return Err("max_tcp_connections and max_udp_in_flight must be at least 1".into());
+        }
+        if self.tcp_idle_timeout.is_zero() {
+            return Err("tcp_idle_timeout must be above 0".into());
+        }
+        Ok(())
+    }
+
     /// The TTL of records answering a lookup of service `name` (case-insensitive, as
     /// lookups are).
     pub fn service_ttl(&self, name: &str) -> u32 {

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream, UdpSocket};
+use hickory_proto::op::ResponseCode;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -39,6 +40,10 @@ pub struct DnsStats {
     pub udp_dropped_garbage: u64,
     /// Failed `recv_from` and `send_to` calls.
     pub udp_errors: u64,
+    /// Responses (UDP or TCP) with records dropped to fit, TC set.
+    pub truncated: u64,
+    /// Queries answered SERVFAIL: the catalog could not be read.
+    pub servfail: u64,
     /// TCP connections accepted and served.
     pub tcp_accepted: u64,
     /// TCP connections closed on accept because `max_tcp_connections` were open.
@@ -57,6 +62,8 @@ pub struct DnsStats {
 /// Why the DNS server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error("{0}")]
+    Config(String),
     #[error("DNS port {addr} is already in use")]
     PortInUse { addr: SocketAddr },
     #[error("binding the DNS {proto} socket on {addr}: {source}")]
@@ -122,9 +129,15 @@ impl DnsServer {
         StatsHandle(self.stats.clone())
     }
 
-    /// Serves queries from `view` until the future is dropped. Queries being answered
-    /// when it is dropped still finish (their tasks are detached; each ends by itself).
-    pub async fn serve<V: DnsView + 'static>(self, view: Rc<V>, cfg: DnsConfig) {
+    /// Serves queries from `view` until the future is dropped (it returns only to
+    /// refuse `cfg`). Queries being answered when it is dropped still finish (their
+    /// tasks are detached; each ends by itself).
+    pub async fn serve<V: DnsView + 'static>(
+        self,
+        view: Rc<V>,
+        cfg: DnsConfig,
+    ) -> Result<(), ServeError> {
+        cfg.validate().map_err(ServeError::Config)?;
         let shared = Rc::new(Shared {
             view,
             cfg,
@@ -138,6 +151,7 @@ impl DnsServer {
             tcp_loop(shared, self.tcp),
         )
         .await;
+        Ok(())
     }
 }
 
@@ -157,8 +171,8 @@ pub async fn serve_dns<V: DnsView + 'static>(
     addr: SocketAddr,
     cfg: DnsConfig,
 ) -> Result<(), ServeError> {
-    DnsServer::bind(addr)?.serve(view, cfg).await;
-    Ok(())
+    cfg.validate().map_err(ServeError::Config)?;
+    DnsServer::bind(addr)?.serve(view, cfg).await
 }
 
 struct Shared<V> {
@@ -178,7 +192,7 @@ impl<V: DnsView> Shared<V> {
 
     async fn answer(&self, packet: &[u8], transport: Transport) -> Option<Vec<u8>> {
         let seed = self.rng.borrow_mut().random();
-        answer(
+        let resp = answer(
             &*self.view,
             &self.cfg,
             packet,
@@ -186,7 +200,12 @@ impl<V: DnsView> Shared<V> {
             soa_serial(),
             seed,
         )
-        .await
+        .await?;
+        self.count(|s| {
+            s.truncated += u64::from(resp.truncated);
+            s.servfail += u64::from(resp.code == ResponseCode::ServFail);
+        });
+        Some(resp.bytes)
     }
 }
 

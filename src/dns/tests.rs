@@ -175,7 +175,12 @@ fn ask_raw<V: DnsView>(
     t: Transport,
     seed: u64,
 ) -> Option<Vec<u8>> {
-    block_on(answer(view, cfg, packet, t, SERIAL, seed))
+    block_on(answer(view, cfg, packet, t, SERIAL, seed)).map(|r| {
+        let m = Message::from_vec(&r.bytes).expect("a well-formed response");
+        assert_eq!(u16::from(m.metadata.response_code), u16::from(r.code));
+        assert_eq!(m.metadata.truncation, r.truncated);
+        r.bytes
+    })
 }
 
 fn ask_with<V: DnsView>(view: &V, cfg: &DnsConfig, q: &Message, t: Transport) -> Message {
@@ -683,6 +688,8 @@ fn tcp_responses_are_cut_at_64_kib() {
     assert!(bytes.len() <= MAX_TCP_BYTES);
     let r = Message::from_vec(&bytes).unwrap();
     assert!(r.metadata.truncation && r.answers.len() < 2000 && r.answers.len() > 500);
+    // The cut is Cairn's, not the encoder's: each SRV kept with its target's address.
+    assert_eq!(r.additionals.len(), r.answers.len());
 }
 
 #[test]
@@ -870,5 +877,34 @@ proptest! {
             packet.truncate(cut.index(packet.len() + 1));
         }
         check_any_answer(&packet, Transport::Udp)?;
+    }
+}
+
+#[test]
+fn the_default_config_is_valid_and_unusable_ones_say_why() {
+    assert_eq!(DnsConfig::default().validate(), Ok(()));
+    for bad in [
+        DnsConfig {
+            domain: ".".into(),
+            ..DnsConfig::default()
+        },
+        DnsConfig {
+            domain: "a..b.".into(),
+            ..DnsConfig::default()
+        },
+        DnsConfig {
+            udp_answer_limit: 0,
+            ..DnsConfig::default()
+        },
+        DnsConfig {
+            max_tcp_connections: 0,
+            ..DnsConfig::default()
+        },
+        DnsConfig {
+            tcp_idle_timeout: std::time::Duration::ZERO,
+            ..DnsConfig::default()
+        },
+    ] {
+        assert!(bad.validate().is_err(), "{bad:?}");
     }
 }
