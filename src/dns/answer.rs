@@ -6,6 +6,7 @@
 //! [`resolve`] (the catalog reads a request needs), [`render`] (request + what was read →
 //! response bytes, truncated to fit the transport).
 
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use hickory_proto::op::{
@@ -28,6 +29,9 @@ pub const PLAIN_UDP_BYTES: usize = 512;
 /// Cairn advertises: 4096 is what most resolvers offer, and answers beyond it are better
 /// fetched over TCP than fragmented.
 pub const MAX_UDP_BYTES: usize = 4096;
+/// The smallest answer record: an A record whose name is a 2-byte compression pointer
+/// (2 + type 2 + class 2 + TTL 4 + length 2 + address 4).
+const MIN_ANSWER_BYTES: usize = 16;
 /// A DNS message over TCP carries a 16-bit length.
 pub const MAX_TCP_BYTES: usize = u16::MAX as usize;
 
@@ -209,12 +213,12 @@ pub fn decode(packet: &[u8], cfg: &DnsConfig, datacenter: &str, soa_serial: u32)
     })
 }
 
-/// One answer record and the ADDITIONAL record that goes with it (an SRV target's
+/// One answer record and the ADDITIONAL records that go with it (an SRV target's
 /// address): they are kept or dropped together when a response is cut to size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
     answer: Record,
-    additional: Option<Record>,
+    additional: Vec<Record>,
 }
 
 /// Renders the response to a request from what the catalog said. Answers are shuffled
@@ -236,7 +240,7 @@ pub fn render(
             .into_iter()
             .map(|answer| Entry {
                 answer,
-                additional: None,
+                additional: Vec::new(),
             })
             .collect(),
         Found::Instances(all) => {
@@ -264,15 +268,7 @@ pub fn render(
         // The name exists, with no record of this type (AAAA of an IPv4 node, TXT).
         return negative(reply, ResponseCode::NoError, cfg, soa_serial);
     }
-    for e in entries {
-        reply.answers.push(e.answer);
-        if let Some(a) = e.additional {
-            // One address record per target, however many SRV records name it.
-            if !reply.additionals.contains(&a) {
-                reply.additionals.push(a);
-            }
-        }
-    }
+    join_entries(&mut reply, &entries);
     reply
 }
 
@@ -284,6 +280,7 @@ fn service_entries(
     cfg: &DnsConfig,
 ) -> Vec<Entry> {
     let mut out: Vec<Entry> = Vec::new();
+    let mut addresses = HashSet::new();
     for inst in instances {
         let addr = if inst.service.address.is_empty() {
             &inst.node.address
@@ -306,13 +303,13 @@ fn service_entries(
                         IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
                     };
                     let additional = Record::from_rdata(target.clone(), ttl, rdata);
-                    (target, Some(additional))
+                    (target, vec![additional])
                 }
                 // A hostname is its own target, resolved by the client.
                 Err(_) => match Name::from_ascii(addr) {
                     Ok(mut n) => {
                         n.set_fqdn(true);
-                        (n, None)
+                        (n, Vec::new())
                     }
                     Err(_) => continue,
                 },
@@ -332,10 +329,10 @@ fn service_entries(
                 continue;
             };
             // Two instances at one address are one answer.
-            if !out.iter().any(|e| e.answer == answer) {
+            if addresses.insert(ip) {
                 out.push(Entry {
                     answer,
-                    additional: None,
+                    additional: Vec::new(),
                 });
             }
         }
@@ -454,10 +451,14 @@ pub fn fit(
         },
     };
     let entries = split_entries(&mut reply);
-    let mut keep = entries.len();
+    let mut wanted = entries.len();
     if transport == Transport::Udp && limit == PLAIN_UDP_BYTES {
-        keep = keep.min(udp_answer_limit.max(1));
+        wanted = wanted.min(udp_answer_limit.max(1));
     }
+    // No answer record encodes in fewer bytes than a compressed A record, so more than
+    // `limit / MIN_ANSWER_BYTES` never fit: never encode them (bounds the work for a
+    // service of many thousand instances).
+    let mut keep = wanted.min(limit / MIN_ANSWER_BYTES);
     let size = |k: usize, m: &Message| {
         let mut t = m.clone();
         join_entries(&mut t, &entries[..k]);
@@ -475,13 +476,15 @@ pub fn fit(
             }
         }
         keep = lo;
-        reply.metadata.truncation = true;
         if size(keep, &reply) > limit {
-            // Not even the bare header and question fit (a huge question over 512
-            // bytes can't be, as names are at most 255): send the header alone.
+            // Header and question alone too large: no query can cause this (names are
+            // at most 255 bytes), but the promise to fit holds regardless.
             reply.authorities.clear();
             reply.additionals.clear();
         }
+    }
+    if keep < wanted {
+        reply.metadata.truncation = true;
     }
     join_entries(&mut reply, &entries[..keep]);
     reply
@@ -508,28 +511,34 @@ fn encoded_len(m: &Message) -> usize {
     }
 }
 
-/// Takes the answers out of `m`, each with the ADDITIONAL record naming its target.
+/// Takes the answers out of `m`, each with the ADDITIONAL records naming its target.
 fn split_entries(m: &mut Message) -> Vec<Entry> {
-    let additionals = std::mem::take(&mut m.additionals);
+    let mut by_name: HashMap<Name, Vec<Record>> = HashMap::new();
+    for a in std::mem::take(&mut m.additionals) {
+        by_name.entry(a.name.clone()).or_default().push(a);
+    }
     std::mem::take(&mut m.answers)
         .into_iter()
         .map(|answer| {
             let additional = match &answer.data {
-                RData::SRV(srv) => additionals.iter().find(|a| a.name == srv.target).cloned(),
-                _ => None,
+                RData::SRV(srv) => by_name.get(&srv.target).cloned().unwrap_or_default(),
+                _ => Vec::new(),
             };
             Entry { answer, additional }
         })
         .collect()
 }
 
+/// Puts `entries` into `m`'s ANSWER and ADDITIONAL sections, each additional record
+/// once however many SRV records name its target.
 fn join_entries(m: &mut Message, entries: &[Entry]) {
     m.answers.clear();
     m.additionals.clear();
+    let mut seen = HashSet::new();
     for e in entries {
         m.answers.push(e.answer.clone());
-        if let Some(a) = &e.additional {
-            if !m.additionals.contains(a) {
+        for a in &e.additional {
+            if seen.insert((a.name.clone(), a.data.clone())) {
                 m.additionals.push(a.clone());
             }
         }

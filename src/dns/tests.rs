@@ -908,3 +908,38 @@ fn the_default_config_is_valid_and_unusable_ones_say_why() {
         assert!(bad.validate().is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn two_instances_on_one_node_are_two_srv_records_and_one_address_record() {
+    let v = fixture();
+    for (id, port) in [("cache-a", 6379), ("cache-b", 6380)] {
+        let index = v.catalog.borrow().nodes().1 + 1;
+        v.catalog
+            .borrow_mut()
+            .register(
+                index,
+                &Registration {
+                    node: "web1".into(),
+                    address: "10.0.0.1".into(),
+                    datacenter: "dc1".into(),
+                    service: Some(Service {
+                        id: id.into(),
+                        name: "cache".into(),
+                        port,
+                        ..Service::default()
+                    }),
+                    ..Registration::default()
+                },
+            )
+            .unwrap();
+    }
+    let r = ask(&v, "cache.service.consul.", RecordType::SRV);
+    let target = "web1.node.dc1.consul.".to_string();
+    assert_eq!(
+        srv_of(&r),
+        vec![(1, 1, 6379, target.clone()), (1, 1, 6380, target)]
+    );
+    assert_eq!(ips(&r.additionals), vec![ip("10.0.0.1")]);
+    let r = ask(&v, "cache.service.consul.", RecordType::A);
+    assert_eq!(ips(&r.answers), vec![ip("10.0.0.1")]);
+}
