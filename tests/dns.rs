@@ -261,6 +261,11 @@ fn dig_resolves_nodes_and_services_over_udp_and_tcp() {
         stats.udp_answered > 0 && stats.tcp_answered > 0,
         "{stats:?}"
     );
+    assert!(
+        stats.truncated >= 2,
+        "two EDNS0 answers were cut: {stats:?}"
+    );
+    assert_eq!(stats.servfail, 0, "{stats:?}");
 }
 
 fn query(id: u16, name: &str, qtype: RecordType) -> Vec<u8> {
