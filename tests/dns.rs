@@ -407,3 +407,18 @@ fn tcp_connections_past_the_cap_are_closed_on_accept() {
     let stats = server.stop();
     assert_eq!((stats.tcp_accepted, stats.tcp_refused), (2, 1), "{stats:?}");
 }
+
+#[test]
+fn a_second_server_on_the_port_is_an_error_not_a_split() {
+    let server = Running::start("dns-first", DnsConfig::default());
+    let addr = server.addr;
+    let second = LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(cairn::runtime::MIN_IO_MEMORY)
+        .name("dns-second")
+        .spawn(move || async move { DnsServer::bind(addr).err().map(|e| e.to_string()) })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(second, Some(format!("DNS port {addr} is already in use")));
+    server.stop();
+}

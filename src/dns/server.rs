@@ -130,8 +130,9 @@ impl DnsServer {
     }
 
     /// Serves queries from `view` until the future is dropped (it returns only to
-    /// refuse `cfg`). Queries being answered when it is dropped still finish (their
-    /// tasks are detached; each ends by itself).
+    /// refuse `cfg`). Dropping it stops the loops; queries being answered still finish
+    /// and open TCP connections go on until their client closes or idles out (their
+    /// tasks are detached, each bounded by the idle timeout).
     pub async fn serve<V: DnsView + 'static>(
         self,
         view: Rc<V>,
