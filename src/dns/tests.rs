@@ -943,3 +943,19 @@ fn two_instances_on_one_node_are_two_srv_records_and_one_address_record() {
     let r = ask(&v, "cache.service.consul.", RecordType::A);
     assert_eq!(ips(&r.answers), vec![ip("10.0.0.1")]);
 }
+
+#[test]
+fn any_is_answered_with_the_address_records() {
+    let v = fixture();
+    assert_eq!(
+        ips(&ask(&v, "web1.node.consul.", RecordType::ANY).answers),
+        vec![ip("10.0.0.1")]
+    );
+    assert_eq!(
+        ips(&ask(&v, "db1.node.consul.", RecordType::ANY).answers),
+        vec![ip("fd00::1")]
+    );
+    let r = ask(&v, "web.service.consul.", RecordType::ANY);
+    assert_eq!(ips(&r.answers), vec![ip("10.0.0.1"), ip("10.0.0.2")]);
+    assert!(r.answers.iter().all(|a| a.record_type() == RecordType::A));
+}
