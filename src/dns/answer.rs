@@ -1,10 +1,10 @@
 //! Query packet → response packet. Pure apart from awaiting the [`DnsView`]: no socket,
 //! no clock (the SOA serial comes in), no global RNG (the shuffle seed comes in).
 //!
-//! Split in three so each step can be tested on its own:
+//! Split in four so each step can be tested on its own, [`answer`] chaining them:
 //! [`decode`] (packet → a [`Request`], or an answer that needs no catalog, or nothing),
 //! [`resolve`] (the catalog reads a request needs), [`render`] (request + what was read →
-//! response bytes, truncated to fit the transport).
+//! the full response), [`fit`] (the response cut to its transport's size).
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;

@@ -4,7 +4,7 @@
 //! Three layers, so the protocol can be tested without a socket:
 //!
 //! - [`lookup`]: a query name → a typed [`Lookup`] (pure).
-//! - [`answer`]: a query packet → what to ask the catalog → the response packet (pure,
+//! - [`answer`](mod@answer): a query packet → what to ask the catalog → the response packet (pure,
 //!   apart from awaiting the [`DnsView`]; randomness comes in as a seed). Health
 //!   filtering, shuffling, SRV targets and their ADDITIONAL records, NXDOMAIN/SOA,
 //!   FORMERR/NOTIMP/REFUSED, and UDP truncation live here.
