@@ -4,10 +4,10 @@
 //! Three layers, so the protocol can be tested without a socket:
 //!
 //! - [`lookup`]: a query name → a typed [`Lookup`] (pure).
-//! - [`answer`](mod@answer): a query packet → what to ask the catalog → the response packet (pure,
-//!   apart from awaiting the [`DnsView`]; randomness comes in as a seed). Health
-//!   filtering, shuffling, SRV targets and their ADDITIONAL records, NXDOMAIN/SOA,
-//!   FORMERR/NOTIMP/REFUSED, and UDP truncation live here.
+//! - [`answer`](mod@answer): a query packet → what to ask the catalog → the response
+//!   packet (pure, apart from awaiting the [`DnsView`]; time and randomness come in as
+//!   arguments). Health filtering, shuffling, SRV targets and their ADDITIONAL records,
+//!   NXDOMAIN/SOA, FORMERR/NOTIMP/REFUSED, and truncation live here.
 //! - [`server`]: the glommio driver, a thin UDP loop and a TCP accept loop around
 //!   [`answer::answer`].
 //!
