@@ -1,5 +1,6 @@
-//! Consul's DNS interface: `<node>.node[.<dc>].<domain>`, `[<tag>.]<service>.service[.<dc>].<domain>`
-//! and RFC 2782 `_<service>._<tag|tcp>.service[.<dc>].<domain>`, answered from the catalog.
+//! Consul's DNS interface: `<node>.node[.<dc>].<domain>`,
+//! `[<tag>.]<service>.service[.<dc>].<domain>` and RFC 2782
+//! `_<service>._<tag|tcp>.service[.<dc>].<domain>`, answered from the catalog.
 //!
 //! Three layers, so the protocol can be tested without a socket:
 //!

@@ -857,7 +857,10 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_bytes_never_panic(packet in prop::collection::vec(any::<u8>(), 0..600), tcp in any::<bool>()) {
+    fn random_bytes_never_panic(
+        packet in prop::collection::vec(any::<u8>(), 0..600),
+        tcp in any::<bool>(),
+    ) {
         check_any_answer(&packet, if tcp { Transport::Tcp } else { Transport::Udp })?;
     }
 
