@@ -28,6 +28,7 @@ use std::time::Duration;
 use crate::catalog::{Catalog, Instance, Node};
 
 pub mod answer;
+pub mod contract;
 pub mod lookup;
 pub mod server;
 
@@ -38,7 +39,8 @@ pub use server::{serve_dns, DnsServer, DnsStats, ServeError, StatsHandle};
 /// How the DNS interface reads the catalog. Single-threaded (glommio): the futures need
 /// not be `Send`.
 ///
-/// Contract, as Consul's catalog gives it:
+/// Contract, as Consul's catalog gives it (checked by [`contract::check`], which every
+/// implementation should run):
 /// - Names (node, service, tag) match ASCII case-insensitively: DNS names are
 ///   case-insensitive and a query may arrive in any case.
 /// - `stale` true: any server may answer from its own state, however far behind

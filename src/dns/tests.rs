@@ -962,3 +962,52 @@ fn any_is_answered_with_the_address_records() {
     assert_eq!(ips(&r.answers), vec![ip("10.0.0.1"), ip("10.0.0.2")]);
     assert!(r.answers.iter().all(|a| a.record_type() == RecordType::A));
 }
+
+#[test]
+fn the_catalog_view_keeps_the_dns_view_contract() {
+    let mut c = Catalog::default();
+    for (i, reg) in super::contract::registrations().iter().enumerate() {
+        c.register(i as u64 + 1, reg).unwrap();
+    }
+    let view = CatalogView {
+        datacenter: "dc1".into(),
+        catalog: Rc::new(RefCell::new(c)),
+    };
+    assert_eq!(block_on(super::contract::check(&view)), Ok(()));
+}
+
+#[test]
+fn the_contract_check_catches_a_view_that_filters_by_health() {
+    /// Wrong: drops critical instances, which the DNS layer must see to decide itself.
+    struct PassingOnly(CatalogView);
+    impl DnsView for PassingOnly {
+        fn datacenter(&self) -> &str {
+            self.0.datacenter()
+        }
+        async fn node(&self, name: &str, stale: bool) -> Result<Option<Node>, DnsError> {
+            self.0.node(name, stale).await
+        }
+        async fn instances(
+            &self,
+            service: &str,
+            tag: Option<&str>,
+            stale: bool,
+        ) -> Result<Vec<Instance>, DnsError> {
+            let all = self.0.instances(service, tag, stale).await?;
+            Ok(all
+                .into_iter()
+                .filter(|i| i.status() == Status::Passing)
+                .collect())
+        }
+    }
+    let mut c = Catalog::default();
+    for (i, reg) in super::contract::registrations().iter().enumerate() {
+        c.register(i as u64 + 1, reg).unwrap();
+    }
+    let view = PassingOnly(CatalogView {
+        datacenter: "dc1".into(),
+        catalog: Rc::new(RefCell::new(c)),
+    });
+    let err = block_on(super::contract::check(&view)).unwrap_err();
+    assert!(err.contains("critical included"), "{err}");
+}
