@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use hickory_proto::op::{
     Edns, Header, Message, MessageType, Metadata, OpCode, Query, ResponseCode,
 };
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, SOA, SRV};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, SOA, SRV, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use rand::rngs::SmallRng;
@@ -236,7 +236,7 @@ pub fn render(
     let qtype = req.query.query_type();
     let entries = match found {
         Found::Node(None) => return negative(reply, ResponseCode::NXDomain, cfg, soa_serial),
-        Found::Node(Some(node)) => address_record(qname, &node.address, qtype, cfg.node_ttl_s)
+        Found::Node(Some(node)) => node_records(qname, node, qtype, cfg.node_ttl_s)
             .into_iter()
             .map(|answer| Entry {
                 answer,
@@ -354,27 +354,32 @@ fn node_target(node: &Node, cfg: &DnsConfig) -> Option<Name> {
     Name::from_ascii(name).ok()
 }
 
-/// The records answering `qtype` at `qname` for `address`: an A or AAAA record for an
-/// IP address, a CNAME for a hostname (node lookups: one name, one address).
-fn address_record(qname: &Name, address: &str, qtype: RecordType, ttl: u32) -> Option<Record> {
-    match address.parse::<IpAddr>() {
-        Ok(ip) => ip_record(qname, ip, qtype, ttl),
-        Err(_) => {
-            if !matches!(
-                qtype,
-                RecordType::A | RecordType::AAAA | RecordType::ANY | RecordType::CNAME
-            ) {
-                return None;
+/// The records answering `qtype` at `qname` for node `node`:
+/// - an IP address: its A or AAAA record, and for TXT (and ANY) one record per node
+///   metadata entry, `key=value` (as Consul; entries longer than a TXT string's 255
+///   bytes are left out);
+/// - a hostname: a CNAME to it, whatever the type (RFC 1034 §3.6.2: a name with a CNAME
+///   has no other data).
+fn node_records(qname: &Name, node: &Node, qtype: RecordType, ttl: u32) -> Vec<Record> {
+    let Ok(ip) = node.address.parse::<IpAddr>() else {
+        let Ok(mut target) = Name::from_ascii(&node.address) else {
+            return Vec::new();
+        };
+        target.set_fqdn(true);
+        let cname = RData::CNAME(CNAME(target));
+        return vec![Record::from_rdata(qname.clone(), ttl, cname)];
+    };
+    let mut out: Vec<Record> = ip_record(qname, ip, qtype, ttl).into_iter().collect();
+    if matches!(qtype, RecordType::TXT | RecordType::ANY) {
+        for (k, v) in &node.meta {
+            let text = format!("{k}={v}");
+            if text.len() <= 255 {
+                let txt = RData::TXT(TXT::new(vec![text]));
+                out.push(Record::from_rdata(qname.clone(), ttl, txt));
             }
-            let mut target = Name::from_ascii(address).ok()?;
-            target.set_fqdn(true);
-            Some(Record::from_rdata(
-                qname.clone(),
-                ttl,
-                RData::CNAME(CNAME(target)),
-            ))
         }
     }
+    out
 }
 
 fn ip_record(qname: &Name, ip: IpAddr, qtype: RecordType, ttl: u32) -> Option<Record> {

@@ -292,13 +292,59 @@ fn a_name_that_exists_without_records_of_the_type_is_noerror_with_the_soa() {
 }
 
 #[test]
-fn a_node_addressed_by_hostname_is_a_cname() {
-    let r = ask(&fixture(), "ext1.node.consul.", RecordType::A);
-    assert_eq!(r.answers.len(), 1);
-    let RData::CNAME(c) = &r.answers[0].data else {
-        panic!("{r:?}")
+fn a_node_addressed_by_hostname_is_a_cname_for_every_type() {
+    for qtype in [
+        RecordType::A,
+        RecordType::AAAA,
+        RecordType::TXT,
+        RecordType::ANY,
+    ] {
+        let r = ask(&fixture(), "ext1.node.consul.", qtype);
+        assert_eq!(r.answers.len(), 1, "{qtype}");
+        let RData::CNAME(c) = &r.answers[0].data else {
+            panic!("{r:?}")
+        };
+        assert_eq!(c.0, Name::from_ascii("ext.example.com.").unwrap());
+    }
+}
+
+#[test]
+fn a_node_txt_lookup_answers_its_metadata() {
+    let v = fixture();
+    let index = v.catalog.borrow().nodes().1 + 1;
+    v.catalog
+        .borrow_mut()
+        .register(
+            index,
+            &Registration {
+                node: "meta1".into(),
+                address: "10.0.4.1".into(),
+                datacenter: "dc1".into(),
+                node_meta: BTreeMap::from([
+                    ("rack".into(), "r1".into()),
+                    ("long".into(), "x".repeat(300)),
+                ]),
+                ..Registration::default()
+            },
+        )
+        .unwrap();
+    let txt = |qtype| {
+        let r = ask(&v, "meta1.node.consul.", qtype);
+        r.answers
+            .iter()
+            .filter_map(|a| match &a.data {
+                RData::TXT(t) => Some(t.to_string()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
     };
-    assert_eq!(c.0, Name::from_ascii("ext.example.com.").unwrap());
+    assert_eq!(txt(RecordType::TXT), ["rack=r1"]);
+    assert_eq!(txt(RecordType::ANY), ["rack=r1"]);
+    assert!(txt(RecordType::A).is_empty());
+    assert_negative(
+        &ask(&v, "web1.node.consul.", RecordType::TXT),
+        ResponseCode::NoError,
+    );
 }
 
 #[test]
