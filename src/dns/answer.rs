@@ -356,8 +356,8 @@ fn node_target(node: &Node, cfg: &DnsConfig) -> Option<Name> {
 
 /// The records answering `qtype` at `qname` for node `node`:
 /// - an IP address: its A or AAAA record, and for TXT (and ANY) one record per node
-///   metadata entry, `key=value` (as Consul; entries longer than a TXT string's 255
-///   bytes are left out);
+///   metadata entry, `key=value`, or the bare value for `rfc1035-` keys (as Consul;
+///   entries longer than a TXT string's 255 bytes are left out);
 /// - a hostname: a CNAME to it, whatever the type (RFC 1034 §3.6.2: a name with a CNAME
 ///   has no other data).
 fn node_records(qname: &Name, node: &Node, qtype: RecordType, ttl: u32) -> Vec<Record> {
@@ -372,7 +372,11 @@ fn node_records(qname: &Name, node: &Node, qtype: RecordType, ttl: u32) -> Vec<R
     let mut out: Vec<Record> = ip_record(qname, ip, qtype, ttl).into_iter().collect();
     if matches!(qtype, RecordType::TXT | RecordType::ANY) {
         for (k, v) in &node.meta {
-            let text = format!("{k}={v}");
+            // As Consul: `rfc1035-` keys carry a record's text verbatim.
+            let text = match k.strip_prefix("rfc1035-") {
+                Some(_) => v.clone(),
+                None => format!("{k}={v}"),
+            };
             if text.len() <= 255 {
                 let txt = RData::TXT(TXT::new(vec![text]));
                 out.push(Record::from_rdata(qname.clone(), ttl, txt));

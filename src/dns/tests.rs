@@ -322,6 +322,7 @@ fn a_node_txt_lookup_answers_its_metadata() {
                 datacenter: "dc1".into(),
                 node_meta: BTreeMap::from([
                     ("rack".into(), "r1".into()),
+                    ("rfc1035-spf".into(), "v=spf1 -all".into()),
                     ("long".into(), "x".repeat(300)),
                 ]),
                 ..Registration::default()
@@ -338,8 +339,8 @@ fn a_node_txt_lookup_answers_its_metadata() {
             })
             .collect::<Vec<_>>()
     };
-    assert_eq!(txt(RecordType::TXT), ["rack=r1"]);
-    assert_eq!(txt(RecordType::ANY), ["rack=r1"]);
+    assert_eq!(txt(RecordType::TXT), ["rack=r1", "v=spf1 -all"]);
+    assert_eq!(txt(RecordType::ANY), ["rack=r1", "v=spf1 -all"]);
     assert!(txt(RecordType::A).is_empty());
     assert_negative(
         &ask(&v, "web1.node.consul.", RecordType::TXT),
