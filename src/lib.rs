@@ -11,6 +11,8 @@
 //! - [`health`]: service and check definitions, and the agent's check runner (TCP, HTTP,
 //!   script and TTL checks on their own threads).
 //! - [`http`]: Consul's HTTP API, translated to and from the RPC protocol.
+//! - [`dns`]: Consul's DNS interface (node and service lookups, SRV, RFC 2782) over a
+//!   view of the catalog, served on UDP and TCP.
 //! - [`preflight`]: checks a machine's limits and kernel settings against what an agent
 //!   needs (`cairn debug preflight`).
 //!
@@ -21,6 +23,7 @@
 pub mod agent;
 pub mod catalog;
 pub mod client;
+pub mod dns;
 pub mod gossip;
 pub mod health;
 pub mod http;

@@ -1,0 +1,345 @@
+//! The DNS driver on glommio: one UDP socket and one TCP listener on the same port,
+//! thin loops that hand each query to [`answer`] and send what it returns.
+//!
+//! Limits: at most `max_udp_in_flight` UDP queries being answered (more are dropped and
+//! counted: a resolver retries), at most `max_tcp_connections` TCP connections (more are
+//! closed on accept), a TCP connection must deliver each complete query within
+//! `tcp_idle_timeout` or is closed. Queries on one TCP connection are answered in order.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream, UdpSocket};
+use hickory_proto::op::ResponseCode;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::answer::{answer, Transport, MAX_UDP_BYTES};
+use super::{DnsConfig, DnsView};
+
+/// How many times [`DnsServer::bind`] on port 0 tries for a port free for both UDP and
+/// TCP before giving up.
+const BIND_ATTEMPTS: usize = 16;
+/// Pause after a failed `accept` or `recv` (out of descriptors, say), so a lasting
+/// failure does not spin a core.
+const ERROR_PAUSE: Duration = Duration::from_millis(20);
+
+/// Counters of what the driver did, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DnsStats {
+    /// Datagrams received.
+    pub udp_received: u64,
+    /// Datagrams answered.
+    pub udp_answered: u64,
+    /// Datagrams dropped because `max_udp_in_flight` were being answered.
+    pub udp_dropped_busy: u64,
+    /// Datagrams given no answer: shorter than a header, or not a query.
+    pub udp_dropped_garbage: u64,
+    /// Failed `recv_from` and `send_to` calls.
+    pub udp_errors: u64,
+    /// Responses (UDP or TCP) with records dropped to fit, TC set.
+    pub truncated: u64,
+    /// Queries answered SERVFAIL: the catalog could not be read.
+    pub servfail: u64,
+    /// TCP connections accepted and served.
+    pub tcp_accepted: u64,
+    /// TCP connections closed on accept because `max_tcp_connections` were open.
+    pub tcp_refused: u64,
+    /// Queries answered over TCP.
+    pub tcp_answered: u64,
+    /// Messages over TCP given no answer (not a query); the connection stays open.
+    pub tcp_dropped_garbage: u64,
+    /// TCP connections closed for idling past the timeout or an IO error (a client
+    /// closing between queries is not counted).
+    pub tcp_closed_early: u64,
+    /// Failed `accept` calls.
+    pub tcp_accept_errors: u64,
+}
+
+/// Why the DNS server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Config(String),
+    #[error("DNS port {addr} is already in use")]
+    PortInUse { addr: SocketAddr },
+    #[error("binding the DNS {proto} socket on {addr}: {source}")]
+    Bind {
+        proto: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A bound DNS server, not yet serving. Binding first lets a caller learn the port
+/// (bind to port 0 in tests) and read the counters before handing it the view.
+pub struct DnsServer {
+    udp: UdpSocket,
+    tcp: TcpListener,
+    local: SocketAddr,
+    stats: Rc<RefCell<DnsStats>>,
+}
+
+impl DnsServer {
+    /// Binds UDP and TCP on `addr`; with port 0, on one port free for both. Must be
+    /// called on a glommio executor.
+    pub fn bind(addr: SocketAddr) -> Result<DnsServer, ServeError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let udp = bind_udp(addr)?;
+            let local = udp.local_addr().map_err(|source| ServeError::Bind {
+                proto: "udp",
+                addr,
+                source,
+            })?;
+            match TcpListener::bind(local) {
+                Ok(tcp) => {
+                    let udp = UdpSocket::from(glommio_socket2::Socket::from(udp));
+                    return Ok(DnsServer {
+                        udp,
+                        tcp,
+                        local,
+                        stats: Rc::default(),
+                    });
+                }
+                // The port the kernel picked for UDP is taken for TCP: pick again.
+                Err(_) if addr.port() == 0 && attempt < BIND_ATTEMPTS => continue,
+                Err(e) => {
+                    return Err(ServeError::Bind {
+                        proto: "tcp",
+                        addr: local,
+                        source: std::io::Error::other(e.to_string()),
+                    })
+                }
+            }
+        }
+    }
+
+    /// The address bound (UDP and TCP share it).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The driver's counters, readable while it serves.
+    pub fn stats(&self) -> StatsHandle {
+        StatsHandle(self.stats.clone())
+    }
+
+    /// Serves queries from `view` until the future is dropped (it returns only to
+    /// refuse `cfg`). Dropping it stops the loops; queries being answered still finish
+    /// and open TCP connections go on until their client closes or idles out (their
+    /// tasks are detached, each bounded by the idle timeout).
+    pub async fn serve<V: DnsView + 'static>(
+        self,
+        view: Rc<V>,
+        cfg: DnsConfig,
+    ) -> Result<(), ServeError> {
+        cfg.validate().map_err(ServeError::Config)?;
+        let shared = Rc::new(Shared {
+            view,
+            cfg,
+            stats: self.stats,
+            rng: RefCell::new(SmallRng::from_os_rng()),
+            udp_in_flight: Cell::new(0),
+            tcp_open: Cell::new(0),
+        });
+        futures_lite::future::zip(
+            udp_loop(shared.clone(), Rc::new(self.udp)),
+            tcp_loop(shared, self.tcp),
+        )
+        .await;
+        Ok(())
+    }
+}
+
+/// Reads a running server's counters.
+#[derive(Debug, Clone)]
+pub struct StatsHandle(Rc<RefCell<DnsStats>>);
+
+impl StatsHandle {
+    pub fn get(&self) -> DnsStats {
+        *self.0.borrow()
+    }
+}
+
+/// Binds `addr` and serves DNS from `view` on it, UDP and TCP, until dropped.
+pub async fn serve_dns<V: DnsView + 'static>(
+    view: Rc<V>,
+    addr: SocketAddr,
+    cfg: DnsConfig,
+) -> Result<(), ServeError> {
+    cfg.validate().map_err(ServeError::Config)?;
+    DnsServer::bind(addr)?.serve(view, cfg).await
+}
+
+struct Shared<V> {
+    view: Rc<V>,
+    cfg: DnsConfig,
+    stats: Rc<RefCell<DnsStats>>,
+    /// Draws each query's shuffle seed. Not cryptographic: the order only spreads load.
+    rng: RefCell<SmallRng>,
+    udp_in_flight: Cell<usize>,
+    tcp_open: Cell<usize>,
+}
+
+impl<V: DnsView> Shared<V> {
+    fn count(&self, f: impl FnOnce(&mut DnsStats)) {
+        f(&mut self.stats.borrow_mut());
+    }
+
+    async fn answer(&self, packet: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        let seed = self.rng.borrow_mut().random();
+        let resp = answer(
+            &*self.view,
+            &self.cfg,
+            packet,
+            transport,
+            soa_serial(),
+            seed,
+        )
+        .await?;
+        self.count(|s| {
+            s.truncated += u64::from(resp.truncated);
+            s.servfail += u64::from(resp.code == ResponseCode::ServFail);
+        });
+        Some(resp.bytes)
+    }
+}
+
+/// The SOA serial: the Unix time in seconds, as Consul's.
+fn soa_serial() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as u32)
+}
+
+async fn udp_loop<V: DnsView + 'static>(shared: Rc<Shared<V>>, socket: Rc<UdpSocket>) {
+    // A query larger than this arrives cut, fails to parse and is answered FORMERR.
+    let mut buf = vec![0u8; MAX_UDP_BYTES];
+    loop {
+        let (n, peer) = match socket.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(_) => {
+                shared.count(|s| s.udp_errors += 1);
+                glommio::timer::sleep(ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        shared.count(|s| s.udp_received += 1);
+        if shared.udp_in_flight.get() >= shared.cfg.max_udp_in_flight {
+            shared.count(|s| s.udp_dropped_busy += 1);
+            continue;
+        }
+        shared.udp_in_flight.set(shared.udp_in_flight.get() + 1);
+        let packet = buf[..n].to_vec();
+        let (shared, socket) = (shared.clone(), socket.clone());
+        glommio::spawn_local(async move {
+            match shared.answer(&packet, Transport::Udp).await {
+                Some(resp) => match socket.send_to(&resp, peer).await {
+                    Ok(_) => shared.count(|s| s.udp_answered += 1),
+                    Err(_) => shared.count(|s| s.udp_errors += 1),
+                },
+                None => shared.count(|s| s.udp_dropped_garbage += 1),
+            }
+            shared.udp_in_flight.set(shared.udp_in_flight.get() - 1);
+        })
+        .detach();
+    }
+}
+
+async fn tcp_loop<V: DnsView + 'static>(shared: Rc<Shared<V>>, listener: TcpListener) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(_) => {
+                shared.count(|s| s.tcp_accept_errors += 1);
+                glommio::timer::sleep(ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        if shared.tcp_open.get() >= shared.cfg.max_tcp_connections {
+            shared.count(|s| s.tcp_refused += 1);
+            drop(stream);
+            continue;
+        }
+        shared.count(|s| s.tcp_accepted += 1);
+        shared.tcp_open.set(shared.tcp_open.get() + 1);
+        let shared = shared.clone();
+        glommio::spawn_local(async move {
+            if tcp_connection(&shared, stream).await.is_err() {
+                shared.count(|s| s.tcp_closed_early += 1);
+            }
+            shared.tcp_open.set(shared.tcp_open.get() - 1);
+        })
+        .detach();
+    }
+}
+
+/// Serves one TCP connection: 2-byte length, message, repeated (RFC 1035 §4.2.2).
+/// `Ok` when the client closed between queries.
+async fn tcp_connection<V: DnsView>(
+    shared: &Shared<V>,
+    mut stream: TcpStream,
+) -> std::io::Result<()> {
+    let idle = shared.cfg.tcp_idle_timeout;
+    let _ = stream.set_write_timeout(Some(idle));
+    loop {
+        // The whole query, length and body, must arrive within the idle timeout, so a
+        // client trickling bytes cannot hold the connection forever.
+        let packet = glommio::timer::timeout(idle, async {
+            let mut len = [0u8; 2];
+            if let Err(e) = stream.read_exact(&mut len).await {
+                return Ok(Err(e));
+            }
+            let mut packet = vec![0u8; u16::from_be_bytes(len) as usize];
+            Ok(stream.read_exact(&mut packet).await.map(|_| packet))
+        })
+        .await;
+        let packet = match packet {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(std::io::Error::other(e.to_string())),
+        };
+        let Some(resp) = shared.answer(&packet, Transport::Tcp).await else {
+            // Framing is intact: skip the message, keep the connection.
+            shared.count(|s| s.tcp_dropped_garbage += 1);
+            continue;
+        };
+        // `answer` cuts TCP responses to 65,535 bytes.
+        let Ok(len) = u16::try_from(resp.len()) else {
+            shared.count(|s| s.tcp_dropped_garbage += 1);
+            continue;
+        };
+        let mut out = Vec::with_capacity(2 + resp.len());
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&resp);
+        stream.write_all(&out).await?;
+        shared.count(|s| s.tcp_answered += 1);
+    }
+}
+
+/// Binds a plain UDP socket (no SO_REUSEPORT, unlike glommio's own `bind`: a second
+/// agent on the port must be an error, not a silent split of its queries).
+fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, ServeError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind_err = |source| ServeError::Bind {
+        proto: "udp",
+        addr,
+        source,
+    };
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(bind_err)?;
+    s.bind(&addr.into()).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            ServeError::PortInUse { addr }
+        } else {
+            bind_err(e)
+        }
+    })?;
+    Ok(s.into())
+}
