@@ -24,7 +24,14 @@ fn main() {
         .port();
     let mut agent = Command::new(&bin)
         .args(["agent", "--dev", "--server-port", &port.to_string()])
-        .args(["--serf-lan-port", "0", "--http-port", "-1"])
+        .args([
+            "--serf-lan-port",
+            "0",
+            "--http-port",
+            "-1",
+            "--dns-port",
+            "-1",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

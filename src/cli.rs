@@ -91,7 +91,10 @@ pub struct AgentArgs {
     /// Port of the Consul-compatible HTTP API; -1 turns it off.
     #[arg(long, default_value_t = cairn::http::DEFAULT_HTTP_PORT as i32, value_parser = clap::value_parser!(i32).range(-1..=65535), allow_negative_numbers = true)]
     pub http_port: i32,
-    /// Address the HTTP API listens on (Consul's client address).
+    /// Port of the DNS interface (UDP and TCP); -1 turns it off.
+    #[arg(long, default_value_t = cairn::agent::DEFAULT_DNS_PORT as i32, value_parser = clap::value_parser!(i32).range(-1..=65535), allow_negative_numbers = true)]
+    pub dns_port: i32,
+    /// Address the HTTP API and DNS listen on (Consul's client address).
     #[arg(long = "client", default_value = "127.0.0.1")]
     pub client_addr: IpAddr,
     /// Most HTTP connections open at once; more are closed on accept.
@@ -147,6 +150,10 @@ pub fn agent(a: AgentArgs) -> ExitCode {
         }
         (false, None) => 0,
     };
+    if a.dns_port == 0 {
+        eprintln!("cairn: agent: --dns-port must be a port number (or -1 to turn DNS off)");
+        return ExitCode::from(2);
+    }
     if a.http_port == 0 {
         eprintln!(
             "cairn: agent: --http-port must be a port number (or -1 to turn the HTTP API off)"
@@ -187,6 +194,10 @@ pub fn agent(a: AgentArgs) -> ExitCode {
             addr: std::net::SocketAddr::new(a.client_addr, a.http_port as u16),
             max_connections: a.http_max_connections,
             header_read_timeout: Duration::from_millis(a.http_read_timeout_ms),
+        }),
+        dns: (a.dns_port > 0).then(|| cairn::agent::DnsSettings {
+            addr: std::net::SocketAddr::new(a.client_addr, a.dns_port as u16),
+            config: cairn::dns::DnsConfig::default(),
         }),
         limits: Limits {
             max_key: a.max_key_size,
@@ -262,9 +273,13 @@ pub fn agent(a: AgentArgs) -> ExitCode {
 
 /// Where the HTTP API listens, for the agent's start-up line.
 fn http_note(c: &AgentConfig) -> String {
-    match &c.http {
+    let http = match &c.http {
         Some(h) => format!(", HTTP API on {}", h.addr),
         None => String::new(),
+    };
+    match &c.dns {
+        Some(d) => format!("{http}, DNS on {}", d.addr),
+        None => http,
     }
 }
 

@@ -36,6 +36,8 @@ fn start(args: &[&str], port: u16) -> Agent {
         "0",
         "--http-port",
         "-1",
+        "--dns-port",
+        "-1",
     ];
     all.extend_from_slice(args);
     let log = std::env::temp_dir().join(format!(
@@ -160,7 +162,7 @@ fn a_second_agent_on_the_same_port_or_data_dir_is_refused() {
     );
     let out = Command::new(CAIRN)
         .args(["agent", "--dev", "--server-port", &port.to_string()])
-        .args(["--http-port", "-1"])
+        .args(["--http-port", "-1", "--dns-port", "-1"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

@@ -31,7 +31,14 @@ fn dev(extra: &[&str]) -> Dev {
     let port = free_port("127.0.0.1");
     let child = Command::new(CAIRN)
         .args(["agent", "--dev", "--server-port", &port.to_string()])
-        .args(["--serf-lan-port", "0", "--http-port", "-1"])
+        .args([
+            "--serf-lan-port",
+            "0",
+            "--http-port",
+            "-1",
+            "--dns-port",
+            "-1",
+        ])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -422,3 +422,107 @@ fn a_second_server_on_the_port_is_an_error_not_a_split() {
     assert_eq!(second, Some(format!("DNS port {addr} is already in use")));
     server.stop();
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real `cairn agent --dev` with `--dns-port`: services from its `--config-dir` are
+/// answered by dig once their checks pass, and drop out when a check fails.
+#[test]
+fn a_dev_agent_answers_dig_from_its_catalog_and_drops_a_failing_instance() {
+    if !dig_available() {
+        return;
+    }
+    let cfg = tempfile::tempdir().unwrap();
+    std::fs::write(
+        cfg.path().join("svc.json"),
+        r#"{"services": [
+            {"name": "web", "tags": ["v1"], "port": 8080,
+             "check": {"id": "web-ttl", "ttl": "60s", "status": "passing"}},
+            {"name": "api", "port": 9090,
+             "check": {"id": "api-ttl", "ttl": "60s"}}
+        ]}"#,
+    )
+    .unwrap();
+    let (rpc, dns) = (free_port(), free_port());
+    let log = cfg.path().join("agent.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args([
+            "agent",
+            "--dev",
+            "--node",
+            "dnsnode",
+            "--serf-lan-port",
+            "0",
+        ])
+        .args(["--http-port", "-1", "--server-port", &rpc.to_string()])
+        .args(["--dns-port", &dns.to_string()])
+        .args(["--config-dir", cfg.path().to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{dns}").parse().unwrap();
+    let short = |name: &str, t: &str| dig(addr, &["+short", name, t]);
+    // Wait (bounded) until anti-entropy registered web with its passing check.
+    let mut web = String::new();
+    for _ in 0..100 {
+        // Until the agent is up, dig fails to connect: try again.
+        let out = Command::new("dig")
+            .args(["@127.0.0.1", "-p", &dns.to_string(), "+time=1", "+tries=1"])
+            .args(["+short", "web.service.consul", "A"])
+            .output()
+            .expect("running dig");
+        web = String::from_utf8_lossy(&out.stdout).into_owned();
+        if web.trim() == "127.0.0.1" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(web.trim(), "127.0.0.1", "{}", logs());
+    assert_eq!(short("dnsnode.node.consul", "A").trim(), "127.0.0.1");
+    assert_eq!(short("v1.web.service.consul", "A").trim(), "127.0.0.1");
+    assert_eq!(
+        short("_web._v1.service.consul", "SRV").trim(),
+        "1 1 8080 dnsnode.node.dc1.consul."
+    );
+    // api's check starts critical: no answer, NXDOMAIN.
+    let api = dig(addr, &["api.service.consul", "A"]);
+    assert!(api.contains("status: NXDOMAIN"), "{api}");
+    // web's TTL check fails: it disappears from answers.
+    let mut c = cairn::client::RpcClient::connect(&format!("127.0.0.1:{rpc}"), CLIENT_TIMEOUT)
+        .expect("connect");
+    let r = c
+        .call(&cairn_net::rpc::message::Request {
+            datacenter: String::new(),
+            token: String::new(),
+            op: cairn_net::rpc::message::Op::AgentCheckUpdate {
+                id: "web-ttl".into(),
+                status: Status::Critical,
+                output: "down".into(),
+            },
+        })
+        .unwrap();
+    assert_eq!(r, cairn_net::rpc::message::Response::Bool(true));
+    let mut gone = false;
+    for _ in 0..100 {
+        if dig(addr, &["web.service.consul", "A"]).contains("status: NXDOMAIN") {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        gone,
+        "web still answered after its check failed\n{}",
+        logs()
+    );
+}

@@ -55,7 +55,7 @@ fn start(args: &[&str]) -> Agent {
     let child = Command::new(CAIRN)
         .arg("agent")
         .args(args)
-        .args(["--http-port", &http_port.to_string()])
+        .args(["--http-port", &http_port.to_string(), "--dns-port", "-1"])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -570,7 +570,7 @@ fn an_http_port_clash_is_a_clear_error_and_minus_one_turns_http_off() {
     let out = Command::new(CAIRN)
         .args(["agent", "--dev", "--serf-lan-port", "0"])
         .args(["--server-port", &free_port("127.0.0.1").to_string()])
-        .args(["--http-port", &port.to_string()])
+        .args(["--http-port", &port.to_string(), "--dns-port", "-1"])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -589,6 +589,8 @@ fn an_http_port_clash_is_a_clear_error_and_minus_one_turns_http_off() {
             "--serf-lan-port",
             "0",
             "--http-port",
+            "-1",
+            "--dns-port",
             "-1",
         ])
         .args(["--server-port", &rpc.to_string()])

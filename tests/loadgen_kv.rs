@@ -25,7 +25,14 @@ fn agent() -> (Agent, String) {
     let agent = Agent(
         Command::new(env!("CARGO_BIN_EXE_cairn"))
             .args(["agent", "--dev", "--server-port", &port.to_string()])
-            .args(["--serf-lan-port", "0", "--http-port", "-1"])
+            .args([
+                "--serf-lan-port",
+                "0",
+                "--http-port",
+                "-1",
+                "--dns-port",
+                "-1",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

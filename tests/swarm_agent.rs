@@ -26,7 +26,14 @@ fn a_swarm_joins_a_dev_agent_and_the_agent_sees_a_killed_member_fail() {
     let _agent = Kill(
         Command::new(CAIRN)
             .args(["agent", "--dev", "--server-port", &port.to_string()])
-            .args(["--serf-lan-port", &serf.to_string(), "--http-port", "-1"])
+            .args([
+                "--serf-lan-port",
+                &serf.to_string(),
+                "--http-port",
+                "-1",
+                "--dns-port",
+                "-1",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

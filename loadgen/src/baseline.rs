@@ -393,6 +393,8 @@ fn start_cairn(sup: &Supervisor, bin: &Path) -> Result<Vec<String>, String> {
         "0",
         "--http-port",
         "-1",
+        "--dns-port",
+        "-1",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -329,7 +329,14 @@ fn start_cluster(
             std::process::Command::new(cairn)
                 .args(["agent", "--server", "--node", &format!("server-{}", i + 1)])
                 .args(["--data-dir", d, "--server-port", port])
-                .args(["--serf-lan-port", &serf_ports[i], "--http-port", "-1"])
+                .args([
+                    "--serf-lan-port",
+                    &serf_ports[i],
+                    "--http-port",
+                    "-1",
+                    "--dns-port",
+                    "-1",
+                ])
                 .args(["--bootstrap-expect", &n.to_string(), "--retry-join", &join])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::inherit())

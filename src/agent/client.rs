@@ -114,6 +114,9 @@ async fn run(cfg: AgentConfig, ready: impl FnOnce(&AgentConfig)) -> Result<(), A
     if let Some(http) = &cfg.http {
         crate::http::start(agent.clone(), http, crate::http::Ctx::of(&cfg))?;
     }
+    if let Some(dns) = &cfg.dns {
+        super::dns::start(agent.clone(), &cfg.datacenter, dns)?;
+    }
     ready(&cfg);
     let open = Rc::new(Cell::new(0usize));
     loop {

@@ -15,6 +15,7 @@
 
 mod client;
 mod cluster;
+mod dns;
 mod local;
 pub mod peer;
 mod server;
@@ -23,6 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 pub use client::serve_client;
+pub use dns::{DnsSettings, DEFAULT_DNS_PORT};
 pub use server::serve;
 pub(crate) use server::{probe_port, Handler};
 
@@ -63,6 +65,8 @@ pub struct AgentConfig {
     pub spin_before_park: std::time::Duration,
     /// The Consul-compatible HTTP API; `None` when disabled (`--http-port -1`).
     pub http: Option<crate::http::HttpSettings>,
+    /// The DNS interface; `None` when disabled (`--dns-port -1`).
+    pub dns: Option<DnsSettings>,
 }
 
 /// Set (by the signal handler) to ask the agent to leave: it tells the gossip pool it is

@@ -311,6 +311,9 @@ async fn run(cfg: AgentConfig, ready: impl FnOnce(&AgentConfig, u64)) -> Result<
     if let Some(http) = &cfg.http {
         crate::http::start(server.clone(), http, crate::http::Ctx::of(&cfg))?;
     }
+    if let Some(dns) = &cfg.dns {
+        super::dns::start(server.clone(), &cfg.datacenter, dns)?;
+    }
     ready(&cfg, id);
     loop {
         match listener.accept().await {

@@ -193,6 +193,8 @@ impl Cluster {
                 // Many agents share the host: the HTTP API is tested on its own.
                 "--http-port",
                 "-1",
+                "--dns-port",
+                "-1",
                 "--bootstrap-expect",
                 &n.to_string(),
                 "--retry-join",
@@ -264,6 +266,8 @@ impl Cluster {
             "--serf-lan-port",
             &serf_port.to_string(),
             "--http-port",
+            "-1",
+            "--dns-port",
             "-1",
             "--retry-join",
             &join.join(","),
