@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cairn::agent::{AgentConfig, GossipSettings, RaftTuning, DEFAULT_SERVER_PORT};
+use cairn::agent::{AgentConfig, FileConfig, GossipSettings, RaftTuning, DEFAULT_SERVER_PORT};
+use cairn::health::definition::Definitions;
 use cairn_net::rpc::cluster::{ClientOptions, ClusterClient};
 use cairn_net::rpc::message::{Consistency, Limits, Op, ReadOpts, Request, Response};
 use clap::{Args, Subcommand};
@@ -80,10 +81,15 @@ pub struct AgentArgs {
     /// Server RPC port.
     #[arg(long, default_value_t = DEFAULT_SERVER_PORT)]
     pub server_port: u16,
-    /// A directory of service and check definitions (Consul's JSON format, `*.json`),
-    /// loaded at start: this node's services and health checks.
+    /// A Consul-style JSON configuration file: agent settings (datacenter, node_name,
+    /// data_dir, server, bootstrap_expect, bind_addr, client_addr, retry_join, ports,
+    /// enable_script_checks, encrypt) and service and check definitions. Repeatable;
+    /// later files override earlier ones; flags override files.
     #[arg(long)]
-    pub config_dir: Option<PathBuf>,
+    pub config_file: Vec<PathBuf>,
+    /// A directory of such files (`*.json`, read in name order). Repeatable.
+    #[arg(long)]
+    pub config_dir: Vec<PathBuf>,
     /// Allow script checks (`args`): they run programs as the agent's user, so they are
     /// off unless asked for, as in Consul.
     #[arg(long)]
@@ -106,7 +112,78 @@ pub struct AgentArgs {
     pub http_read_timeout_ms: u64,
 }
 
-pub fn agent(a: AgentArgs) -> ExitCode {
+/// Applies configuration files under the command line: a setting from a file is used
+/// unless the flag was given on the command line.
+fn apply_files(a: &mut AgentArgs, m: &clap::ArgMatches) -> Result<Definitions, String> {
+    let f = FileConfig::load(&a.config_file, &a.config_dir)?;
+    let given = |id: &str| {
+        matches!(
+            m.value_source(id),
+            Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
+        )
+    };
+    if a.dev && (f.data_dir.is_some() || f.bootstrap_expect.is_some() || !f.retry_join.is_empty()) {
+        return Err(
+            "--dev runs one throwaway server: data_dir, bootstrap_expect and retry_join in              configuration files cannot be used with it"
+                .into(),
+        );
+    }
+    if let Some(v) = f.datacenter.filter(|_| !given("datacenter")) {
+        a.datacenter = v;
+    }
+    if a.node.is_none() {
+        a.node = f.node_name;
+    }
+    if a.data_dir.is_none() {
+        a.data_dir = f.data_dir;
+    }
+    if !a.server && !a.dev {
+        a.server = f.server.unwrap_or(false);
+    }
+    if a.bootstrap_expect.is_none() {
+        a.bootstrap_expect = f.bootstrap_expect;
+    }
+    if let Some(v) = f.bind_addr.filter(|_| !given("bind")) {
+        a.bind = v;
+    }
+    if let Some(v) = f.client_addr.filter(|_| !given("client_addr")) {
+        a.client_addr = v;
+    }
+    if a.retry_join.is_empty() {
+        a.retry_join = f.retry_join;
+    }
+    if let Some(v) = f
+        .enable_script_checks
+        .filter(|_| !given("enable_script_checks"))
+    {
+        a.enable_script_checks = v;
+    }
+    if a.encrypt.is_none() {
+        a.encrypt = f.encrypt;
+    }
+    if let Some(v) = f.ports.http.filter(|_| !given("http_port")) {
+        a.http_port = v;
+    }
+    if let Some(v) = f.ports.dns.filter(|_| !given("dns_port")) {
+        a.dns_port = v;
+    }
+    if let Some(v) = f.ports.serf_lan.filter(|_| !given("serf_lan_port")) {
+        a.serf_lan_port = v;
+    }
+    if let Some(v) = f.ports.server.filter(|_| !given("server_port")) {
+        a.server_port = v as u16;
+    }
+    Ok(f.definitions)
+}
+
+pub fn agent(mut a: AgentArgs, m: &clap::ArgMatches) -> ExitCode {
+    let definitions = match apply_files(&mut a, m) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("cairn: agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let server = a.dev || a.server;
     if !server && a.bootstrap_expect.is_some() {
         eprintln!("cairn: agent: --bootstrap-expect is for servers: add --server");
@@ -169,7 +246,7 @@ pub fn agent(a: AgentArgs) -> ExitCode {
         server,
         node,
         datacenter: a.datacenter.clone(),
-        config_dir: a.config_dir.clone(),
+        definitions,
         enable_script_checks: a.enable_script_checks,
         data_dir: data_dir.clone(),
         bind: a.bind,

@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run an agent: `--dev` (one throwaway server) or `--server` (a cluster member).
-    Agent(cli::AgentArgs),
+    Agent(Box<cli::AgentArgs>),
     /// Read and write the KV store through an agent.
     Kv {
         #[command(subcommand)]
@@ -163,9 +163,19 @@ enum DebugCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    // The matches are kept so the agent can tell flags given on the command line (which
+    // override configuration files) from defaults (which do not).
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     match cli.command {
-        Command::Agent(a) => cli::agent(a),
+        Command::Agent(a) => match matches.subcommand_matches("agent") {
+            Some(m) => cli::agent(*a, m),
+            None => ExitCode::from(2),
+        },
         Command::Kv { cmd, rpc } => cli::kv(cmd, &rpc),
         Command::Status { cmd, rpc } => cli::status(cmd, &rpc),
         Command::Operator { cmd, rpc } => cli::operator(cmd, &rpc),

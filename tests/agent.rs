@@ -330,3 +330,73 @@ fn a_blocking_get_returns_as_soon_as_the_key_changes() {
     assert_eq!(m3.index, m2.index);
     assert!(t.elapsed() >= Duration::from_millis(300));
 }
+
+#[test]
+fn a_configuration_file_sets_the_node_and_its_services_and_flags_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent.json");
+    std::fs::write(
+        &file,
+        r#"{"node_name": "cfgnode", "datacenter": "east",
+            "services": [{"name": "cache", "port": 6379,
+                          "check": {"ttl": "60s", "status": "passing"}}]}"#,
+    )
+    .unwrap();
+    let port = free_port();
+    let a = start(
+        &[
+            "--dev",
+            "--config-file",
+            file.to_str().unwrap(),
+            "--datacenter",
+            "west",
+        ],
+        port,
+    );
+    // Anti-entropy registers the file's service under the file's node name, in the
+    // datacenter the flag chose.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, out, _) = cli(&a, &["catalog", "node", "cfgnode", "--format", "json"]);
+        if code == 0 && out.contains("\"cache\"") {
+            assert!(out.contains("\"Datacenter\": \"west\""), "{out}");
+            assert!(out.contains("6379"), "{out}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "cache never registered: {out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_bad_configuration_file_is_refused_naming_the_file_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (json, says) in [
+        (r#"{"node_nam": "x"}"#, "node_nam"),
+        (r#"{"ports": {"serf_wan": 8302}}"#, "serf_wan"),
+        (
+            r#"{"service": {"name": "x", "check": {"ttl": "1s", "tcp": "a:1"}}}"#,
+            "check",
+        ),
+        ("{not json", "key must be a string"),
+    ] {
+        std::fs::write(dir.path().join("bad.json"), json).unwrap();
+        let out = Command::new(CAIRN)
+            .args(["agent", "--dev", "--http-port", "-1", "--dns-port", "-1"])
+            .args([
+                "--serf-lan-port",
+                "0",
+                "--server-port",
+                &free_port().to_string(),
+            ])
+            .args(["--config-dir", dir.path().to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{json}: {err}");
+        assert!(
+            err.contains("bad.json") && err.contains(says),
+            "{json}: {err}"
+        );
+    }
+}

@@ -77,7 +77,7 @@ async fn run(cfg: AgentConfig, ready: impl FnOnce(&AgentConfig)) -> Result<(), A
         &cfg.datacenter,
         &gossip.local_addr().ip().to_string(),
         &cfg.data_dir,
-        cfg.config_dir.as_deref(),
+        &cfg.definitions,
         cfg.enable_script_checks,
         rand010::random(),
     )?);

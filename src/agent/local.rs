@@ -91,14 +91,14 @@ fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
 }
 
 impl LocalAgent {
-    /// Loads `config_dir`'s definitions and the API registrations kept in `data_dir`, and
-    /// starts their checks.
+    /// Takes the configuration files' definitions and the API registrations kept in
+    /// `data_dir`, and starts their checks.
     pub(super) fn start(
         node: &str,
         datacenter: &str,
         address: &str,
         data_dir: &Path,
-        config_dir: Option<&Path>,
+        config: &Definitions,
         enable_script_checks: bool,
         seed: u64,
     ) -> Result<LocalAgent, super::AgentError> {
@@ -107,12 +107,7 @@ impl LocalAgent {
             std::fs::create_dir_all(dir.join(sub))
                 .map_err(io_error(format!("creating {}", dir.join(sub).display())))?;
         }
-        let config = match config_dir {
-            Some(d) => {
-                definition::load_dir(d).map_err(|e| super::AgentError::Config(e.to_string()))?
-            }
-            None => Definitions::default(),
-        };
+        let config = config.clone();
         let mut services = BTreeMap::new();
         let mut checks = BTreeMap::new();
         for s in config.services {

@@ -15,6 +15,7 @@
 
 mod client;
 mod cluster;
+mod config_file;
 mod dns;
 mod local;
 pub mod peer;
@@ -24,6 +25,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 pub use client::serve_client;
+pub use config_file::FileConfig;
 pub use dns::{DnsSettings, DEFAULT_DNS_PORT};
 pub use server::serve;
 pub(crate) use server::{probe_port, Handler};
@@ -50,8 +52,8 @@ pub struct AgentConfig {
     /// Where to find the cluster: LAN gossip addresses (HOST[:PORT], port 8301 by
     /// default) when gossip is on; server RPC addresses when it is off.
     pub retry_join: Vec<String>,
-    /// Service and check definitions (Consul's JSON format) loaded at start.
-    pub config_dir: Option<PathBuf>,
+    /// Service and check definitions from configuration files, loaded at start.
+    pub definitions: crate::health::definition::Definitions,
     /// Allow script checks (off by default: they run programs as the agent's user).
     pub enable_script_checks: bool,
     /// The LAN gossip pool; `None` when disabled (`--serf-lan-port -1`).

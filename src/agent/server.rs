@@ -229,7 +229,7 @@ async fn run(cfg: AgentConfig, ready: impl FnOnce(&AgentConfig, u64)) -> Result<
             .map_or(cfg.bind, |g| g.local_addr().ip())
             .to_string(),
         &cfg.data_dir,
-        cfg.config_dir.as_deref(),
+        &cfg.definitions,
         cfg.enable_script_checks,
         id,
     )?);
