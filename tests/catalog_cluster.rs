@@ -342,3 +342,112 @@ fn the_catalog_survives_a_full_restart_through_its_snapshot() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_ttl_session_expires_unless_renewed_and_its_delete_behavior_removes_its_lock() {
+    use cairn::catalog::SessionBehavior;
+    let c = Cluster::start(1, &[]);
+    c.wait_for_leader(T);
+    wait_for(&c, 0, CatalogQuery::Nodes, T, "s0 registered", |r| {
+        node_names(r).contains(&"s0".to_string())
+    });
+    let create = |name: &str, behavior| match c.servers[0].call(
+        Op::SessionCreate(SessionInfo {
+            node: "s0".into(),
+            name: name.into(),
+            ttl_ms: 10_000,
+            behavior,
+            ..SessionInfo::default()
+        }),
+        T,
+    ) {
+        Some(Response::Sessions { sessions, .. }) => sessions[0].id.clone(),
+        other => panic!("{other:?}\n{}", c.logs()),
+    };
+    let lapsing = create("lapsing", SessionBehavior::Delete);
+    let renewed = create("renewed", SessionBehavior::Release);
+    // A TTL outside Consul's bounds is refused.
+    assert!(matches!(
+        c.servers[0].call(
+            Op::SessionCreate(SessionInfo {
+                node: "s0".into(),
+                ttl_ms: 1_000,
+                ..SessionInfo::default()
+            }),
+            T
+        ),
+        Some(Response::Error(e)) if e.code == ErrorCode::Invalid
+    ));
+    assert_eq!(
+        c.servers[0].call(
+            Op::KvPut {
+                key: b("leader/job"),
+                value: b("me"),
+                flags: 0,
+                cas: None,
+                acquire: Some(lapsing.clone()),
+                release: None,
+            },
+            T,
+        ),
+        Some(Response::Bool(true))
+    );
+    let exists = |id: &str| {
+        matches!(
+            c.servers[0].call(
+                Op::SessionRead {
+                    query: SessionQuery::Info { id: id.into() },
+                    opts: ReadOpts::default()
+                },
+                T
+            ),
+            Some(Response::Sessions { sessions, .. }) if sessions.len() == 1
+        )
+    };
+    // Renew one every 3 s; the other lapses after its TTL (at most twice the TTL).
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while exists(&lapsing) {
+        assert!(Instant::now() < deadline, "the session never expired");
+        assert!(
+            matches!(
+                c.servers[0].call(
+                    Op::SessionRenew {
+                        id: renewed.clone()
+                    },
+                    T
+                ),
+                Some(Response::Sessions { .. })
+            ),
+            "renewal failed"
+        );
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    assert!(exists(&renewed), "a renewed session was expired");
+    // The lapsed session's delete behavior removed the key it held.
+    assert!(matches!(
+        c.servers[0].call(
+            Op::KvGet {
+                key: b("leader/job"),
+                opts: ReadOpts::default()
+            },
+            T
+        ),
+        Some(Response::Entries { entries, .. }) if entries.is_empty()
+    ));
+    // Renewing a session that is gone is NotFound.
+    assert!(matches!(
+        c.servers[0].call(Op::SessionRenew { id: lapsing }, T),
+        Some(Response::Error(e)) if e.code == ErrorCode::NotFound
+    ));
+    // Destroying the other releases nothing it did not hold, and it is gone.
+    assert_eq!(
+        c.servers[0].call(
+            Op::SessionDestroy {
+                id: renewed.clone()
+            },
+            T
+        ),
+        Some(Response::Bool(true))
+    );
+    assert!(!exists(&renewed));
+}
