@@ -112,6 +112,33 @@ pub struct AgentArgs {
     pub http_read_timeout_ms: u64,
 }
 
+/// Dev mode keeps its state in `TMPDIR/cairn-dev-<pid>` and removes it on exit.
+const DEV_DIR_PREFIX: &str = "cairn-dev-";
+
+/// Removes the state of dev agents that did not exit cleanly (kill -9, a crash): every
+/// `cairn-dev-<pid>` directory whose process is gone. Each holds preallocated log
+/// segments (64 MiB), so leaving them would fill the temporary directory over time. A
+/// directory whose pid is alive is left alone (a running dev agent, or a reused pid).
+fn remove_stale_dev_dirs(tmp: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(DEV_DIR_PREFIX))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = std::path::Path::new("/proc").join(pid.to_string()).exists();
+        if !alive && e.path().join("node-id").exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// Applies configuration files under the command line: a setting from a file is used
 /// unless the flag was given on the command line.
 fn apply_files(a: &mut AgentArgs, m: &clap::ArgMatches) -> Result<Definitions, String> {
@@ -198,10 +225,13 @@ pub fn agent(mut a: AgentArgs, m: &clap::ArgMatches) -> ExitCode {
     }
     let (data_dir, ephemeral) = match (&a.data_dir, a.dev) {
         (Some(d), _) => (d.clone(), false),
-        (None, true) => (
-            std::env::temp_dir().join(format!("cairn-dev-{}", std::process::id())),
-            true,
-        ),
+        (None, true) => {
+            remove_stale_dev_dirs(&std::env::temp_dir());
+            (
+                std::env::temp_dir().join(format!("{DEV_DIR_PREFIX}{}", std::process::id())),
+                true,
+            )
+        }
         (None, false) if a.server => {
             eprintln!("cairn: agent: --server needs --data-dir DIR");
             return ExitCode::from(2);

@@ -400,3 +400,24 @@ fn a_bad_configuration_file_is_refused_naming_the_file_and_the_key() {
         );
     }
 }
+
+#[test]
+fn a_dev_agent_removes_the_state_that_killed_dev_agents_left_behind() {
+    // A dev agent killed with -9 cannot remove its temporary state; the next one does.
+    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4_194_304);
+    let dead = (pid_max - 1000..pid_max)
+        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        .expect("a free pid");
+    let stale = std::env::temp_dir().join(format!("cairn-dev-{dead}"));
+    std::fs::create_dir_all(stale.join("raft")).unwrap();
+    std::fs::write(stale.join("node-id"), "1\n").unwrap();
+    let port = free_port();
+    let a = start(&["--dev"], port);
+    assert!(!stale.exists(), "{} was left behind", stale.display());
+    // Its own directory is still there while it runs.
+    let own = std::env::temp_dir().join(format!("cairn-dev-{}", a.child.id()));
+    assert!(own.join("node-id").exists());
+}
