@@ -20,10 +20,15 @@
 
 mod agent;
 mod api;
+mod catalog;
+mod filter;
+mod health;
 mod io;
 mod kv;
 mod query;
 mod reply;
+mod services;
+mod session;
 mod status;
 mod timer;
 mod txn;

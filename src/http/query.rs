@@ -55,6 +55,17 @@ impl Query {
         }
     }
 
+    /// A boolean parameter as Consul reads one (Go's `strconv.ParseBool`): absent is
+    /// false, present without a value true; another value is a 400 naming it.
+    pub fn bool_flag(&self, name: &str) -> Result<bool, Reply> {
+        match self.get(name) {
+            None => Ok(false),
+            Some("" | "1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
+            Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
+            Some(_) => Err(Reply::bad_request(format!("Invalid value for {name}"))),
+        }
+    }
+
     /// `?pretty`: indented JSON.
     pub fn pretty(&self) -> bool {
         self.has("pretty")

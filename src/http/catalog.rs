@@ -1,0 +1,652 @@
+//! `/v1/catalog/...`: register and deregister (PUT, Consul's JSON bodies), datacenters,
+//! nodes, services, a service's instances (Consul's flattened `CatalogService`) and a
+//! node's services. Also the JSON shapes of nodes, services and checks that the health,
+//! agent and session endpoints share.
+
+use std::collections::BTreeMap;
+
+use cairn_net::rpc::catalog::{
+    CatalogQuery, CatalogResult, Check, Instance, Node, Registration, Service, Status, Weights,
+};
+use cairn_net::rpc::message::{Consistency, Op, Response};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+use super::api::{self, allow, request, Call, Ctx, NeedsBody, Route};
+use super::filter::Filter;
+use super::query::Query;
+use super::reply::Reply;
+
+/// How a read renders: its consistency (for the headers) and an optional `?filter`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Read {
+    pub consistency: Consistency,
+    pub filter: Option<Filter>,
+}
+
+impl Read {
+    /// The read's answer: the JSON `items`, filtered, with Consul's query headers.
+    pub fn list(&self, items: Vec<Value>, meta: &cairn_net::rpc::message::Meta, pretty: bool) -> Reply {
+        let items = match &self.filter {
+            Some(f) => f.apply(items),
+            None => items,
+        };
+        Reply::json(200, &items, pretty).with_meta(meta, self.consistency)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Render {
+    /// `true` (register, deregister).
+    Bool,
+    Nodes(Read),
+    Services(Read),
+    Service(Read),
+    Node(Read),
+}
+
+// ---- Consul's JSON shapes --------------------------------------------------------------
+
+/// Consul's `Node`. `TaggedAddresses` has no source here and is left out.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct NodeJson<'a> {
+    #[serde(rename = "ID")]
+    id: &'a str,
+    node: &'a str,
+    address: &'a str,
+    datacenter: &'a str,
+    meta: &'a BTreeMap<String, String>,
+    create_index: u64,
+    modify_index: u64,
+}
+
+pub(crate) fn node_json(n: &Node) -> NodeJson<'_> {
+    NodeJson {
+        id: &n.id,
+        node: &n.name,
+        address: &n.address,
+        datacenter: &n.datacenter,
+        meta: &n.meta,
+        create_index: n.create_index,
+        modify_index: n.modify_index,
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct WeightsJson {
+    passing: u32,
+    warning: u32,
+}
+
+fn weights(w: &Weights) -> WeightsJson {
+    WeightsJson {
+        passing: w.passing,
+        warning: w.warning,
+    }
+}
+
+/// Consul's `NodeService` / `AgentService`. Cairn has no tag override, so
+/// `EnableTagOverride` is always false; `Datacenter` only where Consul shows it (the
+/// agent endpoints).
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct ServiceJson<'a> {
+    #[serde(rename = "ID")]
+    id: &'a str,
+    service: &'a str,
+    tags: &'a [String],
+    address: &'a str,
+    meta: &'a BTreeMap<String, String>,
+    port: u16,
+    weights: WeightsJson,
+    enable_tag_override: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    datacenter: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    create_index: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    modify_index: Option<u64>,
+}
+
+/// A service as the catalog shows it (with its indexes).
+pub(crate) fn service_json(s: &Service) -> ServiceJson<'_> {
+    ServiceJson {
+        id: &s.id,
+        service: &s.name,
+        tags: &s.tags,
+        address: &s.address,
+        meta: &s.meta,
+        port: s.port,
+        weights: weights(&s.weights),
+        enable_tag_override: false,
+        datacenter: None,
+        create_index: Some(s.create_index),
+        modify_index: Some(s.modify_index),
+    }
+}
+
+/// A service as the agent shows it (no indexes, its datacenter).
+pub(crate) fn agent_service_json<'a>(s: &'a Service, datacenter: &'a str) -> ServiceJson<'a> {
+    ServiceJson {
+        datacenter: Some(datacenter),
+        create_index: None,
+        modify_index: None,
+        ..service_json(s)
+    }
+}
+
+/// Consul's `HealthCheck`. `Notes`, `ServiceTags` and `Definition` have no source here
+/// and are left out.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct CheckJson<'a> {
+    node: &'a str,
+    #[serde(rename = "CheckID")]
+    check_id: &'a str,
+    name: &'a str,
+    status: &'static str,
+    output: &'a str,
+    #[serde(rename = "ServiceID")]
+    service_id: &'a str,
+    service_name: &'a str,
+    #[serde(rename = "Type")]
+    kind: &'a str,
+    create_index: u64,
+    modify_index: u64,
+}
+
+pub(crate) fn check_json(c: &Check) -> CheckJson<'_> {
+    CheckJson {
+        node: &c.node,
+        check_id: &c.id,
+        name: &c.name,
+        status: c.status.as_str(),
+        output: &c.output,
+        service_id: &c.service_id,
+        service_name: &c.service_name,
+        kind: &c.kind,
+        create_index: c.create_index,
+        modify_index: c.modify_index,
+    }
+}
+
+/// Consul's `CatalogService`: one instance flattened with its node.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct CatalogServiceJson<'a> {
+    #[serde(rename = "ID")]
+    id: &'a str,
+    node: &'a str,
+    address: &'a str,
+    datacenter: &'a str,
+    node_meta: &'a BTreeMap<String, String>,
+    #[serde(rename = "ServiceID")]
+    service_id: &'a str,
+    service_name: &'a str,
+    service_tags: &'a [String],
+    service_address: &'a str,
+    service_port: u16,
+    service_meta: &'a BTreeMap<String, String>,
+    service_weights: WeightsJson,
+    service_enable_tag_override: bool,
+    create_index: u64,
+    modify_index: u64,
+}
+
+fn catalog_service_json(i: &Instance) -> CatalogServiceJson<'_> {
+    let (n, s) = (&i.node, &i.service);
+    CatalogServiceJson {
+        id: &n.id,
+        node: &n.name,
+        address: &n.address,
+        datacenter: &n.datacenter,
+        node_meta: &n.meta,
+        service_id: &s.id,
+        service_name: &s.name,
+        service_tags: &s.tags,
+        service_address: &s.address,
+        service_port: s.port,
+        service_meta: &s.meta,
+        service_weights: weights(&s.weights),
+        service_enable_tag_override: false,
+        create_index: s.create_index,
+        modify_index: s.modify_index,
+    }
+}
+
+pub(crate) fn to_value<T: Serialize>(v: T) -> Value {
+    // Plain structs of strings, numbers and string maps always serialize.
+    serde_json::to_value(v).expect("JSON of plain data")
+}
+
+/// One item of each kind, as a filter's selectors are checked against: lists of objects
+/// hold one element, maps are empty.
+pub(crate) fn sample_node() -> Value {
+    to_value(node_json(&Node::default()))
+}
+pub(crate) fn sample_check() -> Value {
+    to_value(check_json(&Check::default()))
+}
+pub(crate) fn sample_instance() -> Value {
+    instance_json(&Instance {
+        node: Node::default(),
+        service: Service::default(),
+        checks: vec![Check::default()],
+    })
+}
+fn sample_catalog_service() -> Value {
+    to_value(catalog_service_json(&Instance {
+        node: Node::default(),
+        service: Service::default(),
+        checks: vec![],
+    }))
+}
+
+/// Consul's `ServiceEntry` (`/v1/health/service`): `{Node, Service, Checks}`.
+pub(crate) fn instance_json(i: &Instance) -> Value {
+    serde_json::json!({
+        "Node": to_value(node_json(&i.node)),
+        "Service": to_value(service_json(&i.service)),
+        "Checks": i.checks.iter().map(|c| to_value(check_json(c))).collect::<Vec<_>>(),
+    })
+}
+
+// ---- routing --------------------------------------------------------------------------
+
+/// A path segment (a node, service, check or session name), percent-decoded.
+pub(crate) fn segment(raw: &str, what: &str, ctx: &Ctx) -> Result<String, Reply> {
+    let s = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| Reply::bad_request(format!("Invalid {what}: not UTF-8")))?
+        .into_owned();
+    if s.is_empty() {
+        return Err(Reply::bad_request(format!("Missing {what}")));
+    }
+    if s.len() > ctx.limits.max_string {
+        return Err(Reply::bad_request(format!("Invalid {what}: too long")));
+    }
+    Ok(s)
+}
+
+/// `?filter`, checked against `sample`; a bad one is a 400 before anything is sent.
+pub(crate) fn filter(q: &Query, sample: impl FnOnce() -> Value) -> Result<Option<Filter>, Reply> {
+    match q.get("filter") {
+        None | Some("") => Ok(None),
+        Some(f) => Filter::parse(f, &sample()).map(Some).map_err(|e| {
+            Reply::bad_request(format!("Failed to create boolean expression evaluator: {e}"))
+        }),
+    }
+}
+
+/// Refuses `?filter` on an endpoint that does not take one.
+pub(crate) fn no_filter(q: &Query) -> Result<(), Reply> {
+    if q.get("filter").is_some_and(|f| !f.is_empty()) {
+        return Err(Reply::bad_request("?filter is not supported on this endpoint"));
+    }
+    Ok(())
+}
+
+/// A catalog read with `opts` from the query and this render.
+pub(crate) fn read_call(
+    q: &Query,
+    ctx: &Ctx,
+    query: CatalogQuery,
+    filter: Option<Filter>,
+    render: impl FnOnce(Read) -> api::Render,
+) -> Result<Route, Reply> {
+    let opts = q.read_opts()?;
+    Ok(Route::Call(Call {
+        request: request(q.datacenter(ctx), Op::CatalogRead { query, opts }),
+        render: render(Read {
+            consistency: opts.consistency,
+            filter,
+        }),
+        pretty: q.pretty(),
+    }))
+}
+
+/// Routes `/v1/catalog/<rest>`.
+pub(crate) fn route(method: &str, rest: &str, q: &Query, ctx: &Ctx) -> Route {
+    route_inner(method, rest, q, ctx).unwrap_or_else(Route::Reply)
+}
+
+fn route_inner(method: &str, rest: &str, q: &Query, ctx: &Ctx) -> Result<Route, Reply> {
+    let r = |x| api::Render::Catalog(x);
+    match rest {
+        "register" | "deregister" => {
+            allow(method, &["PUT"])?;
+            return Ok(Route::Body(NeedsBody::Catalog(Pending {
+                deregister: rest == "deregister",
+                datacenter: q.datacenter(ctx),
+                pretty: q.pretty(),
+            })));
+        }
+        "datacenters" => {
+            allow(method, &["GET"])?;
+            return Ok(Route::Reply(Reply::json(
+                200,
+                &[&ctx.datacenter],
+                q.pretty(),
+            )));
+        }
+        _ => {}
+    }
+    allow(method, &["GET"])?;
+    match rest {
+        "nodes" => {
+            let f = filter(q, sample_node)?;
+            read_call(q, ctx, CatalogQuery::Nodes, f, |x| r(Render::Nodes(x)))
+        }
+        "services" => {
+            no_filter(q)?;
+            read_call(q, ctx, CatalogQuery::Services, None, |x| r(Render::Services(x)))
+        }
+        _ => {
+            if let Some(name) = rest.strip_prefix("service/") {
+                let name = segment(name, "service name", ctx)?;
+                let f = filter(q, sample_catalog_service)?;
+                let query = CatalogQuery::Service {
+                    name,
+                    tag: q.get("tag").map(str::to_string),
+                    passing_only: false,
+                };
+                read_call(q, ctx, query, f, |x| r(Render::Service(x)))
+            } else if let Some(node) = rest.strip_prefix("node/") {
+                let node = segment(node, "node name", ctx)?;
+                no_filter(q)?;
+                read_call(q, ctx, CatalogQuery::NodeServices { node }, None, |x| {
+                    r(Render::Node(x))
+                })
+            } else {
+                Err(Reply::not_found())
+            }
+        }
+    }
+}
+
+// ---- register and deregister bodies ------------------------------------------------------
+
+/// Go decodes `null` as the zero value; so does this.
+fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct RegisterJson {
+    #[serde(deserialize_with = "nullable")]
+    datacenter: String,
+    #[serde(rename = "ID", deserialize_with = "nullable")]
+    id: String,
+    #[serde(deserialize_with = "nullable")]
+    node: String,
+    #[serde(deserialize_with = "nullable")]
+    address: String,
+    #[serde(deserialize_with = "nullable")]
+    node_meta: BTreeMap<String, String>,
+    service: Option<ServiceIn>,
+    check: Option<CheckIn>,
+    #[serde(deserialize_with = "nullable")]
+    checks: Vec<CheckIn>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct ServiceIn {
+    #[serde(rename = "ID", deserialize_with = "nullable")]
+    id: String,
+    #[serde(deserialize_with = "nullable")]
+    service: String,
+    #[serde(deserialize_with = "nullable")]
+    tags: Vec<String>,
+    #[serde(deserialize_with = "nullable")]
+    address: String,
+    #[serde(deserialize_with = "nullable")]
+    meta: BTreeMap<String, String>,
+    #[serde(deserialize_with = "nullable")]
+    port: u16,
+    weights: Option<WeightsIn>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct WeightsIn {
+    #[serde(deserialize_with = "nullable")]
+    passing: u32,
+    #[serde(deserialize_with = "nullable")]
+    warning: u32,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct CheckIn {
+    #[serde(deserialize_with = "nullable")]
+    node: String,
+    #[serde(rename = "CheckID", deserialize_with = "nullable")]
+    check_id: String,
+    #[serde(deserialize_with = "nullable")]
+    name: String,
+    #[serde(deserialize_with = "nullable")]
+    status: String,
+    #[serde(deserialize_with = "nullable")]
+    output: String,
+    #[serde(rename = "ServiceID", deserialize_with = "nullable")]
+    service_id: String,
+    #[serde(rename = "Type", deserialize_with = "nullable")]
+    kind: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct DeregisterJson {
+    #[serde(deserialize_with = "nullable")]
+    datacenter: String,
+    #[serde(deserialize_with = "nullable")]
+    node: String,
+    #[serde(rename = "ServiceID", deserialize_with = "nullable")]
+    service_id: String,
+    #[serde(rename = "CheckID", deserialize_with = "nullable")]
+    check_id: String,
+}
+
+/// A register or deregister waiting for its body.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    deregister: bool,
+    datacenter: String,
+    pretty: bool,
+}
+
+/// The body's `Datacenter` wins over `?dc`, as in Consul; the local one is sent as empty.
+fn body_datacenter(body_dc: &str, query_dc: String, ctx: &Ctx) -> String {
+    if body_dc.is_empty() {
+        query_dc
+    } else if body_dc == ctx.datacenter {
+        String::new()
+    } else {
+        body_dc.to_string()
+    }
+}
+
+fn decode<'a, T: Deserialize<'a> + Default>(body: &'a [u8]) -> Result<T, Reply> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| Reply::bad_request(format!("Request decode failed: {e}")))
+}
+
+impl Pending {
+    pub fn finish(self, body: &[u8], ctx: &Ctx) -> Result<Call, Reply> {
+        let (datacenter, op) = if self.deregister {
+            let d: DeregisterJson = decode(body)?;
+            if d.node.is_empty() {
+                return Err(Reply::bad_request("Missing node name"));
+            }
+            (
+                body_datacenter(&d.datacenter, self.datacenter, ctx),
+                Op::CatalogDeregister {
+                    node: d.node,
+                    service_id: Some(d.service_id).filter(|s| !s.is_empty()),
+                    check_id: Some(d.check_id).filter(|s| !s.is_empty()),
+                },
+            )
+        } else {
+            let r: RegisterJson = decode(body)?;
+            let dc = body_datacenter(&r.datacenter, self.datacenter, ctx);
+            (dc, Op::CatalogRegister(Box::new(registration(r)?)))
+        };
+        Ok(Call {
+            request: request(datacenter, op),
+            render: api::Render::Catalog(Render::Bool),
+            pretty: self.pretty,
+        })
+    }
+}
+
+/// Consul's register request as a [`Registration`], with Consul's defaults (a check's id
+/// is its name, its status critical, its node the registration's) and 400s.
+fn registration(r: RegisterJson) -> Result<Registration, Reply> {
+    if r.node.is_empty() {
+        return Err(Reply::bad_request("Missing node name"));
+    }
+    if r.address.is_empty() {
+        return Err(Reply::bad_request("Missing node address"));
+    }
+    let service = match r.service {
+        None => None,
+        Some(s) => {
+            if s.service.is_empty() {
+                return Err(Reply::bad_request("Missing service name"));
+            }
+            let w = s.weights.map_or_else(Weights::default, |w| Weights {
+                passing: w.passing,
+                warning: w.warning,
+            });
+            Some(Service {
+                id: if s.id.is_empty() {
+                    s.service.clone()
+                } else {
+                    s.id
+                },
+                name: s.service,
+                tags: s.tags,
+                address: s.address,
+                port: s.port,
+                meta: s.meta,
+                weights: w,
+                create_index: 0,
+                modify_index: 0,
+            })
+        }
+    };
+    let mut checks = Vec::new();
+    for c in r.check.into_iter().chain(r.checks) {
+        let status = if c.status.is_empty() {
+            Status::Critical
+        } else {
+            c.status.parse::<Status>().map_err(Reply::bad_request)?
+        };
+        let id = if c.check_id.is_empty() {
+            c.name.clone()
+        } else {
+            c.check_id
+        };
+        if id.is_empty() {
+            return Err(Reply::bad_request("Missing check ID or name"));
+        }
+        let service_name = match &service {
+            Some(s) if s.id == c.service_id => s.name.clone(),
+            _ => String::new(),
+        };
+        checks.push(Check {
+            id,
+            name: c.name,
+            node: if c.node.is_empty() {
+                r.node.clone()
+            } else {
+                c.node
+            },
+            status,
+            output: c.output,
+            service_id: c.service_id,
+            service_name,
+            kind: c.kind,
+            create_index: 0,
+            modify_index: 0,
+        });
+    }
+    Ok(Registration {
+        node: r.node,
+        id: r.id,
+        address: r.address,
+        datacenter: String::new(),
+        node_meta: r.node_meta,
+        service,
+        checks,
+    })
+}
+
+// ---- rendering ------------------------------------------------------------------------
+
+pub(crate) fn render(r: &Render, resp: Response, pretty: bool) -> Reply {
+    let (read, result, meta) = match (r, resp) {
+        (Render::Bool, Response::Bool(b)) => return Reply::json(200, &b, pretty),
+        (Render::Bool, other) => return api::unexpected(&other),
+        (
+            Render::Nodes(read) | Render::Services(read) | Render::Service(read) | Render::Node(read),
+            Response::Catalog { result, meta },
+        ) => (read, result, meta),
+        (_, other) => return api::unexpected(&other),
+    };
+    match (r, result) {
+        (Render::Nodes(_), CatalogResult::Nodes(nodes)) => read.list(
+            nodes.iter().map(|n| to_value(node_json(n))).collect(),
+            &meta,
+            pretty,
+        ),
+        (Render::Services(_), CatalogResult::Services(services)) => {
+            let map: BTreeMap<&str, &[String]> = services
+                .iter()
+                .map(|(name, tags)| (name.as_str(), tags.as_slice()))
+                .collect();
+            Reply::json(200, &map, pretty).with_meta(&meta, read.consistency)
+        }
+        (Render::Service(_), CatalogResult::Instances(instances)) => read.list(
+            instances
+                .iter()
+                .map(|i| to_value(catalog_service_json(i)))
+                .collect(),
+            &meta,
+            pretty,
+        ),
+        (Render::Node(_), CatalogResult::NodeServices(node, services)) => {
+            let Some(node) = node else {
+                // Consul answers an unknown node with `null` and a 404.
+                return Reply::json(404, &Value::Null, pretty).with_meta(&meta, read.consistency);
+            };
+            let services: BTreeMap<&str, ServiceJson> = services
+                .iter()
+                .map(|s| (s.id.as_str(), service_json(s)))
+                .collect();
+            Reply::json(
+                200,
+                &serde_json::json!({
+                    "Node": to_value(node_json(&node)),
+                    "Services": to_value(services),
+                }),
+                pretty,
+            )
+            .with_meta(&meta, read.consistency)
+        }
+        (_, other) => api::unexpected(&Response::Catalog {
+            result: other,
+            meta,
+        }),
+    }
+}

@@ -1,0 +1,254 @@
+//! The agent's own services and checks (`/v1/agent/services`, `/v1/agent/checks`,
+//! `/v1/agent/service/...`, `/v1/agent/check/...`), maintenance mode and `force-leave`.
+//! Answered by the agent that receives them, never forwarded. Writes answer 200 with an
+//! empty body, as Consul's do.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use cairn_net::rpc::catalog::{CatalogResult, Status};
+use cairn_net::rpc::message::{AgentKind, Op, Response};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::api::{self, allow, request, Call, Ctx, NeedsBody, Route};
+use super::catalog::{self, agent_service_json, check_json, segment, to_value};
+use super::filter::Filter;
+use super::query::Query;
+use super::reply::Reply;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Render {
+    /// `{id: AgentService}`, optionally filtered.
+    Services(Option<Filter>),
+    /// One service, 404 when this agent has none with this id.
+    Service(String),
+    /// `{id: HealthCheck}`, optionally filtered.
+    Checks(Option<Filter>),
+    /// A write: 200, empty body.
+    Done,
+}
+
+/// Routes `/v1/agent/<rest>` for the paths of this module; `None` for others.
+pub(crate) fn route(method: &str, rest: &str, q: &Query, ctx: &Ctx) -> Option<Route> {
+    let r = route_inner(method, rest, q, ctx)?;
+    Some(r.unwrap_or_else(Route::Reply))
+}
+
+fn sample_service() -> Value {
+    to_value(agent_service_json(&Default::default(), ""))
+}
+
+fn route_inner(method: &str, rest: &str, q: &Query, ctx: &Ctx) -> Option<Result<Route, Reply>> {
+    let pretty = q.pretty();
+    // The agent answers about itself: no datacenter applies.
+    let call = |op, render| {
+        Ok(Route::Call(Call {
+            request: request(String::new(), op),
+            render: api::Render::Services(render),
+            pretty,
+        }))
+    };
+    let body = |kind| {
+        allow(method, &["PUT"])?;
+        Ok(Route::Body(NeedsBody::Agent(Pending { kind, pretty })))
+    };
+    let put = |op: Result<Op, Reply>| {
+        allow(method, &["PUT"])?;
+        call(op?, Render::Done)
+    };
+    let (head, arg) = match rest.split_once('/') {
+        Some((h, a)) => (h, Some(a)),
+        None => (rest, None),
+    };
+    Some(match (head, arg) {
+        ("services", None) => (|| {
+            allow(method, &["GET"])?;
+            let f = catalog::filter(q, sample_service)?;
+            call(
+                Op::AgentLocal {
+                    kind: AgentKind::Service,
+                },
+                Render::Services(f),
+            )
+        })(),
+        ("checks", None) => (|| {
+            allow(method, &["GET"])?;
+            let f = catalog::filter(q, catalog::sample_check)?;
+            call(
+                Op::AgentLocal {
+                    kind: AgentKind::Check,
+                },
+                Render::Checks(f),
+            )
+        })(),
+        ("maintenance", None) => put(maintenance(None, q)),
+        ("force-leave", Some(node)) => put(segment(node, "node name", ctx).map(|node| Op::ForceLeave { node })),
+        ("service", Some("register")) => body(PendingKind::Register(AgentKind::Service)),
+        ("check", Some("register")) => body(PendingKind::Register(AgentKind::Check)),
+        ("service", Some(sub)) => {
+            let (verb, id) = sub.split_once('/').unwrap_or(("", sub));
+            match verb {
+                "deregister" => put(segment(id, "service id", ctx).map(|id| Op::AgentDeregister {
+                    kind: AgentKind::Service,
+                    id,
+                })),
+                "maintenance" => put(
+                    segment(id, "service id", ctx).and_then(|id| maintenance(Some(id), q)),
+                ),
+                "" => (|| {
+                    allow(method, &["GET"])?;
+                    let id = segment(id, "service id", ctx)?;
+                    call(
+                        Op::AgentLocal {
+                            kind: AgentKind::Service,
+                        },
+                        Render::Service(id),
+                    )
+                })(),
+                _ => return None,
+            }
+        }
+        ("check", Some(sub)) => {
+            let (verb, id) = sub.split_once('/')?;
+            let id = match segment(id, "check id", ctx) {
+                Ok(id) => id,
+                Err(r) => return Some(Err(r)),
+            };
+            let status = match verb {
+                "deregister" => {
+                    return Some(put(Ok(Op::AgentDeregister {
+                        kind: AgentKind::Check,
+                        id,
+                    })))
+                }
+                "update" => return Some(body(PendingKind::Update { id })),
+                "pass" => Status::Passing,
+                "warn" => Status::Warning,
+                "fail" => Status::Critical,
+                _ => return None,
+            };
+            put(Ok(Op::AgentCheckUpdate {
+                id,
+                status,
+                output: q.get("note").unwrap_or("").to_string(),
+            }))
+        }
+        _ => return None,
+    })
+}
+
+/// `?enable` (required, a boolean) and `?reason`, as Consul reads them.
+fn maintenance(service_id: Option<String>, q: &Query) -> Result<Op, Reply> {
+    let enable = match q.get("enable") {
+        None | Some("") => return Err(Reply::bad_request("Missing value for enable")),
+        Some(_) => q
+            .bool_flag("enable")
+            .map_err(|_| Reply::bad_request("Invalid value for enable"))?,
+    };
+    Ok(Op::AgentMaintenance {
+        service_id,
+        enable,
+        reason: q.get("reason").unwrap_or("").to_string(),
+    })
+}
+
+#[derive(Debug)]
+enum PendingKind {
+    /// The body is the definition, passed on as it is.
+    Register(AgentKind),
+    /// The body is `{"Status": ..., "Output": ...}`.
+    Update { id: String },
+}
+
+/// An agent write waiting for its body.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    kind: PendingKind,
+    pretty: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct UpdateJson {
+    status: Option<String>,
+    output: Option<String>,
+}
+
+impl Pending {
+    pub fn finish(self, body: Bytes, _ctx: &Ctx) -> Result<Call, Reply> {
+        let op = match self.kind {
+            PendingKind::Register(kind) => Op::AgentRegister {
+                kind,
+                definition: body,
+            },
+            PendingKind::Update { id } => {
+                let u: UpdateJson = serde_json::from_slice(&body)
+                    .map_err(|e| Reply::bad_request(format!("Request decode failed: {e}")))?;
+                let s = u.status.unwrap_or_default();
+                let status = s
+                    .parse::<Status>()
+                    .map_err(|_| Reply::bad_request(format!("Invalid check status: '{s}'")))?;
+                Op::AgentCheckUpdate {
+                    id,
+                    status,
+                    output: u.output.unwrap_or_default(),
+                }
+            }
+        };
+        Ok(Call {
+            request: request(String::new(), op),
+            render: api::Render::Services(Render::Done),
+            pretty: self.pretty,
+        })
+    }
+}
+
+fn keep(filter: &Option<Filter>, v: &Value) -> bool {
+    filter.as_ref().is_none_or(|f| f.matches(v))
+}
+
+pub(crate) fn render(r: &Render, resp: Response, pretty: bool, ctx: &Ctx) -> Reply {
+    match (r, resp) {
+        (Render::Done, Response::Bool(true) | Response::Done) => Reply::empty(200),
+        (
+            Render::Services(filter),
+            Response::Catalog {
+                result: CatalogResult::NodeServices(_, services),
+                ..
+            },
+        ) => {
+            let map: BTreeMap<&str, Value> = services
+                .iter()
+                .map(|s| (s.id.as_str(), to_value(agent_service_json(s, &ctx.datacenter))))
+                .filter(|(_, v)| keep(filter, v))
+                .collect();
+            Reply::json(200, &map, pretty)
+        }
+        (
+            Render::Service(id),
+            Response::Catalog {
+                result: CatalogResult::NodeServices(_, services),
+                ..
+            },
+        ) => match services.iter().find(|s| &s.id == id) {
+            Some(s) => Reply::json(200, &agent_service_json(s, &ctx.datacenter), pretty),
+            None => Reply::text(404, format!("unknown service ID: {id}")),
+        },
+        (
+            Render::Checks(filter),
+            Response::Catalog {
+                result: CatalogResult::Checks(checks),
+                ..
+            },
+        ) => {
+            let map: BTreeMap<&str, Value> = checks
+                .iter()
+                .map(|c| (c.id.as_str(), to_value(check_json(c))))
+                .filter(|(_, v)| keep(filter, v))
+                .collect();
+            Reply::json(200, &map, pretty)
+        }
+        (_, other) => api::unexpected(&other),
+    }
+}
