@@ -26,7 +26,12 @@ pub(crate) struct Read {
 
 impl Read {
     /// The read's answer: the JSON `items`, filtered, with Consul's query headers.
-    pub fn list(&self, items: Vec<Value>, meta: &cairn_net::rpc::message::Meta, pretty: bool) -> Reply {
+    pub fn list(
+        &self,
+        items: Vec<Value>,
+        meta: &cairn_net::rpc::message::Meta,
+        pretty: bool,
+    ) -> Reply {
         let items = match &self.filter {
             Some(f) => f.apply(items),
             None => items,
@@ -275,7 +280,9 @@ pub(crate) fn filter(q: &Query, sample: impl FnOnce() -> Value) -> Result<Option
     match q.get("filter") {
         None | Some("") => Ok(None),
         Some(f) => Filter::parse(f, &sample()).map(Some).map_err(|e| {
-            Reply::bad_request(format!("Failed to create boolean expression evaluator: {e}"))
+            Reply::bad_request(format!(
+                "Failed to create boolean expression evaluator: {e}"
+            ))
         }),
     }
 }
@@ -283,7 +290,9 @@ pub(crate) fn filter(q: &Query, sample: impl FnOnce() -> Value) -> Result<Option
 /// Refuses `?filter` on an endpoint that does not take one.
 pub(crate) fn no_filter(q: &Query) -> Result<(), Reply> {
     if q.get("filter").is_some_and(|f| !f.is_empty()) {
-        return Err(Reply::bad_request("?filter is not supported on this endpoint"));
+        return Err(Reply::bad_request(
+            "?filter is not supported on this endpoint",
+        ));
     }
     Ok(())
 }
@@ -341,7 +350,9 @@ fn route_inner(method: &str, rest: &str, q: &Query, ctx: &Ctx) -> Result<Route, 
         }
         "services" => {
             no_filter(q)?;
-            read_call(q, ctx, CatalogQuery::Services, None, |x| r(Render::Services(x)))
+            read_call(q, ctx, CatalogQuery::Services, None, |x| {
+                r(Render::Services(x))
+            })
         }
         _ => {
             if let Some(name) = rest.strip_prefix("service/") {
@@ -478,7 +489,8 @@ fn decode<'a, T: Deserialize<'a> + Default>(body: &'a [u8]) -> Result<T, Reply> 
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| Reply::bad_request(format!("Request decode failed: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| Reply::bad_request(format!("Request decode failed: {e}")))
 }
 
 impl Pending {
@@ -599,7 +611,10 @@ pub(crate) fn render(r: &Render, resp: Response, pretty: bool) -> Reply {
         (Render::Bool, Response::Bool(b)) => return Reply::json(200, &b, pretty),
         (Render::Bool, other) => return api::unexpected(&other),
         (
-            Render::Nodes(read) | Render::Services(read) | Render::Service(read) | Render::Node(read),
+            Render::Nodes(read)
+            | Render::Services(read)
+            | Render::Service(read)
+            | Render::Node(read),
             Response::Catalog { result, meta },
         ) => (read, result, meta),
         (_, other) => return api::unexpected(&other),
@@ -648,5 +663,284 @@ pub(crate) fn render(r: &Render, resp: Response, pretty: bool) -> Reply {
             result: other,
             meta,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_net::rpc::message::Meta;
+
+    fn call(method: &str, path: &str) -> Result<Call, Reply> {
+        let ctx = Ctx::for_tests();
+        let (p, q) = path
+            .split_once('?')
+            .map_or((path, None), |(p, q)| (p, Some(q)));
+        match api::route(method, p, q, &ctx) {
+            Route::Call(c) => Ok(c),
+            Route::Reply(r) => Err(r),
+            Route::Body(_) => panic!("{path} wants a body"),
+        }
+    }
+
+    fn register(body: &str) -> Result<Registration, Reply> {
+        let ctx = Ctx::for_tests();
+        let Route::Body(pending) = api::route("PUT", "/v1/catalog/register", None, &ctx) else {
+            panic!("register takes a body")
+        };
+        let c = pending.finish(bytes::Bytes::copy_from_slice(body.as_bytes()), &ctx)?;
+        match c.request.op {
+            Op::CatalogRegister(r) => Ok(*r),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_registration_takes_consuls_body_and_defaults() {
+        let r = register(
+            r#"{"Node": "n1", "Address": "10.0.0.1", "NodeMeta": {"rack": "a"},
+                "Service": {"Service": "web", "Tags": ["v1"], "Port": 80, "Weights": null},
+                "Check": {"Name": "alive", "ServiceID": "web"},
+                "Checks": [{"CheckID": "disk", "Name": "disk", "Status": "warning", "Output": "80%"}],
+                "TaggedAddresses": {"wan": "1.2.3.4"}}"#,
+        )
+        .unwrap();
+        assert_eq!((r.node.as_str(), r.address.as_str()), ("n1", "10.0.0.1"));
+        assert_eq!(r.node_meta.get("rack").map(String::as_str), Some("a"));
+        let s = r.service.unwrap();
+        assert_eq!((s.id.as_str(), s.name.as_str(), s.port), ("web", "web", 80));
+        assert_eq!(s.weights, Weights::default());
+        assert_eq!(r.checks.len(), 2);
+        // A check's id defaults to its name, its status to critical, its node to the
+        // registration's.
+        let c = &r.checks[0];
+        assert_eq!(
+            (c.id.as_str(), c.status, c.node.as_str()),
+            ("alive", Status::Critical, "n1")
+        );
+        assert_eq!(
+            (c.service_id.as_str(), c.service_name.as_str()),
+            ("web", "web")
+        );
+        assert_eq!(
+            (r.checks[1].status, r.checks[1].output.as_str()),
+            (Status::Warning, "80%")
+        );
+    }
+
+    #[test]
+    fn bad_registrations_are_400_before_anything_is_sent() {
+        for (body, why) in [
+            (r#"{"Address": "a"}"#, "Missing node name"),
+            (r#"{"Node": "n"}"#, "Missing node address"),
+            (
+                r#"{"Node": "n", "Address": "a", "Service": {"Port": 1}}"#,
+                "Missing service name",
+            ),
+            (
+                r#"{"Node": "n", "Address": "a", "Check": {"Name": "c", "Status": "ok"}}"#,
+                "unknown check status",
+            ),
+            (
+                r#"{"Node": "n", "Address": "a", "Service": {"Service": "s", "Port": 70000}}"#,
+                "Request decode failed",
+            ),
+            ("[1]", "Request decode failed"),
+        ] {
+            let r = register(body).unwrap_err();
+            assert_eq!(r.status, 400, "{body}");
+            assert!(
+                String::from_utf8_lossy(&r.body).contains(why),
+                "{body}: {:?}",
+                r.body
+            );
+        }
+    }
+
+    #[test]
+    fn a_deregistration_names_the_node_and_optionally_a_service_or_check() {
+        let ctx = Ctx::for_tests();
+        let finish = |body: &'static str| {
+            let Route::Body(p) = api::route("PUT", "/v1/catalog/deregister", None, &ctx) else {
+                panic!()
+            };
+            p.finish(bytes::Bytes::from_static(body.as_bytes()), &ctx)
+        };
+        let c = finish(r#"{"Node": "n1", "ServiceID": "web", "Datacenter": "dc1"}"#).unwrap();
+        assert_eq!(c.request.datacenter, "");
+        assert_eq!(
+            c.request.op,
+            Op::CatalogDeregister {
+                node: "n1".into(),
+                service_id: Some("web".into()),
+                check_id: None
+            }
+        );
+        assert_eq!(
+            finish(r#"{"Node": "n1", "Datacenter": "eu"}"#)
+                .unwrap()
+                .request
+                .datacenter,
+            "eu"
+        );
+        assert_eq!(finish("{}").unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn catalog_reads_route_to_their_queries_with_blocking_options() {
+        let c = call(
+            "GET",
+            "/v1/catalog/service/my%20web?tag=v1&index=5&wait=10s&stale",
+        )
+        .unwrap();
+        match c.request.op {
+            Op::CatalogRead { query, opts } => {
+                assert_eq!(
+                    query,
+                    CatalogQuery::Service {
+                        name: "my web".into(),
+                        tag: Some("v1".into()),
+                        passing_only: false
+                    }
+                );
+                assert_eq!(
+                    (opts.index, opts.wait_ms, opts.consistency),
+                    (5, 10_000, Consistency::Stale)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        for (path, query) in [
+            ("/v1/catalog/nodes", CatalogQuery::Nodes),
+            ("/v1/catalog/services", CatalogQuery::Services),
+            (
+                "/v1/catalog/node/n1",
+                CatalogQuery::NodeServices { node: "n1".into() },
+            ),
+        ] {
+            match call("GET", path).unwrap().request.op {
+                Op::CatalogRead { query: q, .. } => assert_eq!(q, query, "{path}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        let r = call("GET", "/v1/catalog/datacenters").unwrap_err();
+        assert_eq!((r.status, &r.body[..]), (200, &br#"["dc1"]"#[..]));
+        assert_eq!(call("POST", "/v1/catalog/nodes").unwrap_err().status, 405);
+        assert_eq!(call("GET", "/v1/catalog/register").unwrap_err().status, 405);
+        assert_eq!(call("GET", "/v1/catalog/nope").unwrap_err().status, 404);
+        assert_eq!(call("GET", "/v1/catalog/service/").unwrap_err().status, 400);
+        assert_eq!(
+            call("GET", "/v1/catalog/nodes?index=x").unwrap_err().status,
+            400
+        );
+        let r = call("GET", "/v1/catalog/nodes?filter=Nope%20%3D%3D%20x").unwrap_err();
+        assert_eq!(r.status, 400);
+        assert_eq!(
+            call("GET", "/v1/catalog/services?filter=a")
+                .unwrap_err()
+                .status,
+            400
+        );
+    }
+
+    fn instance(node: &str, tags: &[&str]) -> Instance {
+        Instance {
+            node: Node {
+                name: node.into(),
+                address: "10.0.0.1".into(),
+                datacenter: "dc1".into(),
+                create_index: 3,
+                modify_index: 3,
+                ..Node::default()
+            },
+            service: Service {
+                id: "web-1".into(),
+                name: "web".into(),
+                tags: tags.iter().map(|t| t.to_string()).collect(),
+                port: 80,
+                create_index: 4,
+                modify_index: 5,
+                ..Service::default()
+            },
+            checks: vec![],
+        }
+    }
+
+    #[test]
+    fn a_services_instances_render_flattened_and_filtered() {
+        let meta = Meta {
+            index: 9,
+            known_leader: true,
+            last_contact_ms: 0,
+        };
+        let read = Read {
+            consistency: Consistency::Default,
+            filter: Some(
+                Filter::parse(r#""v1" in ServiceTags"#, &sample_catalog_service()).unwrap(),
+            ),
+        };
+        let r = render(
+            &Render::Service(read),
+            Response::Catalog {
+                result: CatalogResult::Instances(vec![instance("a", &["v1"]), instance("b", &[])]),
+                meta,
+            },
+            false,
+        );
+        assert_eq!(r.status, 200);
+        assert!(r.headers.contains(&("X-Consul-Index", "9".to_string())));
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!([{
+                "ID": "", "Node": "a", "Address": "10.0.0.1", "Datacenter": "dc1", "NodeMeta": {},
+                "ServiceID": "web-1", "ServiceName": "web", "ServiceTags": ["v1"],
+                "ServiceAddress": "", "ServicePort": 80, "ServiceMeta": {},
+                "ServiceWeights": {"Passing": 1, "Warning": 1},
+                "ServiceEnableTagOverride": false, "CreateIndex": 4, "ModifyIndex": 5
+            }])
+        );
+    }
+
+    #[test]
+    fn a_node_renders_with_its_services_by_id_and_an_unknown_one_is_404_null() {
+        let read = Read {
+            consistency: Consistency::Default,
+            filter: None,
+        };
+        let i = instance("a", &[]);
+        let r = render(
+            &Render::Node(read.clone()),
+            Response::Catalog {
+                result: CatalogResult::NodeServices(Some(i.node.clone()), vec![i.service.clone()]),
+                meta: Meta::default(),
+            },
+            false,
+        );
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["Node"]["Node"], "a");
+        assert_eq!(v["Services"]["web-1"]["Service"], "web");
+        assert_eq!(v["Services"]["web-1"]["ModifyIndex"], 5);
+        let r = render(
+            &Render::Node(read.clone()),
+            Response::Catalog {
+                result: CatalogResult::NodeServices(None, vec![]),
+                meta: Meta::default(),
+            },
+            false,
+        );
+        assert_eq!((r.status, &r.body[..]), (404, &b"null"[..]));
+        let r = render(
+            &Render::Services(read),
+            Response::Catalog {
+                result: CatalogResult::Services(vec![
+                    ("web".into(), vec!["v1".into()]),
+                    ("db".into(), vec![]),
+                ]),
+                meta: Meta::default(),
+            },
+            false,
+        );
+        assert_eq!(&r.body[..], br#"{"db":[],"web":["v1"]}"#);
     }
 }

@@ -186,7 +186,8 @@ impl Parser {
         let value_first = match self.peek() {
             Some(Token::Str(_)) => true,
             Some(Token::Word(_)) => {
-                self.peek_word_at(1, "in") || (self.peek_word_at(1, "not") && self.peek_word_at(2, "in"))
+                self.peek_word_at(1, "in")
+                    || (self.peek_word_at(1, "not") && self.peek_word_at(2, "in"))
             }
             _ => false,
         };
@@ -237,9 +238,7 @@ impl Parser {
                 self.at += 1;
                 (MatchOp::NotIn, self.value()?)
             }
-            Some(Token::Word(w))
-                if w == "matches" || (w == "not" && self.peek_word("matches")) =>
-            {
+            Some(Token::Word(w)) if w == "matches" || (w == "not" && self.peek_word("matches")) => {
                 return Err("the `matches` operator (regular expressions) is not supported".into())
             }
             other => {
@@ -268,14 +267,20 @@ impl Parser {
                 }
                 Ok(parts)
             }
-            other => Err(format!("expected a selector, found {}", describe(other.as_ref()))),
+            other => Err(format!(
+                "expected a selector, found {}",
+                describe(other.as_ref())
+            )),
         }
     }
 
     fn value(&mut self) -> Result<String, String> {
         match self.next() {
             Some(Token::Str(v) | Token::Word(v)) => Ok(v),
-            other => Err(format!("expected a value, found {}", describe(other.as_ref()))),
+            other => Err(format!(
+                "expected a value, found {}",
+                describe(other.as_ref())
+            )),
         }
     }
 }
@@ -309,7 +314,10 @@ impl Filter {
         }
         let f = p.or()?;
         if let Some(t) = p.peek() {
-            return Err(format!("unexpected {} after the expression", describe(Some(t))));
+            return Err(format!(
+                "unexpected {} after the expression",
+                describe(Some(t))
+            ));
         }
         f.check(sample)?;
         Ok(f)
@@ -454,7 +462,12 @@ mod tests {
     #[test]
     fn each_operator_matches_as_consuls() {
         let items = [
-            item("a", &["v1", "primary"], &["passing"], json!({"env": "prod"})),
+            item(
+                "a",
+                &["v1", "primary"],
+                &["passing"],
+                json!({"env": "prod"}),
+            ),
             item("b", &["v2"], &["passing", "critical"], json!({})),
             item("c", &[], &[], json!({"env": "dev"})),
         ];
@@ -485,15 +498,24 @@ mod tests {
             item("c", &["v2"], &[], json!({})),
         ];
         assert_eq!(
-            keep(r#"Node.Node == "c" or Node.Node == "a" and "v2" in Service.Tags"#, &items),
+            keep(
+                r#"Node.Node == "c" or Node.Node == "a" and "v2" in Service.Tags"#,
+                &items
+            ),
             [2]
         );
         assert_eq!(
-            keep(r#"(Node.Node == "c" or Node.Node == "a") and "v1" in Service.Tags"#, &items),
+            keep(
+                r#"(Node.Node == "c" or Node.Node == "a") and "v1" in Service.Tags"#,
+                &items
+            ),
             [0]
         );
         assert_eq!(keep(r#"not Node.Node == "a""#, &items), [1, 2]);
-        assert_eq!(keep(r#"not (Node.Node == "a" or Node.Node == "b")"#, &items), [2]);
+        assert_eq!(
+            keep(r#"not (Node.Node == "a" or Node.Node == "b")"#, &items),
+            [2]
+        );
     }
 
     #[test]

@@ -83,19 +83,23 @@ fn route_inner(method: &str, rest: &str, q: &Query, ctx: &Ctx) -> Option<Result<
             )
         })(),
         ("maintenance", None) => put(maintenance(None, q)),
-        ("force-leave", Some(node)) => put(segment(node, "node name", ctx).map(|node| Op::ForceLeave { node })),
+        ("force-leave", Some(node)) => {
+            put(segment(node, "node name", ctx).map(|node| Op::ForceLeave { node }))
+        }
         ("service", Some("register")) => body(PendingKind::Register(AgentKind::Service)),
         ("check", Some("register")) => body(PendingKind::Register(AgentKind::Check)),
         ("service", Some(sub)) => {
             let (verb, id) = sub.split_once('/').unwrap_or(("", sub));
             match verb {
-                "deregister" => put(segment(id, "service id", ctx).map(|id| Op::AgentDeregister {
-                    kind: AgentKind::Service,
-                    id,
-                })),
-                "maintenance" => put(
-                    segment(id, "service id", ctx).and_then(|id| maintenance(Some(id), q)),
+                "deregister" => put(
+                    segment(id, "service id", ctx).map(|id| Op::AgentDeregister {
+                        kind: AgentKind::Service,
+                        id,
+                    }),
                 ),
+                "maintenance" => {
+                    put(segment(id, "service id", ctx).and_then(|id| maintenance(Some(id), q)))
+                }
                 "" => (|| {
                     allow(method, &["GET"])?;
                     let id = segment(id, "service id", ctx)?;
@@ -220,7 +224,12 @@ pub(crate) fn render(r: &Render, resp: Response, pretty: bool, ctx: &Ctx) -> Rep
         ) => {
             let map: BTreeMap<&str, Value> = services
                 .iter()
-                .map(|s| (s.id.as_str(), to_value(agent_service_json(s, &ctx.datacenter))))
+                .map(|s| {
+                    (
+                        s.id.as_str(),
+                        to_value(agent_service_json(s, &ctx.datacenter)),
+                    )
+                })
                 .filter(|(_, v)| keep(filter, v))
                 .collect();
             Reply::json(200, &map, pretty)
@@ -250,5 +259,200 @@ pub(crate) fn render(r: &Render, resp: Response, pretty: bool, ctx: &Ctx) -> Rep
             Reply::json(200, &map, pretty)
         }
         (_, other) => api::unexpected(&other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_net::rpc::catalog::{Check, Node, Service};
+    use cairn_net::rpc::message::Meta;
+
+    fn op(method: &str, path: &str, q: Option<&str>) -> Result<Op, u16> {
+        match api::route(method, path, q, &Ctx::for_tests()) {
+            Route::Call(c) => Ok(c.request.op),
+            Route::Reply(r) => Err(r.status),
+            Route::Body(_) => Err(0),
+        }
+    }
+
+    #[test]
+    fn agent_paths_route_to_the_agent_api() {
+        let svc = AgentKind::Service;
+        let chk = AgentKind::Check;
+        assert_eq!(
+            op("GET", "/v1/agent/services", None),
+            Ok(Op::AgentLocal { kind: svc })
+        );
+        assert_eq!(
+            op("GET", "/v1/agent/checks", None),
+            Ok(Op::AgentLocal { kind: chk })
+        );
+        assert_eq!(
+            op("GET", "/v1/agent/service/web", None),
+            Ok(Op::AgentLocal { kind: svc })
+        );
+        assert_eq!(
+            op("PUT", "/v1/agent/service/deregister/web", None),
+            Ok(Op::AgentDeregister {
+                kind: svc,
+                id: "web".into()
+            })
+        );
+        assert_eq!(
+            op("PUT", "/v1/agent/check/deregister/c%2F1", None),
+            Ok(Op::AgentDeregister {
+                kind: chk,
+                id: "c/1".into()
+            })
+        );
+        for (verb, status) in [
+            ("pass", Status::Passing),
+            ("warn", Status::Warning),
+            ("fail", Status::Critical),
+        ] {
+            assert_eq!(
+                op(
+                    "PUT",
+                    &format!("/v1/agent/check/{verb}/ttl"),
+                    Some("note=hi")
+                ),
+                Ok(Op::AgentCheckUpdate {
+                    id: "ttl".into(),
+                    status,
+                    output: "hi".into()
+                })
+            );
+        }
+        assert_eq!(
+            op(
+                "PUT",
+                "/v1/agent/maintenance",
+                Some("enable=true&reason=up")
+            ),
+            Ok(Op::AgentMaintenance {
+                service_id: None,
+                enable: true,
+                reason: "up".into()
+            })
+        );
+        assert_eq!(
+            op(
+                "PUT",
+                "/v1/agent/service/maintenance/web",
+                Some("enable=false")
+            ),
+            Ok(Op::AgentMaintenance {
+                service_id: Some("web".into()),
+                enable: false,
+                reason: String::new()
+            })
+        );
+        assert_eq!(
+            op("PUT", "/v1/agent/force-leave/n2", None),
+            Ok(Op::ForceLeave { node: "n2".into() })
+        );
+        // Bodies, refusals, and paths not served.
+        assert_eq!(op("PUT", "/v1/agent/service/register", None), Err(0));
+        assert_eq!(op("PUT", "/v1/agent/check/register", None), Err(0));
+        assert_eq!(op("PUT", "/v1/agent/check/update/ttl", None), Err(0));
+        assert_eq!(op("PUT", "/v1/agent/maintenance", None), Err(400));
+        assert_eq!(
+            op("PUT", "/v1/agent/maintenance", Some("enable=yes")),
+            Err(400)
+        );
+        assert_eq!(op("GET", "/v1/agent/check/pass/ttl", None), Err(405));
+        assert_eq!(op("PUT", "/v1/agent/services", None), Err(405));
+        assert_eq!(op("PUT", "/v1/agent/leave", None), Err(404));
+        assert_eq!(op("PUT", "/v1/agent/join/1.2.3.4", None), Err(404));
+        assert_eq!(op("PUT", "/v1/agent/check/nope/x", None), Err(404));
+    }
+
+    fn finish(path: &str, body: &'static str) -> Result<Op, u16> {
+        let ctx = Ctx::for_tests();
+        let Route::Body(p) = api::route("PUT", path, None, &ctx) else {
+            panic!("{path}")
+        };
+        p.finish(Bytes::from_static(body.as_bytes()), &ctx)
+            .map(|c| c.request.op)
+            .map_err(|r| r.status)
+    }
+
+    #[test]
+    fn registrations_pass_the_body_through_and_updates_parse_theirs() {
+        let def = r#"{"Name": "web", "Port": 80}"#;
+        assert_eq!(
+            finish("/v1/agent/service/register", def),
+            Ok(Op::AgentRegister {
+                kind: AgentKind::Service,
+                definition: Bytes::from_static(def.as_bytes())
+            })
+        );
+        assert_eq!(
+            finish(
+                "/v1/agent/check/update/ttl",
+                r#"{"Status": "warning", "Output": "slow"}"#
+            ),
+            Ok(Op::AgentCheckUpdate {
+                id: "ttl".into(),
+                status: Status::Warning,
+                output: "slow".into()
+            })
+        );
+        assert_eq!(
+            finish("/v1/agent/check/update/ttl", r#"{"Status": "ok"}"#),
+            Err(400)
+        );
+        assert_eq!(finish("/v1/agent/check/update/ttl", "nope"), Err(400));
+    }
+
+    #[test]
+    fn the_agents_services_and_checks_render_as_maps_by_id() {
+        let ctx = Ctx::for_tests();
+        let services = Response::Catalog {
+            result: CatalogResult::NodeServices(
+                Some(Node::default()),
+                vec![Service {
+                    id: "web-1".into(),
+                    name: "web".into(),
+                    port: 80,
+                    ..Service::default()
+                }],
+            ),
+            meta: Meta::default(),
+        };
+        let r = render(&Render::Services(None), services.clone(), false, &ctx);
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["web-1"]["Service"], "web");
+        assert_eq!(v["web-1"]["Datacenter"], "dc1");
+        assert!(v["web-1"].get("CreateIndex").is_none());
+        let f = Filter::parse(r#"Service == "db""#, &sample_service()).unwrap();
+        let r = render(&Render::Services(Some(f)), services.clone(), false, &ctx);
+        assert_eq!(&r.body[..], b"{}");
+        let r = render(
+            &Render::Service("web-1".into()),
+            services.clone(),
+            false,
+            &ctx,
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            render(&Render::Service("x".into()), services, false, &ctx).status,
+            404
+        );
+        let checks = Response::Catalog {
+            result: CatalogResult::Checks(vec![Check {
+                id: "c".into(),
+                status: Status::Passing,
+                ..Check::default()
+            }]),
+            meta: Meta::default(),
+        };
+        let v: Value =
+            serde_json::from_slice(&render(&Render::Checks(None), checks, false, &ctx).body)
+                .unwrap();
+        assert_eq!(v["c"]["Status"], "passing");
+        let r = render(&Render::Done, Response::Bool(true), false, &ctx);
+        assert_eq!((r.status, r.body.len()), (200, 0));
     }
 }

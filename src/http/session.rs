@@ -133,7 +133,9 @@ fn session_info(c: CreateJson, agent_node: String) -> Result<SessionInfo, Reply>
     let lock_delay_ms = match c.lock_delay {
         None | Some(Value::Null) => DEFAULT_LOCK_DELAY_MS,
         Some(Value::String(s)) => parse_go_duration(&s)
-            .ok_or_else(|| Reply::bad_request(format!("Request decode failed: invalid LockDelay {s:?}")))?
+            .ok_or_else(|| {
+                Reply::bad_request(format!("Request decode failed: invalid LockDelay {s:?}"))
+            })?
             .as_millis() as u64,
         Some(Value::Number(n)) => {
             let n = n.as_f64().filter(|n| *n >= 0.0).ok_or_else(|| {
@@ -160,7 +162,11 @@ fn session_info(c: CreateJson, agent_node: String) -> Result<SessionInfo, Reply>
     let behavior = match c.behavior.as_deref() {
         None | Some("" | "release") => SessionBehavior::Release,
         Some("delete") => SessionBehavior::Delete,
-        Some(b) => return Err(Reply::bad_request(format!("Invalid Behavior setting '{b}'"))),
+        Some(b) => {
+            return Err(Reply::bad_request(format!(
+                "Invalid Behavior setting '{b}'"
+            )))
+        }
     };
     if c.service_checks.as_ref().is_some_and(|s| !s.is_empty()) {
         return Err(Reply::bad_request(
@@ -267,5 +273,169 @@ pub(crate) fn render(r: &Render, resp: Response, pretty: bool) -> Reply {
             Reply::json(200, &list, pretty).with_meta(&meta, read.consistency)
         }
         (_, other) => api::unexpected(&other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_net::rpc::message::Meta;
+
+    fn create(body: &str) -> Result<SessionInfo, Reply> {
+        let ctx = Ctx::for_tests();
+        let Route::Body(p) = api::route("PUT", "/v1/session/create", None, &ctx) else {
+            panic!("create takes a body")
+        };
+        match p
+            .finish(bytes::Bytes::copy_from_slice(body.as_bytes()), &ctx)?
+            .request
+            .op
+        {
+            Op::SessionCreate(info) => Ok(info),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_create_gets_consuls_defaults() {
+        for body in ["", "{}"] {
+            let s = create(body).unwrap();
+            assert_eq!(s.node, "node1", "the agent's own node");
+            assert_eq!(
+                (s.lock_delay_ms, s.ttl_ms, s.behavior),
+                (15_000, 0, SessionBehavior::Release)
+            );
+            assert_eq!(s.node_checks, ["serfHealth"]);
+        }
+        let s = create(r#"{"Name": "l", "Node": "n2", "TTL": "30s", "LockDelay": "1m", "Behavior": "delete", "NodeChecks": []}"#)
+            .unwrap();
+        assert_eq!((s.name.as_str(), s.node.as_str()), ("l", "n2"));
+        assert_eq!(
+            (s.ttl_ms, s.lock_delay_ms, s.behavior),
+            (30_000, 60_000, SessionBehavior::Delete)
+        );
+        assert!(s.node_checks.is_empty());
+        // A number below 1000 is seconds, otherwise nanoseconds (Consul's FixupLockDelay).
+        assert_eq!(create(r#"{"LockDelay": 5}"#).unwrap().lock_delay_ms, 5_000);
+        assert_eq!(
+            create(r#"{"LockDelay": 2000000000}"#)
+                .unwrap()
+                .lock_delay_ms,
+            2_000
+        );
+        assert_eq!(
+            create(r#"{"Checks": ["serfHealth"]}"#).unwrap().node_checks,
+            ["serfHealth"]
+        );
+    }
+
+    #[test]
+    fn bad_creates_are_400() {
+        for body in [
+            r#"{"Behavior": "keep"}"#,
+            r#"{"TTL": "10"}"#,
+            r#"{"LockDelay": "soon"}"#,
+            r#"{"LockDelay": -1}"#,
+            r#"{"ServiceChecks": [{"ID": "web"}]}"#,
+            "[",
+        ] {
+            assert_eq!(create(body).unwrap_err().status, 400, "{body}");
+        }
+    }
+
+    #[test]
+    fn session_paths_route_to_their_ops() {
+        let ctx = Ctx::for_tests();
+        let op = |m, p| match api::route(m, p, None, &ctx) {
+            Route::Call(c) => Ok(c.request.op),
+            Route::Reply(r) => Err(r.status),
+            Route::Body(_) => panic!("{p}"),
+        };
+        assert_eq!(
+            op("PUT", "/v1/session/destroy/abc"),
+            Ok(Op::SessionDestroy { id: "abc".into() })
+        );
+        assert_eq!(
+            op("PUT", "/v1/session/renew/abc"),
+            Ok(Op::SessionRenew { id: "abc".into() })
+        );
+        assert!(matches!(
+            op("GET", "/v1/session/info/abc"),
+            Ok(Op::SessionRead {
+                query: SessionQuery::Info { .. },
+                ..
+            })
+        ));
+        assert!(matches!(
+            op("GET", "/v1/session/node/n1"),
+            Ok(Op::SessionRead {
+                query: SessionQuery::Node { .. },
+                ..
+            })
+        ));
+        assert!(matches!(
+            op("GET", "/v1/session/list"),
+            Ok(Op::SessionRead {
+                query: SessionQuery::List,
+                ..
+            })
+        ));
+        assert_eq!(op("GET", "/v1/session/destroy/abc"), Err(405));
+        assert_eq!(op("PUT", "/v1/session/info/abc"), Err(405));
+        assert_eq!(op("PUT", "/v1/session/destroy/"), Err(404));
+        assert_eq!(op("GET", "/v1/session/list/x"), Err(404));
+    }
+
+    #[test]
+    fn durations_print_as_gos() {
+        for (ms, s) in [
+            (0, "0s"),
+            (500, "500ms"),
+            (1_500, "1.5s"),
+            (30_000, "30s"),
+            (90_000, "1m30s"),
+            (3_600_000, "1h0m0s"),
+            (86_400_000, "24h0m0s"),
+        ] {
+            assert_eq!(go_duration(ms), s);
+        }
+    }
+
+    #[test]
+    fn sessions_render_as_consuls_json() {
+        let s = SessionInfo {
+            id: "abc".into(),
+            name: "lock".into(),
+            node: "n1".into(),
+            behavior: SessionBehavior::Release,
+            ttl_ms: 30_000,
+            lock_delay_ms: 15_000,
+            node_checks: vec!["serfHealth".into()],
+            create_index: 7,
+        };
+        let r = render(
+            &Render::List(Read {
+                consistency: cairn_net::rpc::message::Consistency::Default,
+                filter: None,
+            }),
+            Response::Sessions {
+                sessions: vec![s.clone()],
+                meta: Meta::default(),
+            },
+            false,
+        );
+        assert_eq!(
+            std::str::from_utf8(&r.body).unwrap(),
+            r#"[{"ID":"abc","Name":"lock","Node":"n1","LockDelay":15000000000,"Behavior":"release","TTL":"30s","NodeChecks":["serfHealth"],"ServiceChecks":null,"CreateIndex":7,"ModifyIndex":7}]"#
+        );
+        let r = render(
+            &Render::Created,
+            Response::Sessions {
+                sessions: vec![s],
+                meta: Meta::default(),
+            },
+            false,
+        );
+        assert_eq!(&r.body[..], br#"{"ID":"abc"}"#);
     }
 }
