@@ -389,18 +389,18 @@ where
 }
 
 #[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase", default)]
+#[serde(default)]
 struct RegisterJson {
     #[serde(deserialize_with = "nullable")]
     datacenter: String,
-    #[serde(rename = "ID", deserialize_with = "nullable")]
+    #[serde(deserialize_with = "nullable")]
     id: String,
     #[serde(deserialize_with = "nullable")]
     node: String,
     #[serde(deserialize_with = "nullable")]
     address: String,
     #[serde(deserialize_with = "nullable")]
-    node_meta: BTreeMap<String, String>,
+    nodemeta: BTreeMap<String, String>,
     service: Option<ServiceIn>,
     check: Option<CheckIn>,
     #[serde(deserialize_with = "nullable")]
@@ -408,9 +408,9 @@ struct RegisterJson {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase", default)]
+#[serde(default)]
 struct ServiceIn {
-    #[serde(rename = "ID", deserialize_with = "nullable")]
+    #[serde(deserialize_with = "nullable")]
     id: String,
     #[serde(deserialize_with = "nullable")]
     service: String,
@@ -426,7 +426,7 @@ struct ServiceIn {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase", default)]
+#[serde(default)]
 struct WeightsIn {
     #[serde(deserialize_with = "nullable")]
     passing: u32,
@@ -435,35 +435,35 @@ struct WeightsIn {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase", default)]
+#[serde(default)]
 struct CheckIn {
     #[serde(deserialize_with = "nullable")]
     node: String,
-    #[serde(rename = "CheckID", deserialize_with = "nullable")]
-    check_id: String,
+    #[serde(deserialize_with = "nullable")]
+    checkid: String,
     #[serde(deserialize_with = "nullable")]
     name: String,
     #[serde(deserialize_with = "nullable")]
     status: String,
     #[serde(deserialize_with = "nullable")]
     output: String,
-    #[serde(rename = "ServiceID", deserialize_with = "nullable")]
-    service_id: String,
-    #[serde(rename = "Type", deserialize_with = "nullable")]
+    #[serde(deserialize_with = "nullable")]
+    serviceid: String,
+    #[serde(rename = "type", deserialize_with = "nullable")]
     kind: String,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase", default)]
+#[serde(default)]
 struct DeregisterJson {
     #[serde(deserialize_with = "nullable")]
     datacenter: String,
     #[serde(deserialize_with = "nullable")]
     node: String,
-    #[serde(rename = "ServiceID", deserialize_with = "nullable")]
-    service_id: String,
-    #[serde(rename = "CheckID", deserialize_with = "nullable")]
-    check_id: String,
+    #[serde(deserialize_with = "nullable")]
+    serviceid: String,
+    #[serde(deserialize_with = "nullable")]
+    checkid: String,
 }
 
 /// A register or deregister waiting for its body.
@@ -485,18 +485,43 @@ fn body_datacenter(body_dc: &str, query_dc: String, ctx: &Ctx) -> String {
     }
 }
 
-fn decode<'a, T: Deserialize<'a> + Default>(body: &'a [u8]) -> Result<T, Reply> {
+/// Map-valued fields: their keys are data, not field names, and are kept as sent.
+const FREE_KEYS: &[&str] = &["meta", "nodemeta", "taggedaddresses"];
+
+/// Go's `encoding/json` matches field names case-insensitively, and Consul's clients rely
+/// on it (py-consul sends `{"name": ..., "lockdelay": ...}`): every key is lower-cased
+/// before decoding, except inside map-valued fields. The structs decoded this way name
+/// their fields in lower case. An empty body is the zero value, as in Consul.
+pub(crate) fn decode_go<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Reply> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body)
-        .map_err(|e| Reply::bad_request(format!("Request decode failed: {e}")))
+    let fail = |e: serde_json::Error| Reply::bad_request(format!("Request decode failed: {e}"));
+    let mut v: Value = serde_json::from_slice(body).map_err(fail)?;
+    fold_keys(&mut v);
+    serde_json::from_value(v).map_err(fail)
+}
+
+fn fold_keys(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, mut val) in std::mem::take(m) {
+                let k = k.to_ascii_lowercase();
+                if !FREE_KEYS.contains(&k.as_str()) {
+                    fold_keys(&mut val);
+                }
+                m.insert(k, val);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(fold_keys),
+        _ => {}
+    }
 }
 
 impl Pending {
     pub fn finish(self, body: &[u8], ctx: &Ctx) -> Result<Call, Reply> {
         let (datacenter, op) = if self.deregister {
-            let d: DeregisterJson = decode(body)?;
+            let d: DeregisterJson = decode_go(body)?;
             if d.node.is_empty() {
                 return Err(Reply::bad_request("Missing node name"));
             }
@@ -504,12 +529,12 @@ impl Pending {
                 body_datacenter(&d.datacenter, self.datacenter, ctx),
                 Op::CatalogDeregister {
                     node: d.node,
-                    service_id: Some(d.service_id).filter(|s| !s.is_empty()),
-                    check_id: Some(d.check_id).filter(|s| !s.is_empty()),
+                    service_id: Some(d.serviceid).filter(|s| !s.is_empty()),
+                    check_id: Some(d.checkid).filter(|s| !s.is_empty()),
                 },
             )
         } else {
-            let r: RegisterJson = decode(body)?;
+            let r: RegisterJson = decode_go(body)?;
             let dc = body_datacenter(&r.datacenter, self.datacenter, ctx);
             (dc, Op::CatalogRegister(Box::new(registration(r)?)))
         };
@@ -564,16 +589,16 @@ fn registration(r: RegisterJson) -> Result<Registration, Reply> {
         } else {
             c.status.parse::<Status>().map_err(Reply::bad_request)?
         };
-        let id = if c.check_id.is_empty() {
+        let id = if c.checkid.is_empty() {
             c.name.clone()
         } else {
-            c.check_id
+            c.checkid
         };
         if id.is_empty() {
             return Err(Reply::bad_request("Missing check ID or name"));
         }
         let service_name = match &service {
-            Some(s) if s.id == c.service_id => s.name.clone(),
+            Some(s) if s.id == c.serviceid => s.name.clone(),
             _ => String::new(),
         };
         checks.push(Check {
@@ -586,7 +611,7 @@ fn registration(r: RegisterJson) -> Result<Registration, Reply> {
             },
             status,
             output: c.output,
-            service_id: c.service_id,
+            service_id: c.serviceid,
             service_name,
             kind: c.kind,
             create_index: 0,
@@ -598,7 +623,7 @@ fn registration(r: RegisterJson) -> Result<Registration, Reply> {
         id: r.id,
         address: r.address,
         datacenter: String::new(),
-        node_meta: r.node_meta,
+        node_meta: r.nodemeta,
         service,
         checks,
     })
@@ -725,6 +750,23 @@ mod tests {
         assert_eq!(
             (r.checks[1].status, r.checks[1].output.as_str()),
             (Status::Warning, "80%")
+        );
+    }
+
+    #[test]
+    fn field_names_match_in_any_case_but_map_keys_are_kept() {
+        let r = register(
+            r#"{"node": "n1", "ADDRESS": "a", "nodemeta": {"Rack": "x"},
+                "service": {"service": "web", "meta": {"Env": "prod"}},
+                "checks": [{"checkid": "c", "serviceid": "web", "status": "passing"}]}"#,
+        )
+        .unwrap();
+        assert_eq!((r.node.as_str(), r.address.as_str()), ("n1", "a"));
+        assert!(r.node_meta.contains_key("Rack"));
+        assert!(r.service.unwrap().meta.contains_key("Env"));
+        assert_eq!(
+            (r.checks[0].id.as_str(), r.checks[0].service_id.as_str()),
+            ("c", "web")
         );
     }
 

@@ -172,8 +172,9 @@ pub(crate) struct Pending {
     pretty: bool,
 }
 
+/// Keys folded to lower case (see `catalog::decode_go`).
 #[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase", default)]
+#[serde(default)]
 struct UpdateJson {
     status: Option<String>,
     output: Option<String>,
@@ -187,8 +188,7 @@ impl Pending {
                 definition: body,
             },
             PendingKind::Update { id } => {
-                let u: UpdateJson = serde_json::from_slice(&body)
-                    .map_err(|e| Reply::bad_request(format!("Request decode failed: {e}")))?;
+                let u: UpdateJson = catalog::decode_go(&body)?;
                 let s = u.status.unwrap_or_default();
                 let status = s
                     .parse::<Status>()

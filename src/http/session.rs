@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::api::{self, allow, request, Call, Ctx, NeedsBody, Route};
-use super::catalog::{no_filter, segment, Read};
+use super::catalog::{decode_go, no_filter, segment, Read};
 use super::query::{parse_go_duration, Query};
 use super::reply::Reply;
 
@@ -95,29 +95,24 @@ pub(crate) struct Pending {
     pretty: bool,
 }
 
+/// Consul's create body, keys folded to lower case (see `catalog::decode_go`).
 #[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase", default)]
+#[serde(default)]
 struct CreateJson {
     name: Option<String>,
     node: Option<String>,
-    lock_delay: Option<Value>,
+    lockdelay: Option<Value>,
     behavior: Option<String>,
-    #[serde(rename = "TTL")]
     ttl: Option<String>,
-    node_checks: Option<Vec<String>>,
+    nodechecks: Option<Vec<String>>,
     /// Consul's older name for node checks.
     checks: Option<Vec<String>>,
-    service_checks: Option<Vec<Value>>,
+    servicechecks: Option<Vec<Value>>,
 }
 
 impl Pending {
     pub fn finish(self, body: &[u8], _ctx: &Ctx) -> Result<Call, Reply> {
-        let c: CreateJson = if body.iter().all(u8::is_ascii_whitespace) {
-            CreateJson::default()
-        } else {
-            serde_json::from_slice(body)
-                .map_err(|e| Reply::bad_request(format!("Request decode failed: {e}")))?
-        };
+        let c: CreateJson = decode_go(body)?;
         let info = session_info(c, self.node)?;
         Ok(Call {
             request: request(self.datacenter, Op::SessionCreate(info)),
@@ -130,7 +125,7 @@ impl Pending {
 /// Consul's create request with Consul's defaults: this agent's node, a 15 s lock delay,
 /// `release`, and `serfHealth` as the node check when no checks are named.
 fn session_info(c: CreateJson, agent_node: String) -> Result<SessionInfo, Reply> {
-    let lock_delay_ms = match c.lock_delay {
+    let lock_delay_ms = match c.lockdelay {
         None | Some(Value::Null) => DEFAULT_LOCK_DELAY_MS,
         Some(Value::String(s)) => parse_go_duration(&s)
             .ok_or_else(|| {
@@ -168,12 +163,12 @@ fn session_info(c: CreateJson, agent_node: String) -> Result<SessionInfo, Reply>
             )))
         }
     };
-    if c.service_checks.as_ref().is_some_and(|s| !s.is_empty()) {
+    if c.servicechecks.as_ref().is_some_and(|s| !s.is_empty()) {
         return Err(Reply::bad_request(
             "ServiceChecks are not supported: a session is bound to its node's serfHealth",
         ));
     }
-    let node_checks = match (c.node_checks, c.checks) {
+    let node_checks = match (c.nodechecks, c.checks) {
         (None, None) => vec!["serfHealth".to_string()],
         (a, b) => {
             let mut v: Vec<String> = a.into_iter().chain(b).flatten().collect();
