@@ -2,9 +2,9 @@
 //! right away (a 404, 405 or 400), an RPC [`Call`] with the way to render its answer, or
 //! a request that first needs its body ([`NeedsBody`]). Pure code: no socket, no clock.
 //!
-//! Adding an endpoint group (catalog, health, session, agent services) is a module with a
-//! `route` function returning a [`Route`] and a `render` function for its [`Render`]
-//! variant, plus one arm in [`route`] and one in [`render`].
+//! An endpoint group is a module with a `route` function returning a [`Route`] and a
+//! `render` function for its [`Render`] variant, plus one arm in [`route`] and one in
+//! [`render`].
 
 use bytes::Bytes;
 use cairn_net::rpc::message::{Limits, Op, Request, Response};
