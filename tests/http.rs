@@ -783,6 +783,12 @@ fn catalog_register_read_and_deregister_answer_as_consul() {
     ));
     assert_eq!(r.json().as_array().unwrap().len(), 1);
     assert_eq!(r.json()[0]["Address"], "10.0.0.1");
+    let r = a.get("/v1/catalog/nodes?node-meta=rack:r1");
+    assert_eq!(r.json().as_array().unwrap().len(), 1);
+    assert_eq!(
+        a.get("/v1/catalog/nodes?node-meta=rack:r9").json(),
+        serde_json::json!([])
+    );
 
     let services = a.get("/v1/catalog/services").json();
     let mut tags: Vec<&str> = services["redis"]

@@ -276,15 +276,61 @@ pub(crate) fn segment(raw: &str, what: &str, ctx: &Ctx) -> Result<String, Reply>
 }
 
 /// `?filter`, checked against `sample`; a bad one is a 400 before anything is sent.
+/// `?node-meta` is refused here: only the endpoints that read it use [`filter_with`].
 pub(crate) fn filter(q: &Query, sample: impl FnOnce() -> Value) -> Result<Option<Filter>, Reply> {
-    match q.get("filter") {
-        None | Some("") => Ok(None),
-        Some(f) => Filter::parse(f, &sample()).map(Some).map_err(|e| {
+    if q.has("node-meta") {
+        return Err(Reply::bad_request(
+            "?node-meta is not supported on this endpoint",
+        ));
+    }
+    filter_with(q, sample, &[], &[])
+}
+
+/// `?filter` and, as conditions added to it, `?node-meta=key:value` (every pair must
+/// match the node's meta at `node_meta`, a selector) and every `?tag` after the first
+/// (the first goes to the server; each further one must be in the tags at `tags`), as
+/// Consul reads repeated parameters.
+pub(crate) fn filter_with(
+    q: &Query,
+    sample: impl FnOnce() -> Value,
+    node_meta: &[&str],
+    tags: &[&str],
+) -> Result<Option<Filter>, Reply> {
+    let path = |base: &[&str], key: Option<&str>| -> Vec<String> {
+        base.iter()
+            .copied()
+            .chain(key)
+            .map(str::to_string)
+            .collect()
+    };
+    let mut conditions = Vec::new();
+    for pair in q.all("node-meta") {
+        let (k, v) = pair.split_once(':').unwrap_or((pair, ""));
+        conditions.push(Filter::Match {
+            selector: path(node_meta, Some(k)),
+            op: super::filter::MatchOp::Equal,
+            value: v.to_string(),
+        });
+    }
+    for tag in q.all("tag").into_iter().skip(1) {
+        conditions.push(Filter::Match {
+            selector: path(tags, None),
+            op: super::filter::MatchOp::In,
+            value: tag.to_string(),
+        });
+    }
+    let user = match q.get("filter") {
+        None | Some("") => None,
+        Some(f) => Some(Filter::parse(f, &sample()).map_err(|e| {
             Reply::bad_request(format!(
                 "Failed to create boolean expression evaluator: {e}"
             ))
-        }),
-    }
+        })?),
+    };
+    Ok(conditions
+        .into_iter()
+        .chain(user)
+        .reduce(|a, b| Filter::And(Box::new(a), Box::new(b))))
 }
 
 /// Refuses `?filter` on an endpoint that does not take one.
@@ -345,11 +391,16 @@ fn route_inner(method: &str, rest: &str, q: &Query, ctx: &Ctx) -> Result<Route, 
     allow(method, &["GET"])?;
     match rest {
         "nodes" => {
-            let f = filter(q, sample_node)?;
+            let f = filter_with(q, sample_node, &["Meta"], &[])?;
             read_call(q, ctx, CatalogQuery::Nodes, f, |x| r(Render::Nodes(x)))
         }
         "services" => {
             no_filter(q)?;
+            if q.has("node-meta") {
+                return Err(Reply::bad_request(
+                    "?node-meta is not supported on this endpoint",
+                ));
+            }
             read_call(q, ctx, CatalogQuery::Services, None, |x| {
                 r(Render::Services(x))
             })
@@ -357,7 +408,7 @@ fn route_inner(method: &str, rest: &str, q: &Query, ctx: &Ctx) -> Result<Route, 
         _ => {
             if let Some(name) = rest.strip_prefix("service/") {
                 let name = segment(name, "service name", ctx)?;
-                let f = filter(q, sample_catalog_service)?;
+                let f = filter_with(q, sample_catalog_service, &["NodeMeta"], &["ServiceTags"])?;
                 let query = CatalogQuery::Service {
                     name,
                     tag: q.get("tag").map(str::to_string),
@@ -879,6 +930,48 @@ mod tests {
         assert_eq!(r.status, 400);
         assert_eq!(
             call("GET", "/v1/catalog/services?filter=a")
+                .unwrap_err()
+                .status,
+            400
+        );
+    }
+
+    #[test]
+    fn node_meta_and_further_tags_become_filter_conditions() {
+        let c = call(
+            "GET",
+            "/v1/catalog/service/web?tag=a&tag=b&node-meta=rack:r1",
+        )
+        .unwrap();
+        match &c.request.op {
+            Op::CatalogRead {
+                query: CatalogQuery::Service { tag, .. },
+                ..
+            } => assert_eq!(tag.as_deref(), Some("a")),
+            other => panic!("{other:?}"),
+        }
+        let api::Render::Catalog(Render::Service(read)) = &c.render else {
+            panic!("{:?}", c.render)
+        };
+        let f = read.filter.as_ref().unwrap();
+        let mut both = instance("n", &["a", "b"]);
+        both.node.meta.insert("rack".into(), "r1".into());
+        let mut one_tag = both.clone();
+        one_tag.service.tags.pop();
+        let mut other_rack = both.clone();
+        other_rack.node.meta.insert("rack".into(), "r2".into());
+        let v = |i: &Instance| to_value(catalog_service_json(i));
+        assert!(f.matches(&v(&both)));
+        assert!(!f.matches(&v(&one_tag)));
+        assert!(!f.matches(&v(&other_rack)));
+        assert_eq!(
+            call("GET", "/v1/catalog/services?node-meta=a:b")
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            call("GET", "/v1/health/state/any?node-meta=a:b")
                 .unwrap_err()
                 .status,
             400

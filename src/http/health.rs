@@ -54,7 +54,12 @@ fn route_inner(method: &str, rest: &str, q: &Query, ctx: &Ctx) -> Result<Route, 
         }
         _ => {
             let name = segment(arg, "service name", ctx)?;
-            let f = catalog::filter(q, catalog::sample_instance)?;
+            let f = catalog::filter_with(
+                q,
+                catalog::sample_instance,
+                &["Node", "Meta"],
+                &["Service", "Tags"],
+            )?;
             let query = CatalogQuery::Service {
                 name,
                 tag: q.get("tag").map(str::to_string),

@@ -43,6 +43,15 @@ impl Query {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every value of a repeated parameter, in order.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.pairs
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
     /// An optional unsigned number; a value that is not one is a 400 naming it.
     pub fn u64(&self, name: &str) -> Result<Option<u64>, Reply> {
         match self.get(name) {
