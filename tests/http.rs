@@ -634,6 +634,35 @@ fn a_client_agent_serves_the_http_api_through_the_servers() {
         client.get("/v1/agent/self").json()["Config"]["Server"],
         false
     );
+
+    // The client's own services reach the catalog; catalog reads and sessions go through
+    // the servers, and a session defaults to the client's node.
+    let node = node_name(&client);
+    let r = client.put(
+        "/v1/agent/service/register",
+        br#"{"Name": "app", "Port": 7000, "Check": {"TTL": "60s", "Status": "passing"}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = wait_for(
+        &server,
+        "/v1/health/service/app?passing",
+        "app in the catalog",
+        |r| r.json().as_array().is_some_and(|l| l.len() == 1),
+    );
+    assert_eq!(r.json()[0]["Node"]["Node"], node.as_str());
+    wait_for(
+        &client,
+        &format!("/v1/health/node/{node}"),
+        "the client's serfHealth",
+        |r| r.text().contains("serfHealth"),
+    );
+    let r = client.put("/v1/session/create", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["ID"].as_str().unwrap().to_string();
+    assert_eq!(
+        server.get(&format!("/v1/session/info/{id}")).json()[0]["Node"],
+        node.as_str()
+    );
 }
 
 #[test]
