@@ -47,6 +47,17 @@ impl Agent {
 /// Spawns `cairn agent` with `args` and its HTTP API on a free port; waits (bounded)
 /// until `/v1/status/leader` names a leader.
 fn start(args: &[&str]) -> Agent {
+    start_until(
+        args,
+        "named a leader",
+        |r| r.status == 200 && r.text().len() > 2,
+        "/v1/status/leader",
+    )
+}
+
+/// Spawns `cairn agent` with `args` and its HTTP API on a free port; waits (bounded)
+/// until the answer to GET `path` satisfies `ok`.
+fn start_until(args: &[&str], what: &str, ok: impl Fn(&Http) -> bool, path: &str) -> Agent {
     let http_port = free_port("127.0.0.1");
     let log = std::env::temp_dir().join(format!(
         "cairn-http-test-{http_port}-{}.log",
@@ -67,14 +78,14 @@ fn start(args: &[&str]) -> Agent {
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(r) = try_call(&agent.http, "GET", "/v1/status/leader", b"") {
-            if r.status == 200 && r.text().len() > 2 {
+        if let Ok(r) = try_call(&agent.http, "GET", path, b"") {
+            if ok(&r) {
                 return agent;
             }
         }
         assert!(
             Instant::now() < deadline,
-            "the agent's HTTP API never named a leader: {}",
+            "the agent's HTTP API never {what}: {}",
             agent.log_text()
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -1191,7 +1202,89 @@ fn agent_services_and_checks_are_registered_updated_and_removed_through_the_agen
         "web-1 gone from the catalog",
         |r| r.json()["Services"].get("web-1").is_none(),
     );
-    // Leave and join are not served; force-leave of an unknown member is refused.
-    assert_eq!(a.put("/v1/agent/leave", b"").status, 404);
+    // Force-leave of an unknown member is refused.
     assert_eq!(a.put("/v1/agent/force-leave/nobody", b"").status, 400);
+}
+
+#[test]
+fn an_agent_joins_the_pool_and_leaves_it_through_the_http_api() {
+    let serf = free_udp_port("127.0.0.1");
+    let server = start(&[
+        "--dev",
+        "--server-port",
+        &free_port("127.0.0.1").to_string(),
+        "--serf-lan-port",
+        &serf.to_string(),
+    ]);
+    // A client agent whose --retry-join names nobody: it serves HTTP but has no servers.
+    let dir = tempfile::tempdir().unwrap();
+    let nobody = free_udp_port("127.0.0.1");
+    let mut client = start_until(
+        &[
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--retry-join",
+            &format!("127.0.0.1:{nobody}"),
+            "--server-port",
+            &free_port("127.0.0.1").to_string(),
+            "--serf-lan-port",
+            "0",
+        ],
+        "answered",
+        |r| r.status == 200,
+        "/v1/agent/self",
+    );
+    let node = node_name(&client);
+    assert_eq!(
+        client
+            .get("/v1/agent/members")
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let r = client.put(&format!("/v1/agent/join/127.0.0.1:{serf}"), b"");
+    assert_eq!((r.status, r.body.len()), (200, 0), "{}", r.text());
+    wait_for(
+        &client,
+        "/v1/status/leader",
+        "a leader through the joined pool",
+        |r| r.status == 200 && r.text().len() > 2,
+    );
+    assert_eq!(client.put("/v1/kv/joined", b"yes").text(), "true");
+    // Joining an address where nobody answers is an error, not a hang.
+    let r = client.put(&format!("/v1/agent/join/127.0.0.1:{nobody}"), b"");
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(client.put("/v1/agent/join/127.0.0.1?wan", b"").status, 400);
+
+    // Leave: the answer comes first, then the agent leaves the pool and exits.
+    let r = client.put("/v1/agent/leave", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = client.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not exit: {}",
+            client.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}: {}", client.log_text());
+    // serf's status 3: left (not 4, failed).
+    wait_for(
+        &server,
+        "/v1/agent/members",
+        "the client seen as left",
+        |r| {
+            r.json().as_array().is_some_and(|ms| {
+                ms.iter()
+                    .any(|m| m["Name"] == node.as_str() && m["Status"] == 3)
+            })
+        },
+    );
 }

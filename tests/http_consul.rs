@@ -360,7 +360,7 @@ fn curl_sees_consuls_statuses_and_headers() {
         ),
         ("PUT", "/v1/agent/maintenance", 400),
         ("GET", "/v1/agent/service/nope", 404),
-        ("PUT", "/v1/agent/leave", 404),
+        ("GET", "/v1/agent/leave", 405),
     ] {
         let (status, _, body) = curl(&["-X", method, &a.url(path)]);
         assert_eq!(status, want, "{method} {path}: {body}");

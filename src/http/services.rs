@@ -1,5 +1,6 @@
 //! The agent's own services and checks (`/v1/agent/services`, `/v1/agent/checks`,
-//! `/v1/agent/service/...`, `/v1/agent/check/...`), maintenance mode and `force-leave`.
+//! `/v1/agent/service/...`, `/v1/agent/check/...`), maintenance mode, `join`, `leave` and
+//! `force-leave`.
 //! Answered by the agent that receives them, never forwarded. Writes answer 200 with an
 //! empty body, as Consul's do.
 
@@ -86,6 +87,8 @@ fn route_inner(method: &str, rest: &str, q: &Query, ctx: &Ctx) -> Option<Result<
         ("force-leave", Some(node)) => {
             put(segment(node, "node name", ctx).map(|node| Op::ForceLeave { node }))
         }
+        ("leave", None) => put(Ok(Op::Leave)),
+        ("join", Some(addr)) => put(join(addr, q, ctx)),
         ("service", Some("register")) => body(PendingKind::Register(AgentKind::Service)),
         ("check", Some("register")) => body(PendingKind::Register(AgentKind::Check)),
         ("service", Some(sub)) => {
@@ -139,6 +142,16 @@ fn route_inner(method: &str, rest: &str, q: &Query, ctx: &Ctx) -> Option<Result<
             }))
         }
         _ => return None,
+    })
+}
+
+/// `/v1/agent/join/<addr>`: the LAN pool only (this agent has no WAN pool).
+fn join(addr: &str, q: &Query, ctx: &Ctx) -> Result<Op, Reply> {
+    if q.bool_flag("wan")? {
+        return Err(Reply::bad_request("this agent has no WAN gossip pool"));
+    }
+    Ok(Op::Join {
+        addresses: vec![segment(addr, "address", ctx)?],
     })
 }
 
@@ -363,8 +376,15 @@ mod tests {
         );
         assert_eq!(op("GET", "/v1/agent/check/pass/ttl", None), Err(405));
         assert_eq!(op("PUT", "/v1/agent/services", None), Err(405));
-        assert_eq!(op("PUT", "/v1/agent/leave", None), Err(404));
-        assert_eq!(op("PUT", "/v1/agent/join/1.2.3.4", None), Err(404));
+        assert_eq!(op("PUT", "/v1/agent/leave", None), Ok(Op::Leave));
+        assert_eq!(
+            op("PUT", "/v1/agent/join/10.0.0.1%3A8301", None),
+            Ok(Op::Join {
+                addresses: vec!["10.0.0.1:8301".into()]
+            })
+        );
+        assert_eq!(op("PUT", "/v1/agent/join/10.0.0.1", Some("wan")), Err(400));
+        assert_eq!(op("GET", "/v1/agent/leave", None), Err(405));
         assert_eq!(op("PUT", "/v1/agent/check/nope/x", None), Err(404));
     }
 
