@@ -14,7 +14,7 @@
 //! - this file: the accept loop and the thin per-request driver.
 //!
 //! Left to others: enforcing ACL tokens (the token is read as Consul reads it and sent
-//! on, but servers do not check it yet), `/v1/agent/join` and `/v1/agent/leave`.
+//! on, but servers do not check it yet).
 //!
 //! [`Request`]: cairn_net::rpc::message::Request
 //! [`Response`]: cairn_net::rpc::message::Response
