@@ -54,6 +54,11 @@ fn route_inner(method: &str, rest: &str, q: &Query, ctx: &Ctx) -> Option<Result<
         allow(method, &["PUT"])?;
         Ok(Route::Body(NeedsBody::Agent(Pending { kind, pretty })))
     };
+    // A read of the agent's own services or checks.
+    let get = |kind, render: Result<Render, Reply>| {
+        allow(method, &["GET"])?;
+        call(Op::AgentLocal { kind }, render?)
+    };
     let put = |op: Result<Op, Reply>| {
         allow(method, &["PUT"])?;
         call(op?, Render::Done)
@@ -63,26 +68,14 @@ fn route_inner(method: &str, rest: &str, q: &Query, ctx: &Ctx) -> Option<Result<
         None => (rest, None),
     };
     Some(match (head, arg) {
-        ("services", None) => (|| {
-            allow(method, &["GET"])?;
-            let f = catalog::filter(q, sample_service)?;
-            call(
-                Op::AgentLocal {
-                    kind: AgentKind::Service,
-                },
-                Render::Services(f),
-            )
-        })(),
-        ("checks", None) => (|| {
-            allow(method, &["GET"])?;
-            let f = catalog::filter(q, catalog::sample_check)?;
-            call(
-                Op::AgentLocal {
-                    kind: AgentKind::Check,
-                },
-                Render::Checks(f),
-            )
-        })(),
+        ("services", None) => get(
+            AgentKind::Service,
+            catalog::filter(q, sample_service).map(Render::Services),
+        ),
+        ("checks", None) => get(
+            AgentKind::Check,
+            catalog::filter(q, catalog::sample_check).map(Render::Checks),
+        ),
         ("maintenance", None) => put(maintenance(None, q)),
         ("force-leave", Some(node)) => {
             put(segment(node, "node name", ctx).map(|node| Op::ForceLeave { node }))
@@ -103,16 +96,10 @@ fn route_inner(method: &str, rest: &str, q: &Query, ctx: &Ctx) -> Option<Result<
                 "maintenance" => {
                     put(segment(id, "service id", ctx).and_then(|id| maintenance(Some(id), q)))
                 }
-                "" => (|| {
-                    allow(method, &["GET"])?;
-                    let id = segment(id, "service id", ctx)?;
-                    call(
-                        Op::AgentLocal {
-                            kind: AgentKind::Service,
-                        },
-                        Render::Service(id),
-                    )
-                })(),
+                "" => get(
+                    AgentKind::Service,
+                    segment(id, "service id", ctx).map(Render::Service),
+                ),
                 _ => return None,
             }
         }
