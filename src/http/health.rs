@@ -6,7 +6,8 @@ use cairn_net::rpc::catalog::{CatalogQuery, CatalogResult, Status};
 use cairn_net::rpc::message::Response;
 
 use super::api::{self, allow, Ctx, Route};
-use super::catalog::{self, check_json, instance_json, read_call, segment, to_value, Read};
+use super::catalog::{self, read_call, segment, Read};
+use super::json::{self, check_json, instance_json, to_value};
 use super::query::Query;
 use super::reply::Reply;
 
@@ -33,12 +34,12 @@ fn route_inner(method: &str, rest: &str, q: &Query, ctx: &Ctx) -> Result<Route, 
     match kind {
         "node" => {
             let node = segment(arg, "node name", ctx)?;
-            let f = catalog::filter(q, catalog::sample_check)?;
+            let f = catalog::filter(q, json::sample_check)?;
             read_call(q, ctx, CatalogQuery::NodeChecks { node }, f, checks)
         }
         "checks" => {
             let name = segment(arg, "service name", ctx)?;
-            let f = catalog::filter(q, catalog::sample_check)?;
+            let f = catalog::filter(q, json::sample_check)?;
             read_call(q, ctx, CatalogQuery::ServiceChecks { name }, f, checks)
         }
         "state" => {
@@ -49,14 +50,14 @@ fn route_inner(method: &str, rest: &str, q: &Query, ctx: &Ctx) -> Result<Route, 
                         .map_err(|_| Reply::bad_request("Invalid check state"))?,
                 ),
             };
-            let f = catalog::filter(q, catalog::sample_check)?;
+            let f = catalog::filter(q, json::sample_check)?;
             read_call(q, ctx, CatalogQuery::ChecksInState { state }, f, checks)
         }
         _ => {
             let name = segment(arg, "service name", ctx)?;
             let f = catalog::filter_with(
                 q,
-                catalog::sample_instance,
+                json::sample_instance,
                 &["Node", "Meta"],
                 &["Service", "Tags"],
             )?;

@@ -7,7 +7,8 @@
 //! - `api`: routing (`api::route`) and rendering (`api::render`); pure.
 //! - `kv`, `txn`, `status`, `agent`, `catalog`, `health`, `session`, `services`: one
 //!   module per endpoint group; pure.
-//! - `filter`: Consul's `?filter` expressions; pure.
+//! - `filter`: Consul's `?filter` expressions; `json`: Consul's JSON shapes and bodies;
+//!   pure.
 //! - `query`: query parameters, Consul's blocking-query defaults, Go durations; pure.
 //! - `reply`: the HTTP answer as plain data, and RPC errors as Consul's statuses.
 //! - `io`, `timer`: hyper's runtime traits on glommio (no tokio runtime).
@@ -25,6 +26,7 @@ mod catalog;
 mod filter;
 mod health;
 mod io;
+mod json;
 mod kv;
 mod query;
 mod reply;

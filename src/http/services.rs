@@ -13,8 +13,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::api::{self, allow, request, Call, Ctx, NeedsBody, Route};
-use super::catalog::{self, agent_service_json, check_json, segment, to_value};
+use super::catalog::{self, segment};
 use super::filter::Filter;
+use super::json::{self, agent_service_json, check_json, to_value};
 use super::query::Query;
 use super::reply::Reply;
 
@@ -74,7 +75,7 @@ fn route_inner(method: &str, rest: &str, q: &Query, ctx: &Ctx) -> Option<Result<
         ),
         ("checks", None) => get(
             AgentKind::Check,
-            catalog::filter(q, catalog::sample_check).map(Render::Checks),
+            catalog::filter(q, json::sample_check).map(Render::Checks),
         ),
         ("maintenance", None) => put(maintenance(None, q)),
         ("force-leave", Some(node)) => {
@@ -172,7 +173,7 @@ pub(crate) struct Pending {
     pretty: bool,
 }
 
-/// Keys folded to lower case (see `catalog::decode_go`).
+/// Keys folded to lower case (see `json::decode_go`).
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct UpdateJson {
@@ -188,7 +189,7 @@ impl Pending {
                 definition: body,
             },
             PendingKind::Update { id } => {
-                let u: UpdateJson = catalog::decode_go(&body)?;
+                let u: UpdateJson = json::decode_go(&body)?;
                 let s = u.status.unwrap_or_default();
                 let status = s
                     .parse::<Status>()

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::api::{self, allow, request, Call, Ctx, NeedsBody, Route};
-use super::catalog::{decode_go, no_filter, segment, Read};
+use super::catalog::{no_filter, segment, Read};
+use super::json::decode_go;
 use super::query::{parse_go_duration, Query};
 use super::reply::Reply;
 
@@ -95,7 +96,7 @@ pub(crate) struct Pending {
     pretty: bool,
 }
 
-/// Consul's create body, keys folded to lower case (see `catalog::decode_go`).
+/// Consul's create body, keys folded to lower case (see `json::decode_go`).
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct CreateJson {
