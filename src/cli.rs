@@ -313,9 +313,10 @@ pub fn agent(mut a: AgentArgs, m: &clap::ArgMatches) -> ExitCode {
             ..Limits::default()
         },
     };
-    // Everything acknowledged is already durable: on SIGINT/SIGTERM tell the gossip pool
-    // this agent leaves (waiting at most 3 s for that), remove dev mode's temporary
-    // state, and exit. A server stays in the Raft configuration, as Consul's do.
+    // Everything acknowledged is already durable: on SIGINT/SIGTERM, or when asked over
+    // the API (`/v1/agent/leave` sets LEAVE), tell the gossip pool this agent leaves
+    // (waiting at most 3 s for that), remove dev mode's temporary state, and exit. A
+    // server stays in the Raft configuration, as Consul's do.
     if let Ok(mut signals) = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
@@ -323,20 +324,25 @@ pub fn agent(mut a: AgentArgs, m: &clap::ArgMatches) -> ExitCode {
         let dir = data_dir.clone();
         std::thread::spawn(move || {
             use std::sync::atomic::Ordering;
-            if signals.forever().next().is_some() {
-                eprintln!("cairn: leaving");
-                cairn::agent::LEAVE.store(true, Ordering::SeqCst);
-                let deadline = std::time::Instant::now() + Duration::from_secs(3);
-                while !cairn::agent::LEFT.load(Ordering::SeqCst)
-                    && std::time::Instant::now() < deadline
-                {
-                    std::thread::sleep(Duration::from_millis(20));
+            while !cairn::agent::LEAVE.load(Ordering::SeqCst) {
+                if signals.pending().next().is_some() {
+                    cairn::agent::LEAVE.store(true, Ordering::SeqCst);
+                } else {
+                    std::thread::sleep(Duration::from_millis(50));
                 }
-                if ephemeral {
-                    let _ = std::fs::remove_dir_all(&dir);
-                }
-                std::process::exit(0);
             }
+            eprintln!("cairn: leaving");
+            let deadline = std::time::Instant::now() + Duration::from_secs(3);
+            while !cairn::agent::LEFT.load(Ordering::SeqCst) && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // Time for the answer to an API leave to go out.
+            std::thread::sleep(Duration::from_millis(100));
+            if ephemeral {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            std::process::exit(0);
         });
     }
     if !server {

@@ -47,6 +47,17 @@ impl Agent {
 /// Spawns `cairn agent` with `args` and its HTTP API on a free port; waits (bounded)
 /// until `/v1/status/leader` names a leader.
 fn start(args: &[&str]) -> Agent {
+    start_until(
+        args,
+        "named a leader",
+        |r| r.status == 200 && r.text().len() > 2,
+        "/v1/status/leader",
+    )
+}
+
+/// Spawns `cairn agent` with `args` and its HTTP API on a free port; waits (bounded)
+/// until the answer to GET `path` satisfies `ok`.
+fn start_until(args: &[&str], what: &str, ok: impl Fn(&Http) -> bool, path: &str) -> Agent {
     let http_port = free_port("127.0.0.1");
     let log = std::env::temp_dir().join(format!(
         "cairn-http-test-{http_port}-{}.log",
@@ -67,14 +78,14 @@ fn start(args: &[&str]) -> Agent {
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(r) = try_call(&agent.http, "GET", "/v1/status/leader", b"") {
-            if r.status == 200 && r.text().len() > 2 {
+        if let Ok(r) = try_call(&agent.http, "GET", path, b"") {
+            if ok(&r) {
                 return agent;
             }
         }
         assert!(
             Instant::now() < deadline,
-            "the agent's HTTP API never named a leader: {}",
+            "the agent's HTTP API never {what}: {}",
             agent.log_text()
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -636,6 +647,35 @@ fn a_client_agent_serves_the_http_api_through_the_servers() {
         client.get("/v1/agent/self").json()["Config"]["Server"],
         false
     );
+
+    // The client's own services reach the catalog; catalog reads and sessions go through
+    // the servers, and a session defaults to the client's node.
+    let node = node_name(&client);
+    let r = client.put(
+        "/v1/agent/service/register",
+        br#"{"Name": "app", "Port": 7000, "Check": {"TTL": "60s", "Status": "passing"}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = wait_for(
+        &server,
+        "/v1/health/service/app?passing",
+        "app in the catalog",
+        |r| r.json().as_array().is_some_and(|l| l.len() == 1),
+    );
+    assert_eq!(r.json()[0]["Node"]["Node"], node.as_str());
+    wait_for(
+        &client,
+        &format!("/v1/health/node/{node}"),
+        "the client's serfHealth",
+        |r| r.text().contains("serfHealth"),
+    );
+    let r = client.put("/v1/session/create", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["ID"].as_str().unwrap().to_string();
+    assert_eq!(
+        server.get(&format!("/v1/session/info/{id}")).json()[0]["Node"],
+        node.as_str()
+    );
 }
 
 #[test]
@@ -701,5 +741,552 @@ fn a_dev_agent_serves_http_on_loopback_port_8500_by_default() {
         line.contains("HTTP API on 127.0.0.1:8500")
             || err.contains("HTTP port 127.0.0.1:8500 is already in use"),
         "stdout {line:?}, stderr {err:?}"
+    );
+}
+
+/// Percent-encodes a query value.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Waits (bounded) until `ok` holds for the answer to GET `path`.
+fn wait_for(a: &Agent, path: &str, what: &str, ok: impl Fn(&Http) -> bool) -> Http {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = a.get(path);
+        if ok(&r) {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: last answer {} {}",
+            r.status,
+            r.text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn node_name(a: &Agent) -> String {
+    a.get("/v1/agent/self").json()["Config"]["NodeName"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn catalog_register_read_and_deregister_answer_as_consul() {
+    let a = dev(&[]);
+    assert_eq!(
+        a.get("/v1/catalog/datacenters").json(),
+        serde_json::json!(["dc1"])
+    );
+    let r = a.put(
+        "/v1/catalog/register",
+        br#"{"Node": "ext1", "Address": "10.0.0.1", "NodeMeta": {"rack": "r1"},
+            "Service": {"Service": "redis", "ID": "redis-1", "Tags": ["primary"], "Port": 6379,
+                        "Meta": {"version": "7"}},
+            "Check": {"Name": "redis alive", "Status": "passing", "ServiceID": "redis-1"}}"#,
+    );
+    assert_eq!((r.status, r.text().as_str()), (200, "true"));
+    let r = a.put(
+        "/v1/catalog/register",
+        br#"{"Node": "ext2", "Address": "10.0.0.2",
+            "Service": {"Service": "redis", "Tags": ["replica"], "Port": 6380},
+            "Checks": [{"CheckID": "r2", "Name": "redis alive", "Status": "critical", "ServiceID": "redis"}]}"#,
+    );
+    assert_eq!(r.text(), "true");
+
+    let r = a.get("/v1/catalog/nodes");
+    assert_eq!(r.status, 200);
+    assert!(r.index() >= 1);
+    assert_eq!(r.header("X-Consul-KnownLeader"), Some("true"));
+    let nodes: Vec<String> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["Node"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        nodes.contains(&"ext1".into()) && nodes.contains(&"ext2".into()),
+        "{nodes:?}"
+    );
+    let r = a.get(&format!(
+        "/v1/catalog/nodes?filter={}",
+        enc(r#"Meta.rack == "r1""#)
+    ));
+    assert_eq!(r.json().as_array().unwrap().len(), 1);
+    assert_eq!(r.json()[0]["Address"], "10.0.0.1");
+    let r = a.get("/v1/catalog/nodes?node-meta=rack:r1");
+    assert_eq!(r.json().as_array().unwrap().len(), 1);
+    assert_eq!(
+        a.get("/v1/catalog/nodes?node-meta=rack:r9").json(),
+        serde_json::json!([])
+    );
+
+    let services = a.get("/v1/catalog/services").json();
+    let mut tags: Vec<&str> = services["redis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    tags.sort();
+    assert_eq!(tags, ["primary", "replica"]);
+
+    let r = a.get("/v1/catalog/service/redis?tag=primary");
+    let v = r.json();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["Node"], "ext1");
+    assert_eq!(v[0]["Address"], "10.0.0.1");
+    assert_eq!(v[0]["ServiceID"], "redis-1");
+    assert_eq!(v[0]["ServiceName"], "redis");
+    assert_eq!(v[0]["ServicePort"], 6379);
+    assert_eq!(v[0]["ServiceMeta"]["version"], "7");
+    assert_eq!(v[0]["NodeMeta"]["rack"], "r1");
+    assert_eq!(
+        v[0]["ServiceWeights"],
+        serde_json::json!({"Passing": 1, "Warning": 1})
+    );
+    let r = a.get(&format!(
+        "/v1/catalog/service/redis?filter={}",
+        enc(r#""replica" in ServiceTags or ServicePort == 1"#)
+    ));
+    assert_eq!(r.json()[0]["Node"], "ext2");
+    assert_eq!(r.json().as_array().unwrap().len(), 1);
+
+    let v = a.get("/v1/catalog/node/ext1").json();
+    assert_eq!(v["Node"]["Node"], "ext1");
+    assert_eq!(v["Services"]["redis-1"]["Port"], 6379);
+    let r = a.get("/v1/catalog/node/nobody");
+    assert_eq!((r.status, r.text().as_str()), (404, "null"));
+
+    // Deregister one service, then a whole node.
+    assert_eq!(
+        a.put(
+            "/v1/catalog/deregister",
+            br#"{"Node": "ext2", "ServiceID": "redis"}"#
+        )
+        .text(),
+        "true"
+    );
+    assert_eq!(
+        a.get("/v1/catalog/service/redis")
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        a.put("/v1/catalog/deregister", br#"{"Node": "ext1"}"#)
+            .text(),
+        "true"
+    );
+    assert_eq!(a.get("/v1/catalog/node/ext1").status, 404);
+
+    // Bad bodies and parameters are 400 and change nothing.
+    for (method, path, body) in [
+        ("PUT", "/v1/catalog/register", &br#"{"Node": "x"}"#[..]),
+        ("PUT", "/v1/catalog/register", b"not json"),
+        ("PUT", "/v1/catalog/deregister", b"{}"),
+        (
+            "GET",
+            "/v1/catalog/nodes?filter=Nope%20%3D%3D%20%22a%22",
+            b"",
+        ),
+        (
+            "GET",
+            "/v1/catalog/nodes?filter=Node%20matches%20%22a%22",
+            b"",
+        ),
+        ("GET", "/v1/catalog/services?stale&consistent", b""),
+    ] {
+        let r = call(&a.http, method, path, body);
+        assert_eq!(r.status, 400, "{method} {path}: {}", r.text());
+    }
+    assert_eq!(
+        call(&a.http, "POST", "/v1/catalog/register", b"{}").status,
+        405
+    );
+    assert_eq!(a.get("/v1/catalog/node/x").status, 404);
+}
+
+#[test]
+fn a_blocking_catalog_read_returns_after_a_registration() {
+    let a = dev(&[]);
+    let index = a.get("/v1/catalog/service/late").index();
+    let http = a.http.clone();
+    let watcher = std::thread::spawn(move || {
+        call(
+            &http,
+            "GET",
+            &format!("/v1/catalog/service/late?index={index}&wait=60s"),
+            b"",
+        )
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut n = 0;
+    while !watcher.is_finished() {
+        n += 1;
+        let body = format!(
+            r#"{{"Node": "late-node", "Address": "10.0.0.9", "Service": {{"Service": "late", "Port": {n}}}}}"#
+        );
+        a.put("/v1/catalog/register", body.as_bytes());
+        assert!(
+            Instant::now() < deadline,
+            "the blocking read never returned"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = watcher.join().unwrap();
+    assert!(r.index() > index);
+    assert_eq!(r.json()[0]["ServiceName"], "late");
+}
+
+#[test]
+fn health_endpoints_show_checks_by_node_service_and_state() {
+    let a = dev(&[]);
+    for (node, status) in [("h1", "passing"), ("h2", "critical"), ("h3", "warning")] {
+        let body = format!(
+            r#"{{"Node": "{node}", "Address": "10.1.0.1",
+                "Service": {{"Service": "api", "Tags": ["{node}"], "Port": 80}},
+                "Check": {{"CheckID": "api-{node}", "Name": "api", "Status": "{status}", "ServiceID": "api"}}}}"#
+        );
+        assert_eq!(
+            a.put("/v1/catalog/register", body.as_bytes()).text(),
+            "true"
+        );
+    }
+    let v = a.get("/v1/health/node/h2").json();
+    assert_eq!(v[0]["CheckID"], "api-h2");
+    assert_eq!(v[0]["Status"], "critical");
+    assert_eq!(v[0]["ServiceName"], "api");
+
+    let r = a.get("/v1/health/checks/api");
+    assert_eq!(r.json().as_array().unwrap().len(), 3);
+    assert!(r.index() >= 1);
+
+    let all = a.get("/v1/health/service/api").json();
+    assert_eq!(all.as_array().unwrap().len(), 3);
+    assert!(all[0]["Node"]["Node"].is_string());
+    assert_eq!(all[0]["Service"]["Service"], "api");
+    assert!(all[0]["Checks"].is_array());
+    let passing = a.get("/v1/health/service/api?passing").json();
+    let nodes: Vec<&str> = passing
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["Node"]["Node"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes, ["h1"]);
+    assert_eq!(
+        a.get("/v1/health/service/api?passing&tag=h3").json(),
+        serde_json::json!([])
+    );
+    assert_eq!(
+        a.get("/v1/health/service/api?tag=h3")
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let r = a.get(&format!(
+        "/v1/health/service/api?filter={}",
+        enc(r#"Checks.Status == "warning" or Node.Node == "h2""#)
+    ));
+    assert_eq!(r.json().as_array().unwrap().len(), 2);
+
+    let critical = a.get("/v1/health/state/critical").json();
+    assert!(critical
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["Status"] == "critical"));
+    assert!(critical
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["CheckID"] == "api-h2"));
+    // `any` includes the dev agent's own serfHealth.
+    let any = a.get("/v1/health/state/any").json();
+    assert!(any.as_array().unwrap().len() >= 3);
+    let r = a.get("/v1/health/state/bogus");
+    assert_eq!((r.status, r.text().as_str()), (400, "Invalid check state"));
+    assert_eq!(a.get("/v1/health/service/api?passing=maybe").status, 400);
+}
+
+#[test]
+fn sessions_are_created_read_renewed_used_for_locks_and_destroyed() {
+    let a = dev(&[]);
+    let node = node_name(&a);
+    // The agent's node is in the catalog (with serfHealth) once the leader reconciled it.
+    wait_for(
+        &a,
+        &format!("/v1/health/node/{node}"),
+        "the agent's serfHealth",
+        |r| r.status == 200 && r.text().contains("serfHealth"),
+    );
+    let r = a.put(
+        "/v1/session/create",
+        br#"{"Name": "lock", "TTL": "30s", "Behavior": "release"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["ID"].as_str().unwrap().to_string();
+
+    let r = a.get(&format!("/v1/session/info/{id}"));
+    assert!(r.index() >= 1);
+    let v = r.json();
+    assert_eq!(v[0]["ID"], id.as_str());
+    assert_eq!(v[0]["Name"], "lock");
+    assert_eq!(v[0]["Node"], node.as_str());
+    assert_eq!(v[0]["TTL"], "30s");
+    assert_eq!(v[0]["LockDelay"], 15_000_000_000u64);
+    assert_eq!(v[0]["Behavior"], "release");
+    assert_eq!(v[0]["NodeChecks"], serde_json::json!(["serfHealth"]));
+    assert_eq!(
+        a.get("/v1/session/list").json().as_array().unwrap().len(),
+        1
+    );
+    assert_eq!(
+        a.get(&format!("/v1/session/node/{node}")).json()[0]["ID"],
+        id.as_str()
+    );
+    assert_eq!(
+        a.put(&format!("/v1/session/renew/{id}"), b"").json()[0]["ID"],
+        id.as_str()
+    );
+
+    // A lock held by the session, released when it is destroyed.
+    assert_eq!(
+        a.put(&format!("/v1/kv/leader?acquire={id}"), b"me").text(),
+        "true"
+    );
+    assert_eq!(a.get("/v1/kv/leader").json()[0]["Session"], id.as_str());
+    let r = a.put(&format!("/v1/session/destroy/{id}"), b"");
+    assert_eq!((r.status, r.text().as_str()), (200, "true"));
+    assert!(a.get("/v1/kv/leader").json()[0].get("Session").is_none());
+    assert_eq!(
+        a.get(&format!("/v1/session/info/{id}")).json(),
+        serde_json::json!([])
+    );
+    let r = a.put(&format!("/v1/session/renew/{id}"), b"");
+    assert_eq!(r.status, 404, "{}", r.text());
+
+    // An empty body takes every default; a bad one is a 400.
+    let r = a.put("/v1/session/create", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        a.put("/v1/session/create", br#"{"Behavior": "keep"}"#)
+            .status,
+        400
+    );
+    assert_eq!(
+        a.put("/v1/session/create", br#"{"Node": "nobody"}"#).status / 100,
+        4
+    );
+}
+
+#[test]
+fn agent_services_and_checks_are_registered_updated_and_removed_through_the_agent() {
+    let a = dev(&[]);
+    let node = node_name(&a);
+    let r = a.put(
+        "/v1/agent/service/register",
+        br#"{"Name": "web", "ID": "web-1", "Port": 8080, "Tags": ["v1"],
+            "Check": {"CheckID": "web-ttl", "TTL": "60s"}}"#,
+    );
+    assert_eq!((r.status, r.body.len()), (200, 0), "{}", r.text());
+    let v = a.get("/v1/agent/services").json();
+    assert_eq!(v["web-1"]["Service"], "web");
+    assert_eq!(v["web-1"]["Port"], 8080);
+    assert_eq!(v["web-1"]["Tags"], serde_json::json!(["v1"]));
+    assert_eq!(a.get("/v1/agent/service/web-1").json()["ID"], "web-1");
+    assert_eq!(a.get("/v1/agent/service/nope").status, 404);
+    assert_eq!(
+        a.get("/v1/agent/checks").json()["web-ttl"]["Status"],
+        "critical"
+    );
+
+    // A TTL pass reaches the agent at once and the catalog through anti-entropy.
+    assert_eq!(
+        a.put("/v1/agent/check/pass/web-ttl?note=fine", b"").status,
+        200
+    );
+    let c = &a.get("/v1/agent/checks").json()["web-ttl"];
+    assert_eq!(
+        (c["Status"].as_str(), c["Output"].as_str()),
+        (Some("passing"), Some("fine"))
+    );
+    wait_for(
+        &a,
+        "/v1/health/service/web?passing",
+        "web passing in the catalog",
+        |r| r.json().as_array().is_some_and(|l| l.len() == 1),
+    );
+    assert_eq!(
+        a.put(
+            "/v1/agent/check/update/web-ttl",
+            br#"{"Status": "warning", "Output": "slow"}"#
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        a.get("/v1/agent/checks").json()["web-ttl"]["Status"],
+        "warning"
+    );
+    assert_eq!(
+        a.put("/v1/agent/check/update/web-ttl", br#"{"Status": "ok"}"#)
+            .status,
+        400
+    );
+    assert_eq!(a.put("/v1/agent/check/fail/nope", b"").status, 404);
+
+    // Maintenance mode is a critical check; the node's instances drop out of ?passing.
+    assert_eq!(
+        a.put("/v1/agent/maintenance?enable=true&reason=upgrade", b"")
+            .status,
+        200
+    );
+    assert_eq!(
+        a.get("/v1/agent/checks").json()["_node_maintenance"]["Output"],
+        "upgrade"
+    );
+    wait_for(
+        &a,
+        "/v1/health/service/web?passing",
+        "web out of ?passing",
+        |r| r.json() == serde_json::json!([]),
+    );
+    assert_eq!(a.put("/v1/agent/maintenance?enable=false", b"").status, 200);
+    assert_eq!(a.put("/v1/agent/maintenance", b"").status, 400);
+    assert_eq!(
+        a.put("/v1/agent/service/maintenance/web-1?enable=true", b"")
+            .status,
+        200
+    );
+    assert!(a.get("/v1/agent/checks").json()["_service_maintenance:web-1"].is_object());
+    assert_eq!(
+        a.put("/v1/agent/service/maintenance/nope?enable=true", b"")
+            .status,
+        404
+    );
+
+    // A standalone check, then removal of both.
+    let r = a.put(
+        "/v1/agent/check/register",
+        br#"{"Name": "mem", "TTL": "30s"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(a.get("/v1/agent/checks").json()["mem"].is_object());
+    let r = a.put(
+        "/v1/agent/check/register",
+        br#"{"Name": "bad", "TTL": "30s", "TCP": "a:1"}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(a.put("/v1/agent/check/deregister/mem", b"").status, 200);
+    assert_eq!(a.put("/v1/agent/service/deregister/web-1", b"").status, 200);
+    assert_eq!(a.get("/v1/agent/services").json(), serde_json::json!({}));
+    assert_eq!(a.put("/v1/agent/service/deregister/web-1", b"").status, 404);
+    wait_for(
+        &a,
+        &format!("/v1/catalog/node/{node}"),
+        "web-1 gone from the catalog",
+        |r| r.json()["Services"].get("web-1").is_none(),
+    );
+    // Force-leave of an unknown member is refused.
+    assert_eq!(a.put("/v1/agent/force-leave/nobody", b"").status, 400);
+}
+
+#[test]
+fn an_agent_joins_the_pool_and_leaves_it_through_the_http_api() {
+    let serf = free_udp_port("127.0.0.1");
+    let server = start(&[
+        "--dev",
+        "--server-port",
+        &free_port("127.0.0.1").to_string(),
+        "--serf-lan-port",
+        &serf.to_string(),
+    ]);
+    // A client agent whose --retry-join names nobody: it serves HTTP but has no servers.
+    let dir = tempfile::tempdir().unwrap();
+    let nobody = free_udp_port("127.0.0.1");
+    let mut client = start_until(
+        &[
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--retry-join",
+            &format!("127.0.0.1:{nobody}"),
+            "--server-port",
+            &free_port("127.0.0.1").to_string(),
+            "--serf-lan-port",
+            "0",
+        ],
+        "answered",
+        |r| r.status == 200,
+        "/v1/agent/self",
+    );
+    let node = node_name(&client);
+    assert_eq!(
+        client
+            .get("/v1/agent/members")
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let r = client.put(&format!("/v1/agent/join/127.0.0.1:{serf}"), b"");
+    assert_eq!((r.status, r.body.len()), (200, 0), "{}", r.text());
+    wait_for(
+        &client,
+        "/v1/status/leader",
+        "a leader through the joined pool",
+        |r| r.status == 200 && r.text().len() > 2,
+    );
+    assert_eq!(client.put("/v1/kv/joined", b"yes").text(), "true");
+    // Joining an address where nobody answers is an error, not a hang.
+    let r = client.put(&format!("/v1/agent/join/127.0.0.1:{nobody}"), b"");
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(client.put("/v1/agent/join/127.0.0.1?wan", b"").status, 400);
+
+    // Leave: the answer comes first, then the agent leaves the pool and exits.
+    let r = client.put("/v1/agent/leave", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = client.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not exit: {}",
+            client.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}: {}", client.log_text());
+    // serf's status 3: left (not 4, failed).
+    wait_for(
+        &server,
+        "/v1/agent/members",
+        "the client seen as left",
+        |r| {
+            r.json().as_array().is_some_and(|ms| {
+                ms.iter()
+                    .any(|m| m["Name"] == node.as_str() && m["Status"] == 3)
+            })
+        },
     );
 }

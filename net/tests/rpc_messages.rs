@@ -266,6 +266,8 @@ fn agent_op() -> impl Strategy<Value = Op> {
         ),
         kind().prop_map(|kind| Op::AgentLocal { kind }),
         text().prop_map(|node| Op::ForceLeave { node }),
+        prop::collection::vec(text(), 0..3).prop_map(|addresses| Op::Join { addresses }),
+        Just(Op::Leave),
     ]
 }
 

@@ -18,8 +18,9 @@ use glommio::net::TcpListener;
 
 use super::peer::Peers;
 use super::server::{
-    connection, error, executor, force_leave_response, forward_timeout, is_read, keyring_response,
-    members_response, probe_port, start_gossip, Handler, FORWARD_ATTEMPTS, MAX_CONNECTIONS,
+    connection, error, executor, force_leave_response, forward_timeout, is_read, join_response,
+    keyring_response, leave_response, members_response, probe_port, start_gossip, Handler,
+    FORWARD_ATTEMPTS, MAX_CONNECTIONS,
 };
 use super::{AgentConfig, AgentError};
 use crate::gossip::{GossipHandle, Role, Status};
@@ -217,6 +218,8 @@ impl Handler for ClientAgent {
         match req.op {
             Op::Members => members_response(Some(&self.gossip)),
             Op::ForceLeave { node } => force_leave_response(Some(&self.gossip), &node).await,
+            Op::Join { addresses } => join_response(Some(&self.gossip), &addresses).await,
+            Op::Leave => leave_response(),
             Op::Keyring { action, key } => {
                 keyring_response(Some(&self.gossip), action, key.as_deref())
             }

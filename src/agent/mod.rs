@@ -71,7 +71,7 @@ pub struct AgentConfig {
     pub dns: Option<DnsSettings>,
 }
 
-/// Set (by the signal handler) to ask the agent to leave: it tells the gossip pool it is
+/// Set (by the signal handler, or by `Op::Leave`) to ask the agent to leave: it tells the gossip pool it is
 /// leaving, then sets [`LEFT`]. Everything acknowledged is already durable, so the
 /// process may exit at any moment after; the handler waits a little for [`LEFT`].
 pub static LEAVE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

@@ -490,6 +490,8 @@ fn answers_locally(op: &Op) -> bool {
         | Op::AgentMaintenance { .. }
         | Op::AgentLocal { .. }
         | Op::ForceLeave { .. }
+        | Op::Join { .. }
+        | Op::Leave
         | Op::Internal { .. } => true,
         _ => false,
     }
@@ -916,6 +918,8 @@ impl Server {
             }
             Op::Members => members_response(self.gossip.as_ref()),
             Op::ForceLeave { node } => force_leave_response(self.gossip.as_ref(), &node).await,
+            Op::Join { addresses } => join_response(self.gossip.as_ref(), &addresses).await,
+            Op::Leave => leave_response(),
             Op::Keyring { action, key } => {
                 keyring_response(self.gossip.as_ref(), action, key.as_deref())
             }
@@ -1223,6 +1227,58 @@ impl Server {
             }
         }
     }
+}
+
+/// How long an `Op::Join` waits for a member to answer.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The answer to `Op::Join`: `Done` once a member at one of the addresses is alive in
+/// this agent's view (as Consul's join, which succeeds when it reached a node there).
+pub(super) async fn join_response(
+    gossip: Option<&crate::gossip::GossipHandle>,
+    addresses: &[String],
+) -> Response {
+    let Some(g) = gossip else {
+        return error(
+            ErrorCode::Invalid,
+            "this agent runs no gossip (--serf-lan-port -1)",
+        );
+    };
+    let seeds = match super::cluster::gossip_seeds(addresses) {
+        Ok(s) if !s.is_empty() => s,
+        Ok(_) => return error(ErrorCode::Invalid, "no address to join"),
+        Err(e) => return error(ErrorCode::Invalid, e),
+    };
+    if let Err(e) = g.join(&seeds).await {
+        return error(ErrorCode::Unavailable, e.to_string());
+    }
+    let deadline = Instant::now() + JOIN_TIMEOUT;
+    loop {
+        let reached = g
+            .members()
+            .iter()
+            .any(|m| seeds.contains(&m.addr) && m.status == crate::gossip::Status::Alive);
+        if reached {
+            return Response::Done;
+        }
+        if Instant::now() >= deadline {
+            return error(
+                ErrorCode::Unavailable,
+                format!(
+                    "no member answered at {addresses:?} within {} s",
+                    JOIN_TIMEOUT.as_secs()
+                ),
+            );
+        }
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The answer to `Op::Leave`: asks the agent to leave as on SIGTERM (see
+/// [`super::LEAVE`]); the process exits once the pool has been told.
+pub(super) fn leave_response() -> Response {
+    super::LEAVE.store(true, std::sync::atomic::Ordering::SeqCst);
+    Response::Done
 }
 
 /// The answer to `Op::ForceLeave`, from this agent's gossip driver.

@@ -1,6 +1,6 @@
 //! `/v1/agent/self` (minimal: `Config` with `Datacenter`, `NodeName`, `Server`; `Member`)
 //! and `/v1/agent/members`, both from the agent's own view of the LAN gossip pool.
-//! The agent's services and checks (`/v1/agent/service/...`) come with the catalog.
+//! The agent's services and checks (`/v1/agent/service/...`) are in `services`.
 
 use std::collections::BTreeMap;
 

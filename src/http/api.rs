@@ -2,16 +2,16 @@
 //! right away (a 404, 405 or 400), an RPC [`Call`] with the way to render its answer, or
 //! a request that first needs its body ([`NeedsBody`]). Pure code: no socket, no clock.
 //!
-//! Adding an endpoint group (catalog, health, session, agent services) is a module with a
-//! `route` function returning a [`Route`] and a `render` function for its [`Render`]
-//! variant, plus one arm in [`route`] and one in [`render`].
+//! An endpoint group is a module with a `route` function returning a [`Route`] and a
+//! `render` function for its [`Render`] variant, plus one arm in [`route`] and one in
+//! [`render`].
 
 use bytes::Bytes;
 use cairn_net::rpc::message::{Limits, Op, Request, Response};
 
 use super::query::Query;
 use super::reply::{rpc_error, Reply};
-use super::{agent, kv, status, txn};
+use super::{agent, catalog, health, kv, services, session, status, txn};
 
 /// What rendering needs to know about this agent.
 #[derive(Debug, Clone)]
@@ -69,6 +69,10 @@ pub(crate) enum Render {
     Txn,
     Status(status::Render),
     Agent(agent::Render),
+    Catalog(catalog::Render),
+    Health(health::Render),
+    Session(session::Render),
+    Services(services::Render),
 }
 
 /// A request that needs its body before it can be sent.
@@ -76,6 +80,9 @@ pub(crate) enum Render {
 pub(crate) enum NeedsBody {
     KvPut(kv::Put),
     Txn(txn::Pending),
+    Catalog(catalog::Pending),
+    Session(session::Pending),
+    Agent(services::Pending),
 }
 
 impl NeedsBody {
@@ -83,7 +90,10 @@ impl NeedsBody {
     pub fn limit(&self, ctx: &Ctx) -> usize {
         match self {
             NeedsBody::KvPut(_) => ctx.limits.max_value,
-            NeedsBody::Txn(_) => ctx.max_body(),
+            NeedsBody::Txn(_)
+            | NeedsBody::Catalog(_)
+            | NeedsBody::Session(_)
+            | NeedsBody::Agent(_) => ctx.max_body(),
         }
     }
 
@@ -96,6 +106,9 @@ impl NeedsBody {
         match self {
             NeedsBody::KvPut(p) => p.finish(body, ctx),
             NeedsBody::Txn(p) => p.finish(&body, ctx),
+            NeedsBody::Catalog(p) => p.finish(&body, ctx),
+            NeedsBody::Session(p) => p.finish(&body, ctx),
+            NeedsBody::Agent(p) => p.finish(body, ctx),
         }
     }
 }
@@ -166,6 +179,20 @@ pub(crate) fn route(method: &str, path: &str, query: Option<&str>, ctx: &Ctx) ->
     if let Some(key) = rest.strip_prefix("kv/") {
         return kv::route(method, key, &q, ctx);
     }
+    if let Some(r) = rest.strip_prefix("catalog/") {
+        return catalog::route(method, r, &q, ctx);
+    }
+    if let Some(r) = rest.strip_prefix("health/") {
+        return health::route(method, r, &q, ctx);
+    }
+    if let Some(r) = rest.strip_prefix("session/") {
+        return session::route(method, r, &q, ctx);
+    }
+    if let Some(r) = rest.strip_prefix("agent/") {
+        if let Some(route) = services::route(method, r, &q, ctx) {
+            return route;
+        }
+    }
     match rest {
         "txn" => txn::route(method, &q, ctx),
         "status/leader" | "status/peers" | "operator/raft/configuration" => {
@@ -189,6 +216,10 @@ pub(crate) fn render(render: &Render, resp: Response, pretty: bool, ctx: &Ctx) -
         Render::Txn => txn::render(resp, pretty),
         Render::Status(r) => status::render(r, resp, pretty),
         Render::Agent(r) => agent::render(r, resp, pretty, ctx),
+        Render::Catalog(r) => catalog::render(r, resp, pretty),
+        Render::Health(r) => health::render(r, resp, pretty),
+        Render::Session(r) => session::render(r, resp, pretty),
+        Render::Services(r) => services::render(r, resp, pretty, ctx),
     }
 }
 

@@ -5,25 +5,33 @@
 //! and typed errors are therefore exactly those of the RPC port.
 //!
 //! - `api`: routing (`api::route`) and rendering (`api::render`); pure.
-//! - `kv`, `txn`, `status`, `agent`: one module per endpoint group; pure.
+//! - `kv`, `txn`, `status`, `agent`, `catalog`, `health`, `session`, `services`: one
+//!   module per endpoint group; pure.
+//! - `filter`: Consul's `?filter` expressions; `json`: Consul's JSON shapes and bodies;
+//!   pure.
 //! - `query`: query parameters, Consul's blocking-query defaults, Go durations; pure.
 //! - `reply`: the HTTP answer as plain data, and RPC errors as Consul's statuses.
 //! - `io`, `timer`: hyper's runtime traits on glommio (no tokio runtime).
 //! - this file: the accept loop and the thin per-request driver.
 //!
 //! Left to others: enforcing ACL tokens (the token is read as Consul reads it and sent
-//! on, but servers do not check it yet), the catalog, health, session and agent-service
-//! endpoints (they plug into `api::route`).
+//! on, but servers do not check it yet).
 //!
 //! [`Request`]: cairn_net::rpc::message::Request
 //! [`Response`]: cairn_net::rpc::message::Response
 
 mod agent;
 mod api;
+mod catalog;
+mod filter;
+mod health;
 mod io;
+mod json;
 mod kv;
 mod query;
 mod reply;
+mod services;
+mod session;
 mod status;
 mod timer;
 mod txn;

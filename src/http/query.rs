@@ -43,6 +43,15 @@ impl Query {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every value of a repeated parameter, in order.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.pairs
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
     /// An optional unsigned number; a value that is not one is a 400 naming it.
     pub fn u64(&self, name: &str) -> Result<Option<u64>, Reply> {
         match self.get(name) {
@@ -52,6 +61,17 @@ impl Query {
                     "Invalid {name}: {v:?} is not an unsigned decimal number"
                 ))
             }),
+        }
+    }
+
+    /// A boolean parameter as Consul reads one (Go's `strconv.ParseBool`): absent is
+    /// false, present without a value true; another value is a 400 naming it.
+    pub fn bool_flag(&self, name: &str) -> Result<bool, Reply> {
+        match self.get(name) {
+            None => Ok(false),
+            Some("" | "1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
+            Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
+            Some(_) => Err(Reply::bad_request(format!("Invalid value for {name}"))),
         }
     }
 

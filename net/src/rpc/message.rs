@@ -234,6 +234,14 @@ pub enum Op {
     ForceLeave {
         node: String,
     },
+    /// Join the LAN gossip pool through these gossip addresses (HOST or HOST:PORT; Consul's
+    /// `join`). Answered by the agent that receives it, never forwarded.
+    Join {
+        addresses: Vec<String>,
+    },
+    /// Leave the LAN gossip pool gracefully and stop (Consul's `leave`), as on SIGTERM.
+    /// Answered by the agent that receives it, before it goes.
+    Leave,
     /// Server-to-server traffic (Raft messages, cluster formation), opaque to this crate:
     /// `kind` says which message `body` holds; the agent's Raft layer encodes both. It
     /// shares the server port as Consul's Raft traffic shares port 8300.
@@ -662,6 +670,11 @@ impl Request {
                 w.u8(27);
                 w.string(node);
             }
+            Op::Join { addresses } => {
+                w.u8(28);
+                w.strings(addresses);
+            }
+            Op::Leave => w.u8(29),
             Op::Internal { kind, body } => {
                 w.u8(11);
                 w.u8(*kind);
@@ -792,6 +805,10 @@ impl Request {
             27 => Op::ForceLeave {
                 node: r.string("node name")?,
             },
+            28 => Op::Join {
+                addresses: r.strings("join address")?,
+            },
+            29 => Op::Leave,
             11 => Op::Internal {
                 kind: r.u8()?,
                 body: r.raw("internal message", usize::MAX)?,
