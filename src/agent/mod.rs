@@ -59,6 +59,9 @@ pub struct AgentConfig {
     /// The LAN gossip pool; `None` when disabled (`--serf-lan-port -1`).
     pub gossip: Option<GossipSettings>,
     pub raft: RaftTuning,
+    /// Executors (one per core): each owns a KV shard and accepts connections; core 0 also
+    /// runs Raft. Servers only; client agents use one.
+    pub cores: usize,
     /// Request limits (key, value and transaction sizes).
     pub limits: cairn_net::rpc::message::Limits,
     /// How long an idle executor spins before it parks in the kernel: spinning answers

@@ -33,6 +33,8 @@ use crate::raft::store::{Flush, LogStore, SnapshotData, StateMachine};
 use crate::raft::types::{Command, Outcome, TypeConfig};
 use crate::raft::wire::{self, Kind};
 
+mod front;
+pub(crate) mod kv_read;
 mod state;
 
 type CairnRaft = Raft<TypeConfig, StateMachine>;
@@ -68,11 +70,13 @@ fn io(what: &str) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
 
 /// Runs the server until the process is stopped. Everything acknowledged is durable, so
 /// stopping (Ctrl-C, SIGTERM, or a crash) loses nothing that was acknowledged.
+/// The start-up callback (the CLI prints the agent's addresses), run once on core 0.
+type Ready = Box<dyn FnOnce(&AgentConfig, u64) + Send>;
+
 pub fn serve(
     cfg: AgentConfig,
     ready: impl FnOnce(&AgentConfig, u64) + Send + 'static,
 ) -> Result<(), AgentError> {
-    let io_memory = crate::runtime::io_memory_per_executor(1)?;
     // glommio binds with SO_REUSEPORT, so a second agent on the same port would silently
     // share its connections: probe with a plain bind first and refuse a clash.
     let addr = cfg.rpc_addr();
@@ -80,7 +84,29 @@ pub fn serve(
     if let Some(http) = &cfg.http {
         crate::http::probe(http.addr)?;
     }
-    executor(&cfg, io_memory, "cairn-server")?.run(async move { run(cfg, ready).await })
+    // One executor per core (`--cores`): core 0 runs Raft and everything else and is the
+    // KV sequencer; every core owns a KV shard and accepts connections.
+    let cores = cfg.cores.max(1);
+    let (to_core0, from_fronts) = flume::unbounded::<front::ToCore0>();
+    let shared = Arc::new(front::SharedMeta::default());
+    let ready: Arc<std::sync::Mutex<Option<Ready>>> =
+        Arc::new(std::sync::Mutex::new(Some(Box::new(ready))));
+    let spin = cfg.spin_before_park;
+    crate::runtime::shards::run_with(cores, cores > 1, spin, move |shards| async move {
+        if shards.core() == 0 {
+            let ready = ready.lock().ok().and_then(|mut r| r.take());
+            if let Err(e) = run(cfg, shards, from_fronts, shared, ready).await {
+                // The other cores serve until every core is done: end the process here,
+                // as a failed start of a one-core agent would.
+                eprintln!("cairn: agent: {e}");
+                std::process::exit(1);
+            }
+        } else {
+            let addr = cfg.rpc_addr();
+            front::serve_front(addr, shards, to_core0, shared, cfg.limits, cfg.datacenter).await
+        }
+    })?;
+    Ok(())
 }
 
 /// The agent's glommio executor.
@@ -172,7 +198,13 @@ fn node_id(data_dir: &std::path::Path) -> Result<u64, AgentError> {
     }
 }
 
-async fn run(cfg: AgentConfig, ready: impl FnOnce(&AgentConfig, u64)) -> Result<(), AgentError> {
+async fn run(
+    cfg: AgentConfig,
+    shards: crate::runtime::shards::Shards,
+    fronts: flume::Receiver<front::ToCore0>,
+    shared: Arc<front::SharedMeta>,
+    ready: Option<Ready>,
+) -> Result<(), AgentError> {
     let id = node_id(&cfg.data_dir)?;
     let raft_dir = cfg.data_dir.join("raft");
     // A lone server flushes inline; in a cluster the flush runs beside replication
@@ -188,8 +220,9 @@ async fn run(cfg: AgentConfig, ready: impl FnOnce(&AgentConfig, u64)) -> Result<
         flush,
     )
     .map_err(io("opening the raft log"))?;
-    let sm =
-        StateMachine::open(&raft_dir.join("snapshots")).map_err(io("opening the state machine"))?;
+    let sm = StateMachine::open(&raft_dir.join("snapshots"), shards)
+        .await
+        .map_err(io("opening the state machine"))?;
     let config = Config {
         cluster_name: "cairn".into(),
         heartbeat_interval: cfg.raft.heartbeat_ms,
@@ -314,7 +347,36 @@ async fn run(cfg: AgentConfig, ready: impl FnOnce(&AgentConfig, u64)) -> Result<
     if let Some(dns) = &cfg.dns {
         super::dns::start(server.clone(), &cfg.datacenter, dns)?;
     }
-    ready(&cfg, id);
+    // Requests the other cores hand over, and the Raft state they report with reads.
+    {
+        let s = server.clone();
+        glommio::spawn_local(async move {
+            while let Ok((req, tx)) = fronts.recv_async().await {
+                let s = s.clone();
+                glommio::spawn_local(async move {
+                    let _ = tx.send(s.handle(req).await);
+                })
+                .detach();
+            }
+        })
+        .detach();
+        let s = server.clone();
+        glommio::spawn_local(async move {
+            use std::sync::atomic::Ordering;
+            loop {
+                let m = s.meta(0);
+                shared.known_leader.store(m.known_leader, Ordering::Relaxed);
+                shared
+                    .last_contact_ms
+                    .store(m.last_contact_ms, Ordering::Relaxed);
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .detach();
+    }
+    if let Some(ready) = ready {
+        ready(&cfg, id);
+    }
     loop {
         match listener.accept().await {
             Ok(stream) => {
@@ -760,69 +822,16 @@ impl Server {
             return r;
         }
         Ok(match req.op.clone() {
-            Op::KvGet { key, opts } => {
-                self.read_barrier(opts.consistency).await?;
-                let deadline = Self::deadline(opts.wait_ms);
-                // Subscribed before the first look, so no change between look and wait
-                // is missed; only blocking reads wait.
-                let mut applied = (opts.index > 0).then(|| self.sm.applied());
-                loop {
-                    let (e, index) = self.sm.with_kv(|kv| {
-                        let (e, i) = kv.get(&key);
-                        (e.map(entry), i)
-                    });
-                    let Some(applied) = applied
-                        .as_mut()
-                        .filter(|_| index <= opts.index && Instant::now() < deadline)
-                    else {
-                        return Ok(Response::Entries {
-                            entries: e.into_iter().collect(),
-                            meta: self.meta(index),
-                        });
-                    };
-                    wait_applied(applied, deadline).await;
-                }
-            }
-            Op::KvList {
-                prefix,
-                keys_only,
-                separator,
-                opts,
-            } => {
-                self.read_barrier(opts.consistency).await?;
-                let deadline = Self::deadline(opts.wait_ms);
-                let mut applied = (opts.index > 0).then(|| self.sm.applied());
-                loop {
-                    let resp = self.sm.with_kv(|kv| {
-                        if keys_only {
-                            let (keys, index) = kv.keys(&prefix, separator.as_deref());
-                            (
-                                Response::Keys {
-                                    keys,
-                                    meta: self.meta(index),
-                                },
-                                index,
-                            )
-                        } else {
-                            let l = kv.list(&prefix);
-                            let entries = l.entries.iter().map(entry).collect();
-                            (
-                                Response::Entries {
-                                    entries,
-                                    meta: self.meta(l.index),
-                                },
-                                l.index,
-                            )
-                        }
-                    });
-                    let Some(applied) = applied
-                        .as_mut()
-                        .filter(|_| resp.1 <= opts.index && Instant::now() < deadline)
-                    else {
-                        return Ok(resp.0);
-                    };
-                    wait_applied(applied, deadline).await;
-                }
+            op @ (Op::KvGet { .. } | Op::KvList { .. }) => {
+                let consistency = match &op {
+                    Op::KvGet { opts, .. } | Op::KvList { opts, .. } => opts.consistency,
+                    _ => unreachable!(),
+                };
+                self.read_barrier(consistency).await?;
+                let shards = self.sm.shards();
+                kv_read::kv_read(&shards, &op, |i| self.meta(i))
+                    .await
+                    .expect("a KV read")
             }
             Op::KvPut {
                 key,
@@ -877,7 +886,7 @@ impl Server {
                 KvOutcome::Txn(Ok(results)) => Response::Txn {
                     results: results.iter().map(entry).collect(),
                     errors: Vec::new(),
-                    index: self.sm.with_kv(|kv| kv.index()),
+                    index: self.sm.applied_index(),
                 },
                 KvOutcome::Txn(Err(errors)) => Response::Txn {
                     results: Vec::new(),
@@ -885,7 +894,7 @@ impl Server {
                         .into_iter()
                         .map(|e| (e.op_index as u32, e.what))
                         .collect(),
-                    index: self.sm.with_kv(|kv| kv.index()),
+                    index: self.sm.applied_index(),
                 },
                 other => error(ErrorCode::Internal, format!("unexpected outcome {other:?}")),
             },

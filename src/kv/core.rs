@@ -44,6 +44,9 @@ pub enum StreamMsg {
     TxnDecide { txn: u64, commit: bool },
     /// Answer `read` at this point of the stream.
     Barrier { read: ReadReq, reply: Origin },
+    /// Replace the whole shard (a snapshot was restored): every parked read is answered
+    /// with the new state, then `reply` gets `Applied(Ok(true))`.
+    Replace { kv: Box<KvShard>, reply: Origin },
 }
 
 /// A read served by the shard that owns the data.
@@ -62,6 +65,9 @@ pub enum ReadReq {
     /// Answered once something under `prefix` in this shard changed after `min_index`
     /// (a blocking prefix read parks one of these on every shard).
     WatchPrefix { prefix: Bytes, min_index: u64 },
+    /// This shard's part of a snapshot image (asked through a barrier, so the parts of
+    /// every shard form one cut of the stream).
+    Image,
 }
 
 /// A reply to an [`Origin`].
@@ -87,6 +93,7 @@ pub enum Reply {
     Changed,
     /// A write's outcome: whether it happened, or why it was refused.
     Applied(Result<bool, String>),
+    Image(Box<super::ShardImage>),
     Prepared {
         results: Vec<(usize, TxnResult)>,
         errors: Vec<TxnError>,
@@ -194,6 +201,18 @@ impl ShardCore {
                 }
             }
             StreamMsg::Barrier { read, reply } => self.read(reply, read, &mut out),
+            StreamMsg::Replace { kv, reply } => {
+                debug_assert!(self.prepared.is_none());
+                self.kv = *kv;
+                let watches: Vec<WatchId> = self.parked.keys().copied().collect();
+                for w in watches {
+                    out.extend(self.timeout(w));
+                }
+                out.push(Effect::Reply {
+                    to: reply,
+                    reply: Reply::Applied(Ok(true)),
+                });
+            }
         }
         // Woken watches answer after the write is final (a prepared transaction's wake-ups
         // wait for its decision with the other deferred reads).
@@ -244,6 +263,7 @@ impl ShardCore {
                     shard_index: self.kv.index(),
                 }
             }
+            ReadReq::Image => Reply::Image(Box::new(self.kv.image_part())),
             ReadReq::WatchPrefix { prefix, min_index } => {
                 let touched = self.kv.list_part(prefix).1.unwrap_or(0);
                 if touched <= *min_index {

@@ -8,69 +8,117 @@ use cairn_storage::state::{
     ArchivedStateImage, KvRecord, LockDelayRecord, SessionRecord, TombstoneRecord,
 };
 
-use super::{shard_of, Behavior, KvEntry, Session, ShardedKv};
+use super::{shard_of, Behavior, KvEntry, KvShard, Session, ShardedKv};
+
+/// One shard's part of a snapshot image (gathered from every core by the runtime).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardImage {
+    pub kv: Vec<KvRecord>,
+    pub tombstones: Vec<TombstoneRecord>,
+    pub index: u64,
+    /// The (replicated) session table; only shard 0's copy is used.
+    pub sessions: Vec<SessionRecord>,
+    pub lock_delays: Vec<LockDelayRecord>,
+}
+
+impl KvShard {
+    /// This shard's part of a snapshot image.
+    pub fn image_part(&self) -> ShardImage {
+        ShardImage {
+            kv: self
+                .iter()
+                .map(|e| KvRecord {
+                    key: e.key.to_vec(),
+                    value: e.value.to_vec(),
+                    create_index: e.create_index,
+                    modify_index: e.modify_index,
+                    lock_index: e.lock_index,
+                    flags: e.flags,
+                    session: e.session.clone(),
+                })
+                .collect(),
+            tombstones: self
+                .tombstones()
+                .map(|(k, i)| TombstoneRecord {
+                    key: k.to_vec(),
+                    delete_index: i,
+                })
+                .collect(),
+            index: self.index(),
+            sessions: self
+                .sessions()
+                .map(|s| SessionRecord {
+                    id: s.id.clone(),
+                    name: s.name.clone(),
+                    node: s.node.clone(),
+                    behavior: match s.behavior {
+                        Behavior::Release => 0,
+                        Behavior::Delete => 1,
+                    },
+                    ttl_ms: s.ttl_ms,
+                    lock_delay_ms: s.lock_delay_ms,
+                    create_index: s.create_index,
+                })
+                .collect(),
+            lock_delays: self
+                .sessions
+                .lock_delay
+                .iter()
+                .map(|(k, u)| LockDelayRecord {
+                    key: k.to_vec(),
+                    until_ms: *u,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Merges every shard's part (in shard order) into one image part: records sorted by
+/// key, the highest index, shard 0's session table.
+pub fn merge_images(parts: Vec<ShardImage>) -> ShardImage {
+    let mut out = ShardImage::default();
+    for (i, p) in parts.into_iter().enumerate() {
+        out.kv.extend(p.kv);
+        out.tombstones.extend(p.tombstones);
+        out.lock_delays.extend(p.lock_delays);
+        out.index = out.index.max(p.index);
+        if i == 0 {
+            out.sessions = p.sessions;
+        }
+    }
+    out.kv.sort_by(|a, b| a.key.cmp(&b.key));
+    out.tombstones.sort_by(|a, b| a.key.cmp(&b.key));
+    out.lock_delays.sort_by(|a, b| a.key.cmp(&b.key));
+    out
+}
 
 impl ShardedKv {
     /// Sessions and lock-delays for a snapshot image (sessions are replicated: shard 0's
     /// copy is the table).
     pub fn sessions_image(&self) -> (Vec<SessionRecord>, Vec<LockDelayRecord>) {
-        let sessions = self
-            .shard(0)
-            .sessions()
-            .map(|s| SessionRecord {
-                id: s.id.clone(),
-                name: s.name.clone(),
-                node: s.node.clone(),
-                behavior: match s.behavior {
-                    Behavior::Release => 0,
-                    Behavior::Delete => 1,
-                },
-                ttl_ms: s.ttl_ms,
-                lock_delay_ms: s.lock_delay_ms,
-                create_index: s.create_index,
-            })
-            .collect();
-        let mut delays: Vec<LockDelayRecord> = (0..self.shard_count())
-            .flat_map(|i| {
-                self.shard(i)
-                    .sessions
-                    .lock_delay
-                    .iter()
-                    .map(|(k, u)| LockDelayRecord {
-                        key: k.to_vec(),
-                        until_ms: *u,
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        delays.sort_by(|a, b| a.key.cmp(&b.key));
-        (sessions, delays)
+        let m = self.image();
+        (m.sessions, m.lock_delays)
     }
 
     /// The KV part of a snapshot image: entries and tombstones sorted by key, and the index
     /// of the last write.
     pub fn to_image(&self) -> (Vec<KvRecord>, Vec<TombstoneRecord>, u64) {
-        let mut kv: Vec<KvRecord> = Vec::new();
-        let mut tombstones: Vec<TombstoneRecord> = Vec::new();
-        for i in 0..self.shard_count() {
-            let s = self.shard(i);
-            kv.extend(s.iter().map(|e| KvRecord {
-                key: e.key.to_vec(),
-                value: e.value.to_vec(),
-                create_index: e.create_index,
-                modify_index: e.modify_index,
-                lock_index: e.lock_index,
-                flags: e.flags,
-                session: e.session.clone(),
-            }));
-            tombstones.extend(s.tombstones().map(|(k, i)| TombstoneRecord {
-                key: k.to_vec(),
-                delete_index: i,
-            }));
-        }
-        kv.sort_by(|a, b| a.key.cmp(&b.key));
-        tombstones.sort_by(|a, b| a.key.cmp(&b.key));
-        (kv, tombstones, self.index())
+        let m = self.image();
+        (m.kv, m.tombstones, m.index)
+    }
+
+    /// The whole store's image part, as the runtime gathers it from its cores.
+    pub fn image(&self) -> ShardImage {
+        merge_images(
+            (0..self.shard_count())
+                .map(|i| self.shard(i).image_part())
+                .collect(),
+        )
+    }
+
+    /// The shards, in order (each core of the runtime takes one).
+    pub fn into_shards(self) -> Vec<KvShard> {
+        self.shards
     }
 
     /// Rebuilds a store of `shards` shards from an archived image. `backing` must be the

@@ -20,6 +20,7 @@
 mod codec;
 pub mod core;
 mod image;
+pub use image::{merge_images, ShardImage};
 mod session;
 mod shard;
 mod txn;

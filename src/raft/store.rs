@@ -31,6 +31,7 @@ use super::types::{
 };
 use crate::catalog::Catalog;
 use crate::kv::ShardedKv;
+use crate::runtime::shards::Shards;
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
@@ -305,7 +306,8 @@ pub struct StateMachine {
 }
 
 struct SmInner {
-    kv: ShardedKv,
+    /// The KV store, one shard per core; this handle is core 0's (the sequencer).
+    shards: Shards,
     catalog: Catalog,
     last_applied: Option<RaftLogId>,
     membership: StoredMembershipOf<TypeConfig>,
@@ -323,9 +325,14 @@ impl StateMachine {
         self.inner.borrow().applied.subscribe()
     }
 
-    /// Runs `f` on the KV store as applied so far (a local, possibly stale, read).
-    pub fn with_kv<R>(&self, f: impl FnOnce(&ShardedKv) -> R) -> R {
-        f(&self.inner.borrow().kv)
+    /// The KV store's shards (reads of any key from this core).
+    pub fn shards(&self) -> Shards {
+        self.inner.borrow().shards.clone()
+    }
+
+    /// The index of the last applied entry.
+    pub fn applied_index(&self) -> u64 {
+        *self.inner.borrow().applied.borrow()
     }
 
     /// Runs `f` on the catalog as applied so far (a local, possibly stale, read).
@@ -333,12 +340,15 @@ impl StateMachine {
         f(&self.inner.borrow().catalog)
     }
 
-    /// A state machine whose snapshots live in `dir`; restores the newest valid one.
-    pub fn open(dir: &Path) -> io::Result<StateMachine> {
+    /// A state machine whose snapshots live in `dir`, its KV store in `shards` (emptied
+    /// first); restores the newest valid snapshot.
+    pub async fn open(dir: &Path, shards: Shards) -> io::Result<StateMachine> {
         std::fs::create_dir_all(dir)?;
+        let n = shards.cores();
+        shards.replace(ShardedKv::new(n).into_shards()).await;
         let sm = StateMachine {
             inner: Rc::new(RefCell::new(SmInner {
-                kv: ShardedKv::new(1),
+                shards,
                 catalog: Catalog::default(),
                 last_applied: None,
                 membership: StoredMembership::default(),
@@ -347,20 +357,21 @@ impl StateMachine {
             })),
         };
         if let Some(newest) = list_snapshots(dir).map_err(io_err)?.into_iter().next() {
-            sm.restore(&newest)?;
+            sm.restore(&newest).await?;
         }
         Ok(sm)
     }
 
-    fn restore(&self, path: &Path) -> io::Result<SnapshotMetaOf<TypeConfig>> {
+    async fn restore(&self, path: &Path) -> io::Result<SnapshotMetaOf<TypeConfig>> {
         let snap = SnapshotFile::<StateImage>::open(path).map_err(io_err)?;
         let backing = snap.archive_bytes();
-        let kv = ShardedKv::from_archived(snap.state(), &backing, 1);
+        let shards = self.shards();
+        let kv = ShardedKv::from_archived(snap.state(), &backing, shards.cores());
         let catalog = Catalog::decode_image(snap.state().catalog.as_slice())
             .map_err(|e| io_err(format!("snapshot {}: catalog: {e}", path.display())))?;
         let meta = decode_meta(snap.state().membership.as_slice(), snap.last_included())?;
+        shards.replace(kv.into_shards()).await;
         let mut inner = self.inner.borrow_mut();
-        inner.kv = kv;
         inner.catalog = catalog;
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
@@ -411,25 +422,32 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<TypeConfig, SnapshotData>> {
+        // The applied log id, the catalog and the membership are read, and the shards'
+        // image barrier is queued, in one step (no await in between): the barrier follows
+        // every KV write queued up to that log id, so the image is exactly that state.
         let (image, last, dir, membership) = {
-            let inner = self.inner.borrow();
-            let (kv, tombstones, kv_index) = inner.kv.to_image();
-            let (sessions, lock_delays) = inner.kv.sessions_image();
-            let image = StateImage {
-                kv,
-                tombstones,
-                kv_index,
-                sessions,
-                lock_delays,
-                catalog: inner.catalog.encode_image(),
-                membership: encode_meta(&inner.membership),
+            let (catalog, last, dir, membership, shards) = {
+                let inner = self.inner.borrow();
+                (
+                    inner.catalog.encode_image(),
+                    inner.last_applied,
+                    inner.dir.clone(),
+                    inner.membership.clone(),
+                    inner.shards.clone(),
+                )
             };
-            (
-                image,
-                inner.last_applied,
-                inner.dir.clone(),
-                inner.membership.clone(),
-            )
+            let membership_meta = encode_meta(&membership);
+            let kv = shards.image().await;
+            let image = StateImage {
+                kv: kv.kv,
+                tombstones: kv.tombstones,
+                kv_index: kv.index,
+                sessions: kv.sessions,
+                lock_delays: kv.lock_delays,
+                catalog,
+                membership: membership_meta,
+            };
+            (image, last, dir, membership)
         };
         // Serializing, writing and fsyncing a large state takes long (a 25 MB state held
         // the core for ~170 ms, the p99 of every write around it): it runs on a thread of
@@ -475,24 +493,40 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             + Unpin
             + OptionalSend,
     {
+        // KV writes are queued for the shard cores as they come and their outcomes
+        // awaited afterwards, in order: the shards apply a batch in parallel.
+        enum Pending {
+            Ready(Outcome),
+            Kv(futures_channel::oneshot::Receiver<crate::kv::KvOutcome>),
+        }
+        let mut batch = Vec::new();
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
-            let outcome = {
+            let pending = {
                 let mut inner = self.inner.borrow_mut();
                 inner.last_applied = Some(entry.log_id);
                 match entry.payload {
-                    EntryPayload::Blank => Outcome::None,
+                    EntryPayload::Blank => Pending::Ready(Outcome::None),
                     EntryPayload::Normal(Command::Kv(cmd)) => {
-                        Outcome::Kv(inner.kv.apply(entry.log_id.index, &cmd).0)
+                        Pending::Kv(inner.shards.apply_enqueue(entry.log_id.index, cmd))
                     }
-                    EntryPayload::Normal(Command::Catalog(cmd)) => {
-                        Outcome::Catalog(inner.catalog.apply(entry.log_id.index, &cmd))
-                    }
+                    EntryPayload::Normal(Command::Catalog(cmd)) => Pending::Ready(
+                        Outcome::Catalog(inner.catalog.apply(entry.log_id.index, &cmd)),
+                    ),
                     EntryPayload::Membership(m) => {
                         inner.membership = StoredMembership::new(Some(entry.log_id), m);
-                        Outcome::None
+                        Pending::Ready(Outcome::None)
                     }
                 }
+            };
+            batch.push((responder, pending));
+        }
+        for (responder, pending) in batch {
+            let outcome = match pending {
+                Pending::Ready(o) => o,
+                Pending::Kv(rx) => Outcome::Kv(rx.await.map_err(|_| {
+                    io::Error::other("the shard cores stopped before applying a write")
+                })?),
             };
             if let Some(r) = responder {
                 r.send(outcome);
@@ -529,7 +563,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .map_err(io_err)?;
         let path = rx.finish().map_err(io_err)?;
-        match self.restore(&path) {
+        match self.restore(&path).await {
             Ok(_) => {
                 let mut inner = self.inner.borrow_mut();
                 inner.last_applied = meta.last_log_id;
@@ -564,12 +598,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 mod tests {
     use openraft::testing::log::{StoreBuilder, Suite};
     use openraft::StorageError;
-    use openraft_rt::AsyncRuntime;
 
     use super::*;
-    use crate::raft::rt::GlommioRuntime;
 
     struct Builder(Flush);
+
+    thread_local! {
+        /// The runtime's handle on the test's core (openraft's builder must be Send).
+        static SHARDS: RefCell<Option<Shards>> = const { RefCell::new(None) };
+    }
 
     impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
         async fn build(
@@ -580,28 +617,38 @@ mod tests {
                 segment_size: 64 * 1024,
             };
             let log = LogStore::open(&dir.path().join("log"), opts, self.0).expect("log");
-            let sm = StateMachine::open(&dir.path().join("snapshots")).expect("state machine");
+            let shards = SHARDS
+                .with(|s| s.borrow().clone())
+                .expect("inside the runtime");
+            let sm = StateMachine::open(&dir.path().join("snapshots"), shards)
+                .await
+                .expect("state machine");
             Ok((dir, log, sm))
         }
     }
 
     #[test]
     fn the_log_store_and_state_machine_pass_openraft_storage_suite() {
-        let mut rt = GlommioRuntime::new(1);
-        rt.block_on(async {
-            Suite::test_all(Builder(Flush::Inline))
-                .await
-                .expect("openraft storage suite, inline flush");
-        });
+        // On two shard cores, so the suite also covers the cross-core apply and image.
+        crate::runtime::shards::run(2, false, |shards| async move {
+            if shards.core() == 0 {
+                SHARDS.with(|s| *s.borrow_mut() = Some(shards));
+                Suite::test_all(Builder(Flush::Inline))
+                    .await
+                    .expect("openraft storage suite, inline flush");
+            }
+        })
+        .expect("runtime");
     }
 
     #[test]
     fn the_log_store_passes_openraft_storage_suite_with_background_flush() {
-        let mut rt = GlommioRuntime::new(1);
-        rt.block_on(async {
+        crate::runtime::shards::run(1, false, |shards| async move {
+            SHARDS.with(|s| *s.borrow_mut() = Some(shards));
             Suite::test_all(Builder(Flush::Background))
                 .await
                 .expect("openraft storage suite, background flush");
-        });
+        })
+        .expect("runtime");
     }
 }

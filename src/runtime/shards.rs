@@ -23,7 +23,10 @@ use glommio::{GlommioError, LocalExecutorPoolBuilder, PoolPlacement, ResourceTyp
 
 use super::{io_memory_per_executor, RuntimeError};
 use crate::kv::core::{plan, Effect, Origin, Plan, ReadReq, Reply, ShardCore, StreamMsg};
-use crate::kv::{combine_txn, outcome_of, shard_of, KvCommand, KvEntry, KvOutcome, ListResult};
+use crate::kv::{
+    combine_txn, merge_images, outcome_of, shard_of, KvCommand, KvEntry, KvOutcome, KvShard,
+    ListResult, ShardImage,
+};
 
 /// Longest blocking wait, as in Consul.
 pub const MAX_WAIT: Duration = Duration::from_secs(600);
@@ -86,6 +89,11 @@ enum Step {
     Barrier {
         origin: Origin,
         read: ReadReq,
+    },
+    /// Replace every shard (a restored snapshot); `done` when all have.
+    Replace {
+        shards: Vec<KvShard>,
+        done: oneshot::Sender<()>,
     },
 }
 
@@ -308,14 +316,94 @@ impl Shards {
 
     /// Applies a command at Raft index `index` (sequencer core only).
     pub async fn apply(&self, index: u64, cmd: &KvCommand) -> KvOutcome {
+        self.apply_enqueue(index, cmd.clone())
+            .await
+            .expect("the sequencer answers every step")
+    }
+
+    /// Queues a command at Raft index `index` for the sequencer at once and returns where
+    /// its outcome will arrive: the Raft apply loop queues a whole batch, then awaits the
+    /// outcomes in order, so the shards work on the batch in parallel (sequencer core only).
+    pub fn apply_enqueue(&self, index: u64, cmd: KvCommand) -> oneshot::Receiver<KvOutcome> {
         assert_eq!(self.me, 0, "only the sequencer core applies writes");
         let (done, rx) = oneshot::channel();
-        self.enqueue(Step::Apply {
-            index,
-            cmd: cmd.clone(),
-            done,
-        });
-        rx.await.expect("the sequencer answers every step")
+        self.enqueue(Step::Apply { index, cmd, done });
+        rx
+    }
+
+    /// Replaces every shard's state with `shards` (one per core, in order), after every
+    /// step queued before (sequencer core only). Parked blocking reads are answered.
+    pub async fn replace(&self, shards: Vec<KvShard>) {
+        assert_eq!(self.me, 0, "only the sequencer core replaces the state");
+        assert_eq!(shards.len(), self.n, "one shard per core");
+        let (done, rx) = oneshot::channel();
+        self.enqueue(Step::Replace { shards, done });
+        let _ = rx.await;
+    }
+
+    /// Runs `f` on this core's own shard (its session table is the whole table: sessions
+    /// are replicated on every shard).
+    pub fn with_local<R>(&self, f: impl FnOnce(&KvShard) -> R) -> R {
+        f(self.local.borrow().core.shard())
+    }
+
+    /// A snapshot image of every shard at one point of the stream: after every step
+    /// queued before it.
+    pub async fn image(&self) -> ShardImage {
+        let (base, rxs) = self.new_ids(self.n);
+        let origin = Origin {
+            core: self.me,
+            id: base,
+        };
+        self.send(
+            0,
+            Msg::Barrier {
+                origin,
+                read: ReadReq::Image,
+            },
+        )
+        .await;
+        let mut parts = Vec::with_capacity(self.n);
+        for rx in rxs {
+            match rx.await {
+                Ok(Reply::Image(p)) => parts.push(*p),
+                other => unreachable!("image answered with {other:?}"),
+            }
+        }
+        merge_images(parts)
+    }
+
+    /// Keys under `prefix` rolled up at `separator`, as one consistent cut, and the
+    /// result's index.
+    pub async fn keys(&self, prefix: Bytes, separator: Option<Bytes>) -> (Vec<Bytes>, u64) {
+        let (base, rxs) = self.new_ids(self.n);
+        let origin = Origin {
+            core: self.me,
+            id: base,
+        };
+        let read = ReadReq::KeysPart { prefix, separator };
+        self.send(0, Msg::Barrier { origin, read }).await;
+        let mut all = Vec::new();
+        let mut touched = None;
+        let mut fallback = 0;
+        for rx in rxs {
+            match rx.await {
+                Ok(Reply::Keys {
+                    keys,
+                    touched: t,
+                    shard_index,
+                }) => {
+                    all.extend(keys);
+                    touched = touched.max(t);
+                    fallback = fallback.max(shard_index);
+                }
+                other => unreachable!("keys answered with {other:?}"),
+            }
+        }
+        // Keys rolled up at a separator can come from several shards.
+        all.sort();
+        all.dedup();
+        (all, touched.unwrap_or(fallback).max(1))
     }
 
     /// One step, run by the sequencer task only.
@@ -333,6 +421,24 @@ impl Shards {
                     };
                     self.send(s, Msg::Stream(m)).await;
                 }
+            }
+            Step::Replace { shards, done } => {
+                let (base, rxs) = self.new_ids(self.n);
+                for (i, kv) in shards.into_iter().enumerate() {
+                    let reply = Origin {
+                        core: self.me,
+                        id: base + i as u64,
+                    };
+                    let m = StreamMsg::Replace {
+                        kv: Box::new(kv),
+                        reply,
+                    };
+                    self.send(i, Msg::Stream(m)).await;
+                }
+                for rx in rxs {
+                    let _ = rx.await;
+                }
+                let _ = done.send(());
             }
             Step::Apply { index, cmd, done } => {
                 if let Plan::One { shard, cmd } = plan(&cmd, self.n) {
@@ -490,6 +596,13 @@ impl Shards {
         if min_index == 0 || first.index > min_index {
             return first;
         }
+        self.wait_prefix(prefix.clone(), min_index, wait).await;
+        self.list(prefix).await
+    }
+
+    /// Waits until something under `prefix` changes after `min_index` on any shard, or
+    /// `wait` (capped and jittered) runs out.
+    pub async fn wait_prefix(&self, prefix: Bytes, min_index: u64, wait: Duration) {
         let deadline = self.jittered(wait);
         let (base, rxs) = self.new_ids(self.n);
         for s in 0..self.n {
@@ -526,6 +639,5 @@ impl Shards {
             .detach();
         }
         let _ = rx.await;
-        self.list(prefix).await
     }
 }

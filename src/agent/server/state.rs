@@ -238,10 +238,11 @@ impl Server {
         }
         let created = self
             .sm
-            .with_kv(|kv| kv.shard(0).session(&id).map(session_info));
+            .shards()
+            .with_local(|kv| kv.session(&id).map(session_info));
         Ok(Response::Sessions {
             sessions: created.into_iter().collect(),
-            meta: self.meta(self.sm.with_kv(|kv| kv.index())),
+            meta: self.meta(self.sm.applied_index()),
         })
     }
 
@@ -253,7 +254,8 @@ impl Server {
             .await?;
         let Some(s) = self
             .sm
-            .with_kv(|kv| kv.shard(0).session(id).map(session_info))
+            .shards()
+            .with_local(|kv| kv.session(id).map(session_info))
         else {
             return Ok(error(
                 ErrorCode::NotFound,
@@ -268,7 +270,7 @@ impl Server {
         }
         Ok(Response::Sessions {
             sessions: vec![s],
-            meta: self.meta(self.sm.with_kv(|kv| kv.index())),
+            meta: self.meta(self.sm.applied_index()),
         })
     }
 
@@ -276,8 +278,8 @@ impl Server {
         self.read_barrier(opts.consistency).await?;
         let (sessions, index) = self
             .blocking(opts, |s| {
-                s.sm.with_kv(|kv| {
-                    let shard = kv.shard(0);
+                let index = s.sm.applied_index().max(1);
+                s.sm.shards().with_local(|shard| {
                     let sessions: Vec<SessionInfo> = match query {
                         SessionQuery::Info { id } => {
                             shard.session(id).map(session_info).into_iter().collect()
@@ -289,7 +291,7 @@ impl Server {
                             .collect(),
                         SessionQuery::List => shard.sessions().map(session_info).collect(),
                     };
-                    (sessions, kv.index().max(1))
+                    (sessions, index)
                 })
             })
             .await;
@@ -390,9 +392,8 @@ impl Server {
 
     async fn enforce_sessions(&self) {
         let now = Instant::now();
-        let doomed: Vec<String> = self.sm.with_kv(|kv| {
+        let doomed: Vec<String> = self.sm.shards().with_local(|shard| {
             let mut timers = self.session_timers.borrow_mut();
-            let shard = kv.shard(0);
             // Start a timer for every TTL session this leader has not seen yet.
             for s in shard.sessions().filter(|s| s.ttl_ms > 0) {
                 timers.deadlines.entry(s.id.clone()).or_insert_with(|| {

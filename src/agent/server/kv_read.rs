@@ -1,0 +1,67 @@
+//! KV reads from the shard cores: one key from the core that owns it, a prefix as one
+//! consistent cut across every core. Used by core 0 after the read's consistency barrier
+//! and by the other cores for stale reads; both park blocking reads on the owning shards.
+
+use std::time::{Duration, Instant};
+
+use cairn_net::rpc::message::{Meta, Op, Response};
+
+use super::{entry, MAX_WAIT};
+use crate::runtime::shards::Shards;
+
+/// Answers a `KvGet` or `KvList` from the shards; `None` for any other request. `meta`
+/// turns a result's index into the query metadata.
+pub(crate) async fn kv_read(
+    shards: &Shards,
+    op: &Op,
+    meta: impl Fn(u64) -> Meta,
+) -> Option<Response> {
+    Some(match op {
+        Op::KvGet { key, opts } => {
+            let wait = Duration::from_millis(opts.wait_ms).min(MAX_WAIT);
+            let (e, index) = shards.get(key.clone(), opts.index, wait).await;
+            Response::Entries {
+                entries: e.iter().map(entry).collect(),
+                meta: meta(index),
+            }
+        }
+        Op::KvList {
+            prefix,
+            keys_only: false,
+            opts,
+            ..
+        } => {
+            let wait = Duration::from_millis(opts.wait_ms).min(MAX_WAIT);
+            let l = if opts.index > 0 {
+                shards.list_blocking(prefix.clone(), opts.index, wait).await
+            } else {
+                shards.list(prefix.clone()).await
+            };
+            Response::Entries {
+                entries: l.entries.iter().map(entry).collect(),
+                meta: meta(l.index),
+            }
+        }
+        Op::KvList {
+            prefix,
+            keys_only: true,
+            separator,
+            opts,
+        } => {
+            let wait = Duration::from_millis(opts.wait_ms).min(MAX_WAIT);
+            let deadline = Instant::now() + wait;
+            loop {
+                let (keys, index) = shards.keys(prefix.clone(), separator.clone()).await;
+                let left = deadline.saturating_duration_since(Instant::now());
+                if opts.index == 0 || index > opts.index || left.is_zero() {
+                    break Response::Keys {
+                        keys,
+                        meta: meta(index),
+                    };
+                }
+                shards.wait_prefix(prefix.clone(), opts.index, left).await;
+            }
+        }
+        _ => return None,
+    })
+}
