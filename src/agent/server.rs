@@ -962,10 +962,8 @@ impl Server {
                         "refusing to remove the last voter",
                     ));
                 }
-                self.raft
-                    .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-                    .await
-                    .map_err(|e| self.write_failed(e))?;
+                self.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
+                    .await?;
                 Response::Done
             }
             Op::RaftTransferLeader { to } => {
@@ -1062,11 +1060,33 @@ impl Server {
             new_voters.remove(s);
         }
         new_voters.insert(id);
-        self.raft
-            .change_membership(ChangeMembers::ReplaceAllVoters(new_voters), false)
+        self.change_membership(ChangeMembers::ReplaceAllVoters(new_voters))
             .await
-            .map_err(|e| self.write_failed(e))?;
-        Ok(())
+    }
+
+    /// Changes the voters. A change refused because another one is still in progress (a
+    /// server being promoted, say) changed nothing: it is tried again, for at most
+    /// [`FORWARD_TIMEOUT`].
+    async fn change_membership(&self, change: ChangeMembers<u64, BasicNode>) -> Result<(), Local> {
+        use openraft::error::ChangeMembershipError;
+        let deadline = Instant::now() + FORWARD_TIMEOUT;
+        loop {
+            match self.raft.change_membership(change.clone(), false).await {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    let busy = matches!(
+                        e.api_error(),
+                        Some(ClientWriteError::ChangeMembershipError(
+                            ChangeMembershipError::InProgress(_)
+                        ))
+                    );
+                    if !busy || Instant::now() >= deadline {
+                        return Err(self.write_failed(e));
+                    }
+                    glommio::timer::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
     }
 
     /// Server-to-server messages.
