@@ -177,6 +177,12 @@ fn a_second_agent_on_the_same_port_or_data_dir_is_refused() {
             d,
             "--server-port",
             &free_port().to_string(),
+            "--serf-lan-port",
+            "0",
+            "--http-port",
+            "-1",
+            "--dns-port",
+            "-1",
         ])
         .output()
         .unwrap();

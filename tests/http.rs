@@ -723,7 +723,7 @@ fn a_blocking_get_whose_client_hangs_up_frees_its_connection_slot() {
 #[test]
 fn a_dev_agent_serves_http_on_loopback_port_8500_by_default() {
     let mut child = Command::new(CAIRN)
-        .args(["agent", "--dev", "--serf-lan-port", "0"])
+        .args(["agent", "--dev", "--serf-lan-port", "0", "--dns-port", "-1"])
         .args(["--server-port", &free_port("127.0.0.1").to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

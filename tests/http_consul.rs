@@ -48,7 +48,7 @@ fn dev() -> Agent {
     let child = Command::new(CAIRN)
         .args(["agent", "--dev", "--serf-lan-port", "0"])
         .args(["--server-port", &free_port("127.0.0.1").to_string()])
-        .args(["--http-port", &http_port.to_string()])
+        .args(["--http-port", &http_port.to_string(), "--dns-port", "-1"])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()

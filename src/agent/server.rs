@@ -102,8 +102,7 @@ pub fn serve(
                 std::process::exit(1);
             }
         } else {
-            let addr = cfg.rpc_addr();
-            front::serve_front(addr, shards, to_core0, shared, cfg.limits, cfg.datacenter).await
+            front::serve_front(cfg, shards, to_core0, shared).await
         }
     })?;
     Ok(())

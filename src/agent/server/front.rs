@@ -1,6 +1,6 @@
-//! The server's other cores (thread-per-core): each accepts RPC connections on the same
-//! port as core 0 (the kernel spreads connections over the cores' listeners with
-//! SO_REUSEPORT), answers stale KV reads from the shard cores itself, and hands every
+//! The server's other cores (thread-per-core): each accepts RPC and HTTP connections on
+//! the same ports as core 0 (the kernel spreads connections over the cores' listeners
+//! with SO_REUSEPORT), answers stale KV reads from the shard cores itself, and hands every
 //! other request to core 0, which runs Raft, the catalog and everything else.
 
 use std::cell::Cell;
@@ -71,16 +71,15 @@ impl Handler for Front {
     }
 }
 
-/// Serves RPC connections on this core until the process ends.
+/// Serves RPC (and, if on, HTTP) connections on this core until the process ends.
 pub(crate) async fn serve_front(
-    addr: std::net::SocketAddr,
+    cfg: crate::agent::AgentConfig,
     shards: Shards,
     to_core0: flume::Sender<ToCore0>,
     meta: Arc<SharedMeta>,
-    limits: Limits,
-    datacenter: String,
 ) {
     let core = shards.core();
+    let addr = cfg.rpc_addr();
     let listener = match TcpListener::bind(addr) {
         Ok(l) => l,
         Err(e) => {
@@ -94,9 +93,15 @@ pub(crate) async fn serve_front(
         shards,
         to_core0,
         meta,
-        limits,
-        datacenter,
+        limits: cfg.limits,
+        datacenter: cfg.datacenter.clone(),
     });
+    // The HTTP API on this core too (its listener shares the port like the RPC one's).
+    if let Some(http) = &cfg.http {
+        if let Err(e) = crate::http::start(front.clone(), http, crate::http::Ctx::of(&cfg)) {
+            eprintln!("cairn: core {core}: {e}; this core serves no HTTP");
+        }
+    }
     let open = Rc::new(Cell::new(0usize));
     loop {
         match listener.accept().await {
