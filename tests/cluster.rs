@@ -75,7 +75,8 @@ fn writer(addrs: Vec<String>, stop: Arc<AtomicBool>) -> Vec<String> {
 
 #[test]
 fn killing_the_leader_under_continuous_writes_elects_a_new_one_and_loses_no_acknowledged_write() {
-    let mut c = Cluster::start(3, &[]);
+    // Two cores per server: acknowledged writes went through the shard cores.
+    let mut c = Cluster::start(3, &["--cores", "2"]);
     let old = c.wait_for_leader(Duration::from_secs(10));
     let addrs: Vec<String> = c.servers.iter().map(|s| s.addr()).collect();
     let stop = Arc::new(AtomicBool::new(false));
@@ -189,6 +190,7 @@ fn snapshot_files(dir: &std::path::Path) -> usize {
 
 #[test]
 fn a_server_down_while_the_cluster_snapshots_and_purges_catches_up_from_the_snapshot() {
+    // Two cores per server: snapshots are gathered from, and restored into, both shards.
     let mut c = Cluster::start(
         3,
         &[
@@ -196,6 +198,8 @@ fn a_server_down_while_the_cluster_snapshots_and_purges_catches_up_from_the_snap
             "50",
             "--raft-trailing-logs",
             "5",
+            "--cores",
+            "2",
         ],
     );
     let leader = c.wait_for_leader(Duration::from_secs(10));

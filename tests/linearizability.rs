@@ -164,7 +164,8 @@ fn concurrent_clients_stay_linearizable_while_the_leader_is_killed_and_restarted
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random);
     eprintln!("seed {seed} (replay the client mix with CAIRN_LIN_SEED={seed})");
-    let mut c = Cluster::start(3, &[]);
+    // Two cores per server: connections land on both, writes and reads cross cores.
+    let mut c = Cluster::start(3, &["--cores", "2"]);
     c.wait_for_leader(Duration::from_secs(10));
     let addrs: Vec<String> = c.servers.iter().map(|s| s.addr()).collect();
     let rec: Recorder<String> = Recorder::new();
