@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 mod cli_catalog;
+mod cli_lock;
 mod debug;
 
 #[derive(Parser, Debug)]
@@ -88,6 +89,17 @@ enum Command {
     /// Declare a failed agent left: the pool forgets it and the catalog deregisters it.
     ForceLeave {
         node: String,
+        #[command(flatten)]
+        rpc: cli::RpcArgs,
+    },
+    /// Run a command while holding a lock on PREFIX (the key PREFIX/.lock, acquired with
+    /// a session of this agent's node; waits while another holder has it). The exit
+    /// status is the command's; if the lock is lost the command gets SIGTERM.
+    Lock {
+        prefix: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
         #[command(flatten)]
         rpc: cli::RpcArgs,
     },
@@ -181,6 +193,11 @@ fn main() -> ExitCode {
         Command::Operator { cmd, rpc } => cli::operator(cmd, &rpc),
         Command::Members { format, rpc } => cli::members(format, &rpc),
         Command::Catalog { cmd, rpc } => cli_catalog::catalog(cmd, &rpc),
+        Command::Lock {
+            prefix,
+            command,
+            rpc,
+        } => cli_lock::lock(&prefix, &command, &rpc),
         Command::ForceLeave { node, rpc } => cli_catalog::force_leave(&node, &rpc),
         Command::Services { cmd, rpc } => cli_catalog::services(cmd, &rpc),
         Command::Maint {

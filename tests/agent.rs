@@ -427,3 +427,51 @@ fn a_dev_agent_removes_the_state_that_killed_dev_agents_left_behind() {
     let own = std::env::temp_dir().join(format!("cairn-dev-{}", a.child.id()));
     assert!(own.join("node-id").exists());
 }
+
+#[test]
+fn cairn_lock_runs_commands_one_at_a_time_and_passes_their_exit_status() {
+    let port = free_port();
+    let a = start(&["--dev"], port);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let script = format!(
+        "echo start $0 >> {o}; sleep 0.5; echo end $0 >> {o}; exit 3",
+        o = out.display()
+    );
+    let children: Vec<std::process::Child> = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            Command::new(CAIRN)
+                .args(["lock", "jobs/nightly", "--rpc-addr", &a.addr, "--"])
+                .args(["sh", "-c", &script, name])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(3),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    // Never two at once: every start is followed by its own end.
+    let lines: Vec<String> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    for pair in lines.chunks(2) {
+        let who = pair[0].strip_prefix("start ").expect("a start");
+        assert_eq!(pair[1], format!("end {who}"), "{lines:?}");
+    }
+    // The lock is free again and the sessions are gone.
+    let (code, json, _) = cli(&a, &["kv", "get", "jobs/nightly/.lock", "--format", "json"]);
+    assert_eq!(code, 0);
+    assert!(json.contains("\"Session\": null"), "{json}");
+}
