@@ -282,3 +282,96 @@ fn a_client_agents_services_and_checks_reach_the_catalog_and_stay_true() {
             && status_of(&c, &node, "db-ttl").is_none()
     });
 }
+
+/// A tiny HTTP responder on `listener`: answers every request with `status()` until the
+/// listener is dropped by the test (bounded: at most 10,000 requests).
+fn serve_http(listener: TcpListener, status: std::sync::Arc<std::sync::atomic::AtomicU16>) {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(10_000) {
+            let Ok(mut s) = stream else { return };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf);
+            let code = status.load(std::sync::atomic::Ordering::SeqCst);
+            let _ = write!(
+                s,
+                "HTTP/1.1 {code} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+            );
+        }
+    });
+}
+
+#[test]
+fn http_and_tcp_checks_follow_their_listener_and_an_unreported_ttl_check_expires() {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    let web = TcpListener::bind("127.0.0.1:0").unwrap();
+    let web_port = web.local_addr().unwrap().port();
+    let status = std::sync::Arc::new(AtomicU16::new(200));
+    serve_http(web, status.clone());
+    let db = TcpListener::bind("127.0.0.1:0").unwrap();
+    let db_port = db.local_addr().unwrap().port();
+    let cfg = tempfile::tempdir().unwrap();
+    std::fs::write(
+        cfg.path().join("svc.json"),
+        format!(
+            r#"{{"services": [
+                {{"name": "web", "port": {web_port},
+                  "check": {{"http": "http://127.0.0.1:{web_port}/health", "interval": "1s", "timeout": "1s"}}}},
+                {{"name": "db", "port": {db_port},
+                  "check": {{"tcp": "127.0.0.1:{db_port}", "interval": "1s", "timeout": "1s"}}}}
+            ]}}"#
+        ),
+    )
+    .unwrap();
+    let mut c = Cluster::start(1, &[]);
+    let a = c.add_client_with(&["--config-dir", cfg.path().to_str().unwrap()]);
+    let node = format!("c{a}");
+    let long = Duration::from_secs(30);
+    wait(&c, "both passing", long, || {
+        status_of(&c, &node, "service:web") == Some(Status::Passing)
+            && status_of(&c, &node, "service:db") == Some(Status::Passing)
+    });
+    // HTTP: 429 is warning, 500 critical, 200 passing again.
+    status.store(429, Ordering::SeqCst);
+    wait(&c, "web warning", long, || {
+        status_of(&c, &node, "service:web") == Some(Status::Warning)
+    });
+    status.store(500, Ordering::SeqCst);
+    wait(&c, "web critical", long, || {
+        status_of(&c, &node, "service:web") == Some(Status::Critical)
+    });
+    status.store(200, Ordering::SeqCst);
+    wait(&c, "web passing again", long, || {
+        status_of(&c, &node, "service:web") == Some(Status::Passing)
+    });
+    // TCP: the listener stops, then starts again on the same port.
+    drop(db);
+    wait(&c, "db critical", long, || {
+        status_of(&c, &node, "service:db") == Some(Status::Critical)
+    });
+    let db = TcpListener::bind(("127.0.0.1", db_port)).expect("the port again");
+    wait(&c, "db passing again", long, || {
+        status_of(&c, &node, "service:db") == Some(Status::Passing)
+    });
+    drop(db);
+    // A TTL check nobody reports to turns critical when its TTL runs out.
+    assert_eq!(
+        c.servers[a].call(
+            Op::AgentRegister {
+                kind: AgentKind::Check,
+                definition: bytes::Bytes::from_static(
+                    br#"{"CheckID": "cron", "Name": "nightly cron", "TTL": "2s", "Status": "passing"}"#
+                ),
+            },
+            T
+        ),
+        Some(Response::Bool(true))
+    );
+    wait(&c, "cron passing", long, || {
+        status_of(&c, &node, "cron") == Some(Status::Passing)
+    });
+    wait(&c, "cron expired", long, || {
+        status_of(&c, &node, "cron") == Some(Status::Critical)
+    });
+}

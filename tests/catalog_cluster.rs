@@ -451,3 +451,139 @@ fn a_ttl_session_expires_unless_renewed_and_its_delete_behavior_removes_its_lock
     );
     assert!(!exists(&renewed));
 }
+
+/// kill -9 of a client agent: a blocking query on its service returns with the instance
+/// gone from passing results, its session's lock is released and another session gets it
+/// once the lock-delay has passed; restarted, the agent is passing again.
+#[test]
+fn a_killed_client_agent_wakes_watchers_frees_its_locks_after_the_delay_and_comes_back() {
+    let mut c = Cluster::start(3, &[]);
+    c.wait_for_leader(T);
+    let a = c.add_client();
+    let na = format!("c{a}");
+    // A service on the agent, passing (a TTL check reported passing).
+    let register = |c: &Cluster| {
+        c.servers[a].call(
+            Op::AgentRegister {
+                kind: cairn_net::rpc::message::AgentKind::Service,
+                definition: bytes::Bytes::from_static(
+                    br#"{"Name": "api", "Port": 9000,
+                         "Check": {"CheckID": "api-ttl", "TTL": "300s", "Status": "passing"}}"#,
+                ),
+            },
+            T,
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while register(&c) != Some(Response::Bool(true)) {
+        assert!(Instant::now() < deadline, "agent never up\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let api_passing = CatalogQuery::Service {
+        name: "api".into(),
+        tag: None,
+        passing_only: true,
+    };
+    wait_for(
+        &c,
+        0,
+        api_passing.clone(),
+        Duration::from_secs(30),
+        "api passing",
+        |r| instances(r) == 1,
+    );
+    // A session on the agent's node holds a lock (lock-delay 2 s).
+    let create = |node: &str| match c.servers[0].call(
+        Op::SessionCreate(SessionInfo {
+            node: node.into(),
+            lock_delay_ms: 2_000,
+            ..SessionInfo::default()
+        }),
+        T,
+    ) {
+        Some(Response::Sessions { sessions, .. }) => sessions[0].id.clone(),
+        other => panic!("{other:?}"),
+    };
+    let holder = create(&na);
+    let waiter = create("s0");
+    let acquire = |c: &Cluster, session: &str| {
+        c.servers[1].call(
+            Op::KvPut {
+                key: b("locks/api"),
+                value: b("x"),
+                flags: 0,
+                cas: None,
+                acquire: Some(session.into()),
+                release: None,
+            },
+            T,
+        )
+    };
+    assert_eq!(acquire(&c, &holder), Some(Response::Bool(true)));
+    assert_eq!(
+        acquire(&c, &waiter),
+        Some(Response::Bool(false)),
+        "held by the agent"
+    );
+    // A blocking watcher of api's passing instances, on another server.
+    let index = match c.servers[2].call(
+        Op::CatalogRead {
+            query: api_passing.clone(),
+            opts: ReadOpts::default(),
+        },
+        T,
+    ) {
+        Some(Response::Catalog { meta, .. }) => meta.index,
+        other => panic!("{other:?}"),
+    };
+    let addr = c.servers[2].addr();
+    let watcher = std::thread::spawn(move || {
+        let mut conn = cairn::client::RpcClient::connect(&addr, T).expect("connect");
+        conn.call(&support::req(Op::CatalogRead {
+            query: CatalogQuery::Service {
+                name: "api".into(),
+                tag: None,
+                passing_only: true,
+            },
+            opts: ReadOpts {
+                index,
+                wait_ms: 60_000,
+                ..ReadOpts::default()
+            },
+        }))
+    });
+    c.servers[a].kill();
+    // The watcher wakes with api gone from the passing instances.
+    match watcher.join().unwrap() {
+        Ok(Response::Catalog {
+            result: CatalogResult::Instances(i),
+            meta,
+        }) => {
+            assert!(meta.index > index);
+            assert!(i.is_empty(), "{i:?}");
+        }
+        other => panic!("{other:?}\n{}", c.logs()),
+    }
+    // The holder's session is invalidated; the waiter gets the lock once the lock-delay
+    // has passed (and not before the session ended).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match acquire(&c, &waiter) {
+            Some(Response::Bool(true)) => break,
+            Some(Response::Bool(false)) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(Instant::now() < deadline, "the waiter never got the lock");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Restarted, the agent is passing again (its registration was kept).
+    c.servers[a].restart();
+    wait_for(
+        &c,
+        0,
+        api_passing,
+        Duration::from_secs(30),
+        "api passing again",
+        |r| instances(r) == 1,
+    );
+}
