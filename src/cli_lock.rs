@@ -89,6 +89,7 @@ pub fn lock(prefix: &str, command: &[String], rpc: &RpcArgs) -> ExitCode {
             behavior: SessionBehavior::Release,
             ttl_ms: SESSION_TTL.as_millis() as u64,
             lock_delay_ms: 15_000,
+            node_checks: vec![cairn::catalog::reconcile::SERF_CHECK_ID.to_string()],
             ..SessionInfo::default()
         }),
     ) {

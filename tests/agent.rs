@@ -431,7 +431,17 @@ fn a_dev_agent_removes_the_state_that_killed_dev_agents_left_behind() {
 #[test]
 fn cairn_lock_runs_commands_one_at_a_time_and_passes_their_exit_status() {
     let port = free_port();
-    let a = start(&["--dev"], port);
+    let a = start(&["--dev", "--node", "locker"], port);
+    // Sessions need the node's serfHealth check, which the leader registers soon after
+    // it starts (as Consul's, a session cannot be made before).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cli(&a, &["health", "node", "locker"])
+        .1
+        .contains("serfHealth")
+    {
+        assert!(Instant::now() < deadline, "serfHealth never registered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let script = format!(

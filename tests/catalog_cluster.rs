@@ -142,6 +142,7 @@ fn gossip_members_are_catalog_nodes_and_failures_leaves_and_sessions_follow_them
         Op::SessionCreate(SessionInfo {
             node: na.clone(),
             name: "lock-holder".into(),
+            node_checks: vec!["serfHealth".into()],
             ..SessionInfo::default()
         }),
         T,
@@ -497,6 +498,7 @@ fn a_killed_client_agent_wakes_watchers_frees_its_locks_after_the_delay_and_come
         Op::SessionCreate(SessionInfo {
             node: node.into(),
             lock_delay_ms: 2_000,
+            node_checks: vec!["serfHealth".into()],
             ..SessionInfo::default()
         }),
         T,
@@ -585,5 +587,83 @@ fn a_killed_client_agent_wakes_watchers_frees_its_locks_after_the_delay_and_come
         Duration::from_secs(30),
         "api passing again",
         |r| instances(r) == 1,
+    );
+}
+
+/// A session bound to a service check ends when that check goes critical; a session
+/// naming a check the node does not have is refused; one bound to nothing outlives a
+/// critical check.
+#[test]
+fn a_session_bound_to_a_service_check_ends_when_the_check_goes_critical() {
+    let c = Cluster::start(1, &[]);
+    c.wait_for_leader(T);
+    let reg = |status: Status| Registration {
+        node: "app-1".into(),
+        address: "192.0.2.7".into(),
+        service: Some(Service {
+            id: "web".into(),
+            name: "web".into(),
+            ..Service::default()
+        }),
+        checks: vec![Check {
+            id: "web-alive".into(),
+            name: "web alive".into(),
+            status,
+            service_id: "web".into(),
+            ..Check::default()
+        }],
+        ..Registration::default()
+    };
+    assert_eq!(
+        c.servers[0].call(Op::CatalogRegister(Box::new(reg(Status::Passing))), T),
+        Some(Response::Bool(true))
+    );
+    let create = |service_checks: Vec<String>| {
+        c.servers[0].call(
+            Op::SessionCreate(SessionInfo {
+                node: "app-1".into(),
+                service_checks,
+                ..SessionInfo::default()
+            }),
+            T,
+        )
+    };
+    let id_of = |r: Option<Response>| match r {
+        Some(Response::Sessions { sessions, .. }) => sessions[0].id.clone(),
+        other => panic!("{other:?}"),
+    };
+    let bound = id_of(create(vec!["web-alive".into()]));
+    let unbound = id_of(create(Vec::new()));
+    assert!(matches!(
+        create(vec!["nope".into()]),
+        Some(Response::Error(e)) if e.code == ErrorCode::Invalid && e.message.contains("nope")
+    ));
+    assert_eq!(
+        c.servers[0].call(Op::CatalogRegister(Box::new(reg(Status::Critical))), T),
+        Some(Response::Bool(true))
+    );
+    let exists = |id: &str| {
+        matches!(
+            c.servers[0].call(
+                Op::SessionRead {
+                    query: SessionQuery::Info { id: id.into() },
+                    opts: ReadOpts::default()
+                },
+                T
+            ),
+            Some(Response::Sessions { sessions, .. }) if sessions.len() == 1
+        )
+    };
+    let deadline = Instant::now() + T;
+    while exists(&bound) {
+        assert!(
+            Instant::now() < deadline,
+            "the bound session outlived its check"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        exists(&unbound),
+        "a session bound to nothing was invalidated"
     );
 }

@@ -306,6 +306,12 @@ fn session_cmd() -> impl Strategy<Value = KvCommand> {
                 ttl_ms: 10_000,
                 lock_delay_ms: 1000,
                 create_index: 0,
+                node_checks: if del {
+                    vec!["serfHealth".into()]
+                } else {
+                    Vec::new()
+                },
+                service_checks: if del { vec!["svc".into()] } else { Vec::new() },
             },
         }),
         (sid.clone(), 0..5000u64).prop_map(|(id, now_ms)| KvCommand::SessionDestroy {
@@ -500,6 +506,8 @@ fn session(id: &str, behavior: cairn::kv::Behavior) -> KvCommand {
             ttl_ms: 0,
             lock_delay_ms: 15_000,
             create_index: 0,
+            node_checks: vec!["serfHealth".into()],
+            service_checks: Vec::new(),
         },
     }
 }

@@ -161,6 +161,8 @@ fn session_cmd() -> impl Strategy<Value = KvCommand> {
                 ttl_ms: 0,
                 lock_delay_ms: 1000,
                 create_index: 0,
+                node_checks: vec!["serfHealth".into()],
+                service_checks: Vec::new(),
             },
         }),
         (sid.clone(), 0..5000u64).prop_map(|(id, now_ms)| KvCommand::SessionDestroy {

@@ -136,11 +136,15 @@ fn session() -> impl Strategy<Value = SessionInfo> {
             any::<u64>(),
             any::<u64>(),
             prop::collection::vec(text(), 0..3),
+            prop::collection::vec(text(), 0..3),
             any::<u64>(),
         ),
     )
         .prop_map(
-            |((id, name, node, delete), (ttl_ms, lock_delay_ms, node_checks, create_index))| {
+            |(
+                (id, name, node, delete),
+                (ttl_ms, lock_delay_ms, node_checks, service_checks, create_index),
+            )| {
                 SessionInfo {
                     id,
                     name,
@@ -153,6 +157,7 @@ fn session() -> impl Strategy<Value = SessionInfo> {
                     ttl_ms,
                     lock_delay_ms,
                     node_checks,
+                    service_checks,
                     create_index,
                 }
             },

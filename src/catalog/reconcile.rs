@@ -115,10 +115,26 @@ fn deregister(node: &str) -> CatalogCommand {
 /// Whether a session on `node` must be invalidated: its node is gone from the catalog or
 /// the node's `serfHealth` is critical (Consul's default session node check).
 pub fn session_node_failed(catalog: &Catalog, node: &str) -> bool {
-    catalog.node(node).is_none()
-        || catalog
-            .check(node, SERF_CHECK_ID)
-            .is_some_and(|c| c.status == Status::Critical)
+    session_failure(catalog, node, &[SERF_CHECK_ID.to_string()]).is_some()
+}
+
+/// Why a session on `node` bound to `checks` (node-level or service check ids of that
+/// node) must be invalidated, if it must: the node is gone, or one of the checks is gone
+/// or critical. As Consul's, a check in warning keeps the session.
+pub fn session_failure(catalog: &Catalog, node: &str, checks: &[String]) -> Option<String> {
+    if catalog.node(node).is_none() {
+        return Some(format!("Missing node registration for {node:?}"));
+    }
+    for id in checks {
+        match catalog.check(node, id) {
+            None => return Some(format!("Missing check '{id}' registration")),
+            Some(c) if c.status == Status::Critical => {
+                return Some(format!("Check '{id}' is in critical state"))
+            }
+            Some(_) => {}
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -164,10 +164,28 @@ fn session_info(c: CreateJson, agent_node: String) -> Result<SessionInfo, Reply>
             )))
         }
     };
-    if c.servicechecks.as_ref().is_some_and(|s| !s.is_empty()) {
-        return Err(Reply::bad_request(
-            "ServiceChecks are not supported: a session is bound to its node's serfHealth",
-        ));
+    // Consul's ServiceChecks: [{"ID": "...", "Namespace": "..."}] (namespaces are an
+    // enterprise feature: an empty one is accepted, others are refused).
+    let mut service_checks = Vec::new();
+    for sc in c.servicechecks.into_iter().flatten() {
+        let field = |k: &str| {
+            sc.as_object().and_then(|o| {
+                o.iter()
+                    .find(|(key, _)| key.eq_ignore_ascii_case(k))
+                    .map(|(_, v)| v)
+            })
+        };
+        let Some(Value::String(id)) = field("ID") else {
+            return Err(Reply::bad_request(
+                "Request decode failed: a ServiceChecks entry needs an \"ID\"",
+            ));
+        };
+        if field("Namespace").is_some_and(|n| {
+            !matches!(n, Value::String(s) if s.is_empty() || s == "default") && !n.is_null()
+        }) {
+            return Err(Reply::bad_request("Namespaces are not supported"));
+        }
+        service_checks.push(id.clone());
     }
     let node_checks = match (c.nodechecks, c.checks) {
         (None, None) => vec!["serfHealth".to_string()],
@@ -186,6 +204,7 @@ fn session_info(c: CreateJson, agent_node: String) -> Result<SessionInfo, Reply>
         ttl_ms,
         lock_delay_ms,
         node_checks,
+        service_checks,
         create_index: 0,
     })
 }
@@ -227,9 +246,17 @@ struct SessionJson<'a> {
     #[serde(rename = "TTL")]
     ttl: String,
     node_checks: &'a [String],
-    service_checks: Option<()>,
+    service_checks: Option<Vec<ServiceCheckJson<'a>>>,
     create_index: u64,
     modify_index: u64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ServiceCheckJson<'a> {
+    #[serde(rename = "ID")]
+    id: &'a str,
+    namespace: &'static str,
 }
 
 fn session_json(s: &SessionInfo) -> SessionJson<'_> {
@@ -248,7 +275,12 @@ fn session_json(s: &SessionInfo) -> SessionJson<'_> {
             go_duration(s.ttl_ms)
         },
         node_checks: &s.node_checks,
-        service_checks: None,
+        service_checks: (!s.service_checks.is_empty()).then(|| {
+            s.service_checks
+                .iter()
+                .map(|id| ServiceCheckJson { id, namespace: "" })
+                .collect()
+        }),
         create_index: s.create_index,
         modify_index: s.create_index,
     }
@@ -332,7 +364,8 @@ mod tests {
             r#"{"TTL": "10"}"#,
             r#"{"LockDelay": "soon"}"#,
             r#"{"LockDelay": -1}"#,
-            r#"{"ServiceChecks": [{"ID": "web"}]}"#,
+            r#"{"ServiceChecks": [{"Namespace": "x"}]}"#,
+            r#"{"ServiceChecks": [{"ID": "web", "Namespace": "team-a"}]}"#,
             "[",
         ] {
             assert_eq!(create(body).unwrap_err().status, 400, "{body}");
@@ -407,6 +440,7 @@ mod tests {
             ttl_ms: 30_000,
             lock_delay_ms: 15_000,
             node_checks: vec!["serfHealth".into()],
+            service_checks: Vec::new(),
             create_index: 7,
         };
         let r = render(

@@ -93,7 +93,8 @@ impl KvCommand {
                 buf.put_u64_le(*up_to);
             }
             KvCommand::SessionCreate { session } => {
-                buf.put_u8(8);
+                // Tag 12: tag 8's fields, then the bound checks (tag 8 had none).
+                buf.put_u8(12);
                 put_bytes(&mut buf, session.id.as_bytes());
                 put_bytes(&mut buf, session.name.as_bytes());
                 put_bytes(&mut buf, session.node.as_bytes());
@@ -104,6 +105,12 @@ impl KvCommand {
                 buf.put_u64_le(session.ttl_ms);
                 buf.put_u64_le(session.lock_delay_ms);
                 buf.put_u64_le(session.create_index);
+                for list in [&session.node_checks, &session.service_checks] {
+                    buf.put_u32_le(list.len() as u32);
+                    for c in list {
+                        put_bytes(&mut buf, c.as_bytes());
+                    }
+                }
             }
             KvCommand::SessionDestroy { id, now_ms } => {
                 buf.put_u8(9);
@@ -177,7 +184,7 @@ impl KvCommand {
                 KvCommand::Txn { ops }
             }
             7 => KvCommand::ReapTombstones { up_to: r.u64()? },
-            8 => KvCommand::SessionCreate {
+            tag @ (8 | 12) => KvCommand::SessionCreate {
                 session: Session {
                     id: r.string()?,
                     name: r.string()?,
@@ -195,6 +202,12 @@ impl KvCommand {
                     ttl_ms: r.u64()?,
                     lock_delay_ms: r.u64()?,
                     create_index: r.u64()?,
+                    node_checks: if tag == 12 {
+                        r.strings()?
+                    } else {
+                        vec!["serfHealth".to_string()]
+                    },
+                    service_checks: if tag == 12 { r.strings()? } else { Vec::new() },
                 },
             },
             9 => KvCommand::SessionDestroy {
@@ -359,9 +372,52 @@ impl Reader<'_> {
         String::from_utf8(b.to_vec()).map_err(|_| DecodeError::Utf8)
     }
 
+    /// A list of strings: a u32 count, then each (a count beyond what the bytes left
+    /// could hold is refused before anything is allocated).
+    fn strings(&mut self) -> Result<Vec<String>, DecodeError> {
+        let n = self.u32()? as usize;
+        let left = self.data.len() - self.at;
+        if n > left / 4 {
+            return Err(DecodeError::Truncated {
+                at: self.at,
+                needed: n * 4,
+            });
+        }
+        (0..n).map(|_| self.string()).collect()
+    }
+
     fn bytes(&mut self) -> Result<Bytes, DecodeError> {
         let n = self.u32()? as usize;
         let r = self.take(n)?;
         Ok(self.data.slice(r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session create written before sessions named their checks (tag 8) is read as
+    /// bound to `serfHealth`, Consul's default then and now.
+    #[test]
+    fn a_session_create_from_before_bound_checks_reads_as_bound_to_serf_health() {
+        let mut b = BytesMut::new();
+        b.put_u8(VERSION);
+        b.put_u8(8);
+        for s in ["id-1", "name", "node-1"] {
+            put_bytes(&mut b, s.as_bytes());
+        }
+        b.put_u8(1);
+        b.put_u64_le(10_000);
+        b.put_u64_le(15_000);
+        b.put_u64_le(0);
+        match KvCommand::decode(&b.freeze()).unwrap() {
+            KvCommand::SessionCreate { session } => {
+                assert_eq!(session.node_checks, vec!["serfHealth".to_string()]);
+                assert!(session.service_checks.is_empty());
+                assert_eq!(session.behavior, Behavior::Delete);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

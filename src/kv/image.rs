@@ -58,6 +58,8 @@ impl KvShard {
                     ttl_ms: s.ttl_ms,
                     lock_delay_ms: s.lock_delay_ms,
                     create_index: s.create_index,
+                    node_checks: s.node_checks.clone(),
+                    service_checks: s.service_checks.clone(),
                 })
                 .collect(),
             lock_delays: self
@@ -170,6 +172,16 @@ impl ShardedKv {
                 ttl_ms: s.ttl_ms.to_native(),
                 lock_delay_ms: s.lock_delay_ms.to_native(),
                 create_index: s.create_index.to_native(),
+                node_checks: s
+                    .node_checks
+                    .iter()
+                    .map(|c| c.as_str().to_string())
+                    .collect(),
+                service_checks: s
+                    .service_checks
+                    .iter()
+                    .map(|c| c.as_str().to_string())
+                    .collect(),
             };
             for i in 0..n {
                 let create = session.create_index;

@@ -39,6 +39,11 @@ pub struct Session {
     /// default 15 s), so a new holder cannot act before the old one noticed.
     pub lock_delay_ms: u64,
     pub create_index: u64,
+    /// Node-level checks of `node` whose failure (critical, or deregistered) invalidates
+    /// the session (Consul's `NodeChecks`; `serfHealth` unless given).
+    pub node_checks: Vec<String>,
+    /// Service checks of `node` that do the same (Consul's `ServiceChecks`).
+    pub service_checks: Vec<String>,
 }
 
 /// The arguments of [`KvShard::acquire`].

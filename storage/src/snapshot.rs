@@ -8,7 +8,7 @@
 //! ```text
 //! offset  size  field
 //!      0     8  magic "CAIRNSNP"
-//!      8     4  format version (2; 1 had a placeholder catalog)
+//!      8     4  format version (3; 2 had no session checks, 1 a placeholder catalog)
 //!     12     4  header length (64)
 //!     16     8  last included term
 //!     24     8  last included index
@@ -37,7 +37,7 @@ use crate::sys::{self, ValidatedArchive};
 use crate::LogId;
 
 const SNAP_MAGIC: &[u8; 8] = b"CAIRNSNP";
-const SNAP_VERSION: u32 = 2;
+const SNAP_VERSION: u32 = 3;
 /// Bytes of the header; the archive starts here (a multiple of 16, so the archive is
 /// aligned in the page-aligned mapping).
 pub const SNAPSHOT_HEADER_LEN: usize = 64;

@@ -40,6 +40,9 @@ pub struct SessionRecord {
     pub ttl_ms: u64,
     pub lock_delay_ms: u64,
     pub create_index: u64,
+    /// Check ids whose failure invalidates the session.
+    pub node_checks: Vec<String>,
+    pub service_checks: Vec<String>,
 }
 
 /// A key that may not be acquired before `until_ms` (leader clock).

@@ -211,9 +211,12 @@ pub struct SessionInfo {
     /// 0: no TTL.
     pub ttl_ms: u64,
     pub lock_delay_ms: u64,
-    /// Node-level checks whose failure invalidates the session (Consul's `NodeChecks`,
-    /// `serfHealth` by default).
+    /// Node-level checks whose failure (critical, or deregistered) invalidates the
+    /// session (Consul's `NodeChecks`). Taken as given: Consul's default, `serfHealth`, is
+    /// the client's to fill in (the HTTP API and the CLI do).
     pub node_checks: Vec<String>,
+    /// Service checks of the node that do the same (Consul's `ServiceChecks`).
+    pub service_checks: Vec<String>,
     pub create_index: u64,
 }
 
@@ -403,6 +406,7 @@ impl W<'_> {
         self.u64(s.ttl_ms);
         self.u64(s.lock_delay_ms);
         self.strings(&s.node_checks);
+        self.strings(&s.service_checks);
         self.u64(s.create_index);
     }
     pub(crate) fn session_query(&mut self, q: &SessionQuery) {
@@ -650,6 +654,7 @@ impl R<'_> {
             ttl_ms: self.u64()?,
             lock_delay_ms: self.u64()?,
             node_checks: self.strings("session checks")?,
+            service_checks: self.strings("session service checks")?,
             create_index: self.u64()?,
         })
     }

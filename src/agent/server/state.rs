@@ -50,9 +50,19 @@ pub(super) fn session_info(s: &Session) -> SessionInfo {
         },
         ttl_ms: s.ttl_ms,
         lock_delay_ms: s.lock_delay_ms,
-        node_checks: vec![reconcile::SERF_CHECK_ID.to_string()],
+        node_checks: s.node_checks.clone(),
+        service_checks: s.service_checks.clone(),
         create_index: s.create_index,
     }
+}
+
+/// Every check a session is bound to.
+fn bound_checks(s: &Session) -> Vec<String> {
+    s.node_checks
+        .iter()
+        .chain(&s.service_checks)
+        .cloned()
+        .collect()
 }
 
 /// A random session id in UUID form, as Consul's.
@@ -179,32 +189,18 @@ impl Server {
                 "lock delay may be at most 60s".to_string(),
             ));
         }
-        if info
-            .node_checks
-            .iter()
-            .any(|c| c != reconcile::SERF_CHECK_ID)
-        {
-            return Ok(error(
-                ErrorCode::Invalid,
-                "sessions are bound to their node's serfHealth check; other node checks are \
-                 not supported",
-            ));
-        }
-        // Consul refuses a session for a node it does not know or that is failing.
+        // The checks are taken as given: an empty list binds none (Consul's HTTP API, the
+        // CLI and `cairn lock` fill in `serfHealth` when the caller names none).
+        let node_checks = info.node_checks.clone();
+        let mut all = node_checks.clone();
+        all.extend(info.service_checks.iter().cloned());
+        // Consul refuses a session for a node it does not know, or whose bound checks are
+        // missing or critical.
         self.read_barrier(cairn_net::rpc::message::Consistency::Default)
             .await?;
-        let refused = self.sm.with_catalog(|c| {
-            if c.node(&info.node).is_none() {
-                Some(format!("Missing node registration for {:?}", info.node))
-            } else if reconcile::session_node_failed(c, &info.node) {
-                Some(format!(
-                    "Check '{}' is in critical state",
-                    reconcile::SERF_CHECK_ID
-                ))
-            } else {
-                None
-            }
-        });
+        let refused = self
+            .sm
+            .with_catalog(|c| reconcile::session_failure(c, &info.node, &all));
         if let Some(why) = refused {
             return Ok(error(ErrorCode::Invalid, why));
         }
@@ -219,6 +215,8 @@ impl Server {
             ttl_ms: info.ttl_ms,
             lock_delay_ms: info.lock_delay_ms,
             create_index: 0,
+            node_checks,
+            service_checks: info.service_checks.clone(),
         };
         let id = session.id.clone();
         match self.write(KvCommand::SessionCreate { session }).await? {
@@ -406,7 +404,7 @@ impl Server {
                     .sessions()
                     .filter(|s| {
                         timers.deadlines.get(&s.id).is_some_and(|d| *d <= now)
-                            || reconcile::session_node_failed(c, &s.node)
+                            || reconcile::session_failure(c, &s.node, &bound_checks(s)).is_some()
                     })
                     .map(|s| s.id.clone())
                     .collect()
