@@ -444,8 +444,14 @@ pub enum KvCommand {
         #[arg(long, default_value_t = 0)]
         flags: u64,
         /// Only write if the key's ModifyIndex equals this (0: only if absent).
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["acquire", "release"])]
         cas: Option<u64>,
+        /// Write and lock the key for this session (fails if another session holds it).
+        #[arg(long, conflicts_with = "release")]
+        acquire: Option<String>,
+        /// Write and unlock the key, if this session holds it.
+        #[arg(long)]
+        release: Option<String>,
     },
     /// Delete a key (or every key under it with --recurse).
     Delete {
@@ -635,14 +641,23 @@ pub fn kv(cmd: KvCommand, rpc: &RpcArgs) -> ExitCode {
                 value,
                 flags,
                 cas,
+                acquire,
+                release,
             } => {
+                let why = if acquire.is_some() {
+                    "the lock is held by another session"
+                } else if release.is_some() {
+                    "the session does not hold the lock"
+                } else {
+                    "CAS failed"
+                };
                 let op = Op::KvPut {
                     key: b(&key),
                     value: b(&value),
                     flags,
                     cas,
-                    acquire: None,
-                    release: None,
+                    acquire,
+                    release,
                 };
                 match call(rpc, op)? {
                     Response::Bool(true) => {
@@ -650,7 +665,7 @@ pub fn kv(cmd: KvCommand, rpc: &RpcArgs) -> ExitCode {
                         Ok(ExitCode::SUCCESS)
                     }
                     Response::Bool(false) => {
-                        eprintln!("Error! Did not write to {key}: CAS failed");
+                        eprintln!("Error! Did not write to {key}: {why}");
                         Ok(ExitCode::FAILURE)
                     }
                     other => Err(unexpected(other)),

@@ -485,3 +485,178 @@ pub fn force_leave(node: &str, rpc: &RpcArgs) -> ExitCode {
         Err(code) => code,
     }
 }
+
+#[derive(Subcommand, Debug)]
+pub enum SessionCommand {
+    /// Create a session (its id is printed); bound to the node's serfHealth check.
+    Create {
+        /// The node (default: the agent's own).
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Seconds; 0 for no TTL (else 10 to 86,400).
+        #[arg(long, default_value_t = 0)]
+        ttl_s: u64,
+        /// Seconds a released lock stays unavailable after the session ends.
+        #[arg(long, default_value_t = 15)]
+        lock_delay_s: u64,
+        /// What happens to held keys when the session ends.
+        #[arg(long, value_parser = ["release", "delete"], default_value = "release")]
+        behavior: String,
+    },
+    /// Every session, or one node's.
+    List {
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// One session.
+    Info {
+        id: String,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Renew a TTL session.
+    Renew { id: String },
+    /// Destroy a session: its locks are released (or their keys deleted).
+    Destroy { id: String },
+}
+
+fn session_json(s: &cairn::catalog::SessionInfo) -> serde_json::Value {
+    serde_json::json!({
+        "ID": s.id,
+        "Name": s.name,
+        "Node": s.node,
+        "Behavior": match s.behavior {
+            cairn::catalog::SessionBehavior::Release => "release",
+            cairn::catalog::SessionBehavior::Delete => "delete",
+        },
+        "TTL": format!("{}s", s.ttl_ms / 1000),
+        "LockDelay": format!("{}s", s.lock_delay_ms / 1000),
+        "NodeChecks": s.node_checks,
+        "ServiceChecks": s.service_checks,
+        "CreateIndex": s.create_index,
+    })
+}
+
+fn print_sessions(sessions: &[cairn::catalog::SessionInfo], format: Format) {
+    if format == Format::Json {
+        print_json(&serde_json::Value::Array(
+            sessions.iter().map(session_json).collect(),
+        ));
+        return;
+    }
+    println!(
+        "{:<38} {:<16} {:<16} {:<8} TTL",
+        "ID", "Name", "Node", "Behavior"
+    );
+    for s in sessions {
+        let j = session_json(s);
+        println!(
+            "{:<38} {:<16} {:<16} {:<8} {}",
+            s.id,
+            s.name,
+            s.node,
+            j["Behavior"].as_str().unwrap_or(""),
+            j["TTL"].as_str().unwrap_or("")
+        );
+    }
+}
+
+pub fn session(cmd: SessionCommand, rpc: &RpcArgs) -> ExitCode {
+    use cairn::catalog::{SessionBehavior, SessionInfo, SessionQuery};
+    let run = || -> Result<ExitCode, ExitCode> {
+        match cmd {
+            SessionCommand::Create {
+                node,
+                name,
+                ttl_s,
+                lock_delay_s,
+                behavior,
+            } => {
+                let node = match node {
+                    Some(n) => n,
+                    None => match call(
+                        rpc,
+                        Op::AgentLocal {
+                            kind: cairn_net::rpc::message::AgentKind::Service,
+                        },
+                    )? {
+                        Response::Catalog {
+                            result: CatalogResult::NodeServices(Some(n), _),
+                            ..
+                        } => n.name,
+                        other => return Err(unexpected(other)),
+                    },
+                };
+                let info = SessionInfo {
+                    name,
+                    node,
+                    behavior: if behavior == "delete" {
+                        SessionBehavior::Delete
+                    } else {
+                        SessionBehavior::Release
+                    },
+                    ttl_ms: ttl_s.saturating_mul(1000),
+                    lock_delay_ms: lock_delay_s.saturating_mul(1000),
+                    node_checks: vec![cairn::catalog::reconcile::SERF_CHECK_ID.to_string()],
+                    ..SessionInfo::default()
+                };
+                match call(rpc, Op::SessionCreate(info))? {
+                    Response::Sessions { sessions, .. } if !sessions.is_empty() => {
+                        println!("{}", sessions[0].id);
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    other => Err(unexpected(other)),
+                }
+            }
+            SessionCommand::List { node, format } => {
+                let query = match node {
+                    Some(node) => SessionQuery::Node { node },
+                    None => SessionQuery::List,
+                };
+                match call(
+                    rpc,
+                    Op::SessionRead {
+                        query,
+                        opts: ReadOpts::default(),
+                    },
+                )? {
+                    Response::Sessions { sessions, .. } => {
+                        print_sessions(&sessions, format);
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    other => Err(unexpected(other)),
+                }
+            }
+            SessionCommand::Info { id, format } => match call(
+                rpc,
+                Op::SessionRead {
+                    query: SessionQuery::Info { id: id.clone() },
+                    opts: ReadOpts::default(),
+                },
+            )? {
+                Response::Sessions { sessions, .. } if sessions.is_empty() => {
+                    eprintln!("Error! No session {id:?}");
+                    Ok(ExitCode::FAILURE)
+                }
+                Response::Sessions { sessions, .. } => {
+                    print_sessions(&sessions, format);
+                    Ok(ExitCode::SUCCESS)
+                }
+                other => Err(unexpected(other)),
+            },
+            SessionCommand::Renew { id } => match call(rpc, Op::SessionRenew { id })? {
+                Response::Sessions { .. } => Ok(ExitCode::SUCCESS),
+                other => Err(unexpected(other)),
+            },
+            SessionCommand::Destroy { id } => match call(rpc, Op::SessionDestroy { id })? {
+                Response::Bool(_) => Ok(ExitCode::SUCCESS),
+                other => Err(unexpected(other)),
+            },
+        }
+    };
+    run().unwrap_or_else(|code| code)
+}

@@ -103,6 +103,13 @@ enum Command {
         #[command(flatten)]
         rpc: cli::RpcArgs,
     },
+    /// Sessions (for locks: `cairn kv put --acquire ID`): create, list, info, renew, destroy.
+    Session {
+        #[command(subcommand)]
+        cmd: cli_catalog::SessionCommand,
+        #[command(flatten)]
+        rpc: cli::RpcArgs,
+    },
     /// The LAN gossip pool: every agent with its address, status and role.
     Members {
         #[arg(long, value_enum, default_value_t = cli::Format::Text)]
@@ -193,6 +200,7 @@ fn main() -> ExitCode {
         Command::Operator { cmd, rpc } => cli::operator(cmd, &rpc),
         Command::Members { format, rpc } => cli::members(format, &rpc),
         Command::Catalog { cmd, rpc } => cli_catalog::catalog(cmd, &rpc),
+        Command::Session { cmd, rpc } => cli_catalog::session(cmd, &rpc),
         Command::Lock {
             prefix,
             command,

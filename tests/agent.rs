@@ -485,3 +485,52 @@ fn cairn_lock_runs_commands_one_at_a_time_and_passes_their_exit_status() {
     assert_eq!(code, 0);
     assert!(json.contains("\"Session\": null"), "{json}");
 }
+
+#[test]
+fn the_cli_creates_sessions_and_acquires_and_releases_locks_with_them() {
+    let port = free_port();
+    let a = start(&["--dev", "--node", "cli-node"], port);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cli(&a, &["health", "node", "cli-node"])
+        .1
+        .contains("serfHealth")
+    {
+        assert!(Instant::now() < deadline, "serfHealth never registered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, s1, err) = cli(&a, &["session", "create", "--name", "one"]);
+    assert_eq!(code, 0, "{err}");
+    let s1 = s1.trim().to_string();
+    let (_, s2, _) = cli(&a, &["session", "create", "--name", "two", "--ttl-s", "30"]);
+    let s2 = s2.trim().to_string();
+    let (code, list, _) = cli(&a, &["session", "list", "--format", "json"]);
+    assert_eq!(code, 0);
+    assert!(list.contains(&s1) && list.contains(&s2), "{list}");
+    // One holder at a time.
+    assert_eq!(
+        cli(&a, &["kv", "put", "svc/leader", "one", "--acquire", &s1]).0,
+        0
+    );
+    let (code, _, err) = cli(&a, &["kv", "put", "svc/leader", "two", "--acquire", &s2]);
+    assert_eq!(code, 1);
+    assert!(err.contains("held by another session"), "{err}");
+    let (_, json, _) = cli(&a, &["kv", "get", "svc/leader", "--format", "json"]);
+    assert!(
+        json.contains(&s1) && json.contains("\"LockIndex\": 1"),
+        "{json}"
+    );
+    // Released by its holder only.
+    assert_eq!(
+        cli(&a, &["kv", "put", "svc/leader", "x", "--release", &s2]).0,
+        1
+    );
+    assert_eq!(
+        cli(&a, &["kv", "put", "svc/leader", "one", "--release", &s1]).0,
+        0
+    );
+    assert_eq!(cli(&a, &["session", "renew", &s2]).0, 0);
+    assert_eq!(cli(&a, &["session", "destroy", &s1]).0, 0);
+    let (code, _, err) = cli(&a, &["session", "info", &s1]);
+    assert_eq!(code, 1, "{err}");
+    assert!(cli(&a, &["session", "renew", &s1]).0 != 0);
+}
