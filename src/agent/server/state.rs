@@ -374,9 +374,14 @@ impl Server {
 
     async fn reconcile_pool(&self) {
         let pool = self.pool();
-        let cmds = self
+        let mut cmds = self
             .sm
             .with_catalog(|c| reconcile::reconcile(&pool, c, &self.datacenter));
+        if self.gossip.is_none() {
+            // Without gossip the "pool" is this server alone: it says nothing about the
+            // other nodes, so nothing is deregistered for being absent from it.
+            cmds.retain(|c| !matches!(c, CatalogCommand::Deregister { .. }));
+        }
         for cmd in cmds {
             if let Err(Local::Done(Response::Error(e))) = self.write_catalog(cmd).await {
                 eprintln!(
