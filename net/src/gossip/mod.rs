@@ -32,6 +32,7 @@ pub mod sim;
 pub mod wire;
 
 mod broadcast;
+mod members;
 
 pub use self::config::{Config, ConfigError};
 pub use self::core::{Gossip, GossipError, MemberView, Stats};
