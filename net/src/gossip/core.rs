@@ -316,8 +316,14 @@ impl Gossip {
         now: Millis,
         members: impl IntoIterator<Item = (SocketAddr, u32, NodeMeta)>,
     ) -> Result<(), GossipError> {
-        // Restoring 10,000 members with equal metadata encodes it once.
-        let mut last: Option<(NodeMeta, Vec<u8>)> = None;
+        let members = members.into_iter();
+        let room = members
+            .size_hint()
+            .0
+            .min(self.config.max_members.saturating_sub(self.members.len()));
+        self.members.reserve(room);
+        self.probe_list.reserve_exact(room);
+        let mut encoded = Vec::with_capacity(64);
         for (addr, incarnation, meta) in members {
             if addr == self.local || self.members.id(&addr).is_some() {
                 continue;
@@ -326,12 +332,17 @@ impl Gossip {
                 self.stats.members_refused += 1;
                 continue;
             }
-            if last.as_ref().is_none_or(|(m, _)| *m != meta) {
-                let encoded = encode_meta(&meta, self.config.max_meta_bytes)?;
-                last = Some((meta, encoded));
+            // One buffer for all: restoring 10,000 members allocates nothing per member
+            // (equal metadata is interned by the table).
+            encoded.clear();
+            meta.encode_into(&mut encoded).map_err(GossipError::Meta)?;
+            if encoded.len() > self.config.max_meta_bytes {
+                return Err(GossipError::MetaTooLarge {
+                    len: encoded.len(),
+                    max: self.config.max_meta_bytes,
+                });
             }
-            let encoded = &last.as_ref().expect("set above").1;
-            let id = self.put_member(addr, incarnation, Status::Alive, Some(encoded), now);
+            let id = self.put_member(addr, incarnation, Status::Alive, Some(&encoded), now);
             self.probe_list.push(id);
         }
         // Restored in address order; every node must probe in an order of its own

@@ -197,6 +197,15 @@ pub(crate) struct MemberTable {
 }
 
 impl MemberTable {
+    /// Makes room for `n` more entries at once (growing 10,000 times by doubling costs
+    /// rehashes and leaves up to half the capacity unused).
+    pub(crate) fn reserve(&mut self, n: usize) {
+        self.slots.reserve_exact(n.saturating_sub(self.free.len()));
+        let slots = &self.slots;
+        self.index
+            .reserve(n, |id| hash_member(&slots[*id as usize]));
+    }
+
     /// Entries in use, tombstones included.
     pub(crate) fn len(&self) -> usize {
         self.len

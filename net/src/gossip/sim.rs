@@ -261,9 +261,9 @@ impl Sim {
         if sim.cfg.converged_start {
             let named = sim.cfg.named_nodes;
             for i in 0..n {
-                let others = (0..n)
-                    .filter(|j| *j != i)
-                    .map(|j| (sim_addr(j), 0, node_meta(j, named)));
+                // All n, ourselves included (restore skips it): an exact size hint lets
+                // the table be sized once.
+                let others = (0..n).map(|j| (sim_addr(j), 0, node_meta(j, named)));
                 let core = sim.nodes[i].core.as_mut().expect("just built");
                 core.restore(0, others)?;
                 core.join(0, &[])?;
