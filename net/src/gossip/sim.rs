@@ -21,7 +21,7 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 
 /// Parameters of a simulated cluster and network.
@@ -104,7 +104,8 @@ struct SimNode {
 enum ItemKind {
     Deliver {
         to: u32,
-        from: SocketAddr,
+        /// The sender's index (its address is `sim_addr(from)`): 4 bytes, not 32.
+        from: u32,
         bytes: Bytes,
     },
     Timer {
@@ -134,6 +135,84 @@ impl PartialOrd for Item {
 impl Ord for Item {
     fn cmp(&self, o: &Item) -> Ordering {
         (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+/// Span of [`EventQueue`]'s wheel: one bucket per millisecond for this long ahead.
+const WHEEL_MS: u64 = 1 << 16;
+
+/// The simulator's event queue: a timer wheel of one FIFO bucket per virtual
+/// millisecond for the next [`WHEEL_MS`], and a heap for anything later (sync and reclaim
+/// timers, long suspicions). Pushing and popping are O(1) for the wheel, where nearly all
+/// events land (deliveries within milliseconds, probe and gossip timers within a
+/// second), instead of a heap's O(log n) moves of the whole item. Events come out in
+/// (time, insertion) order, as from a heap keyed on both: a bucket is FIFO, and a far
+/// event moves into its bucket as soon as the bucket comes in range, before anything
+/// can be pushed there directly.
+struct EventQueue {
+    buckets: Vec<VecDeque<ItemKind>>,
+    /// The bucket being drained; no event is due before it.
+    time: Millis,
+    in_wheel: usize,
+    far: BinaryHeap<Reverse<Item>>,
+    seq: u64,
+}
+
+impl EventQueue {
+    fn new() -> EventQueue {
+        EventQueue {
+            buckets: (0..WHEEL_MS).map(|_| VecDeque::new()).collect(),
+            time: 0,
+            in_wheel: 0,
+            far: BinaryHeap::new(),
+            seq: 0,
+        }
+    }
+
+    fn push(&mut self, at: Millis, kind: ItemKind) {
+        debug_assert!(at >= self.time, "an event in the past");
+        if at < self.time + WHEEL_MS {
+            self.buckets[(at % WHEEL_MS) as usize].push_back(kind);
+            self.in_wheel += 1;
+        } else {
+            self.seq += 1;
+            self.far.push(Reverse(Item {
+                at,
+                seq: self.seq,
+                kind,
+            }));
+        }
+    }
+
+    /// The next event due at or before `until`, with its time.
+    fn pop_until(&mut self, until: Millis) -> Option<(Millis, ItemKind)> {
+        loop {
+            if let Some(k) = self.buckets[(self.time % WHEEL_MS) as usize].pop_front() {
+                self.in_wheel -= 1;
+                return Some((self.time, k));
+            }
+            if self.time >= until {
+                return None;
+            }
+            let next = if self.in_wheel > 0 {
+                self.time + 1
+            } else {
+                // Nothing in the wheel: jump to the first far event (or to `until`).
+                match self.far.peek() {
+                    Some(Reverse(i)) => i.at.min(until),
+                    None => until,
+                }
+            };
+            self.time = next;
+            while let Some(Reverse(i)) = self.far.peek() {
+                if i.at >= self.time + WHEEL_MS {
+                    break;
+                }
+                let Reverse(i) = self.far.pop().expect("peeked");
+                self.buckets[(i.at % WHEEL_MS) as usize].push_back(i.kind);
+                self.in_wheel += 1;
+            }
+        }
     }
 }
 
@@ -167,8 +246,9 @@ pub struct Sim {
     now: Millis,
     rng: SmallRng,
     nodes: Vec<SimNode>,
-    queue: BinaryHeap<Reverse<Item>>,
-    seq: u64,
+    queue: EventQueue,
+    /// Reused for every node's outputs: no allocation per event.
+    outputs: Vec<Output>,
     /// Partition group of each node; datagrams between groups are dropped.
     partition: Option<Vec<u32>>,
     counters: SimCounters,
@@ -248,8 +328,8 @@ impl Sim {
             cfg,
             now: 0,
             nodes,
-            queue: BinaryHeap::new(),
-            seq: 0,
+            queue: EventQueue::new(),
+            outputs: Vec::new(),
             partition: None,
             counters: SimCounters::default(),
             crashes: BTreeMap::new(),
@@ -323,13 +403,9 @@ impl Sim {
 
     /// Processes everything due up to and including `until`, then sets the clock to it.
     pub fn run_until(&mut self, until: Millis) {
-        while let Some(Reverse(item)) = self.queue.peek() {
-            if item.at > until {
-                break;
-            }
-            let Reverse(item) = self.queue.pop().expect("peeked");
-            self.now = item.at;
-            self.process(item);
+        while let Some((at, kind)) = self.queue.pop_until(until) {
+            self.now = at;
+            self.process(kind);
         }
         self.now = until;
     }
@@ -353,16 +429,11 @@ impl Sim {
     }
 
     fn push(&mut self, at: Millis, kind: ItemKind) {
-        self.seq += 1;
-        self.queue.push(Reverse(Item {
-            at,
-            seq: self.seq,
-            kind,
-        }));
+        self.queue.push(at, kind);
     }
 
-    fn process(&mut self, item: Item) {
-        match item.kind {
+    fn process(&mut self, kind: ItemKind) {
+        match kind {
             ItemKind::Deliver { to, from, bytes } => {
                 let i = to as usize;
                 let node = &mut self.nodes[i];
@@ -377,7 +448,10 @@ impl Sim {
                 }
                 self.counters.delivered += 1;
                 let core = node.core.as_mut().expect("checked above");
-                if core.handle_packet(self.now, from, &bytes).is_err() {
+                if core
+                    .handle_packet(self.now, sim_addr(from as usize), &bytes)
+                    .is_err()
+                {
                     self.counters.refused += 1;
                 }
                 self.drain(i);
@@ -404,11 +478,12 @@ impl Sim {
 
     /// Carries out node `i`'s outputs.
     fn drain(&mut self, i: usize) {
-        let outputs: Vec<Output> = match self.nodes[i].core.as_mut() {
-            Some(c) => c.drain_outputs().collect(),
+        let mut outputs = std::mem::take(&mut self.outputs);
+        match self.nodes[i].core.as_mut() {
+            Some(c) => outputs.extend(c.drain_outputs()),
             None => return,
-        };
-        for o in outputs {
+        }
+        for o in outputs.drain(..) {
             match o {
                 Output::Send { to, bytes } => self.send(i, to, bytes),
                 Output::SetTimer { at, timer } => {
@@ -426,13 +501,13 @@ impl Sim {
                 Output::Event(e) => self.observe(i, e),
             }
         }
+        self.outputs = outputs;
     }
 
     fn send(&mut self, from: usize, to: SocketAddr, bytes: Bytes) {
         let node = &mut self.nodes[from];
         node.packets_sent += 1;
         node.bytes_sent += bytes.len() as u64;
-        let from_addr = node.addr;
         let Some(j) = sim_index(&to).filter(|j| *j < self.nodes.len()) else {
             return;
         };
@@ -453,7 +528,7 @@ impl Sim {
             self.now + latency.max(1),
             ItemKind::Deliver {
                 to: j as u32,
-                from: from_addr,
+                from: from as u32,
                 bytes,
             },
         );
