@@ -152,6 +152,8 @@ pub struct Gossip {
     started: bool,
     leaving: bool,
     sync_round: u32,
+    /// The last digest exchange found differing buckets: sync again soon.
+    sync_behind: bool,
     /// Seeds of the last `join`, asked again every probe period until some member is
     /// known: a lost join datagram must not leave a node alone forever.
     join_seeds: Vec<SocketAddr>,
@@ -193,6 +195,7 @@ impl Gossip {
             started: false,
             leaving: false,
             sync_round: 0,
+            sync_behind: false,
             join_seeds: Vec::new(),
             outputs: VecDeque::new(),
             stats: Stats::default(),
@@ -976,7 +979,13 @@ impl Gossip {
     // ---- anti-entropy ---------------------------------------------------------------
 
     fn on_sync_timer(&mut self, now: Millis) {
-        self.set_timer(now + self.config.sync_interval_ms, Timer::Sync);
+        let next = if self.sync_behind {
+            self.config.sync_retry_ms
+        } else {
+            self.config.sync_interval_ms
+        };
+        self.sync_behind = false;
+        self.set_timer(now + next, Timer::Sync);
         if self.leaving {
             return;
         }
@@ -1013,6 +1022,7 @@ impl Gossip {
         }
         let ours = self.current_digest();
         let differing: Vec<usize> = (0..ours.len()).filter(|i| ours[*i] != theirs[*i]).collect();
+        self.sync_behind = !differing.is_empty();
         if differing.is_empty() {
             return;
         }

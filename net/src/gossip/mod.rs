@@ -28,6 +28,7 @@
 pub mod config;
 pub mod core;
 pub mod crypto;
+pub mod scenario;
 pub mod sim;
 pub mod wire;
 

@@ -44,6 +44,9 @@ pub struct SimConfig {
     pub named_nodes: bool,
     /// Keep every membership event (for tests on small clusters).
     pub record_events: bool,
+    /// The last `joiners` nodes start down and unknown to the others; start them with
+    /// [`Sim::restart`] (a mass join).
+    pub joiners: usize,
 }
 
 impl SimConfig {
@@ -58,6 +61,7 @@ impl SimConfig {
             converged_start: false,
             named_nodes: true,
             record_events: false,
+            joiners: 0,
         }
     }
 }
@@ -69,6 +73,11 @@ pub struct SimCounters {
     pub false_suspicions: u64,
     /// Failed events about such members: the failure detector was wrong.
     pub false_deaths: u64,
+    /// Failed events about running members that were stalled at some point (not
+    /// counted as false: a stalled node is indistinguishable from a crashed one while
+    /// it lasts), and suspicions about them.
+    pub stalled_deaths: u64,
+    pub stalled_suspicions: u64,
     pub delivered: u64,
     pub lost: u64,
     pub partitioned: u64,
@@ -97,6 +106,8 @@ struct SimNode {
     stalled_until: Millis,
     /// Crashed, left or stalled at some point: events about it are not false.
     excused: bool,
+    /// Stalled at some point (and neither crashed nor left since).
+    stalled: bool,
     packets_sent: u64,
     bytes_sent: u64,
 }
@@ -258,6 +269,9 @@ pub struct Sim {
     /// (time, observer, subject) of every false death, for debugging a seed.
     false_death_log: Vec<(Millis, usize, usize)>,
     traffic_since: Millis,
+    /// While set, suspect and failed events are not counted as false (a partition:
+    /// each side rightly declares the other dead).
+    excuse_all: bool,
 }
 
 /// Simulated address of node `i`: 10.0.0.0/8 counted from 10.0.0.1, port 8301.
@@ -319,6 +333,7 @@ impl Sim {
                 epoch: 0,
                 stalled_until: 0,
                 excused: false,
+                stalled: false,
                 packets_sent: 0,
                 bytes_sent: 0,
             });
@@ -337,13 +352,18 @@ impl Sim {
             events: Vec::new(),
             false_death_log: Vec::new(),
             traffic_since: 0,
+            excuse_all: false,
         };
+        let first_joiner = n.saturating_sub(sim.cfg.joiners);
+        for i in first_joiner..n {
+            sim.nodes[i].core = None;
+        }
         if sim.cfg.converged_start {
             let named = sim.cfg.named_nodes;
-            for i in 0..n {
-                // All n, ourselves included (restore skips it): an exact size hint lets
-                // the table be sized once.
-                let others = (0..n).map(|j| (sim_addr(j), 0, node_meta(j, named)));
+            for i in 0..first_joiner {
+                // All of them, ourselves included (restore skips it): an exact size hint
+                // lets the table be sized once.
+                let others = (0..first_joiner).map(|j| (sim_addr(j), 0, node_meta(j, named)));
                 let core = sim.nodes[i].core.as_mut().expect("just built");
                 core.restore(0, others)?;
                 core.join(0, &[])?;
@@ -351,7 +371,7 @@ impl Sim {
             }
         } else {
             let seed = [sim_addr(0)];
-            for i in 0..n {
+            for i in 0..first_joiner {
                 let core = sim.nodes[i].core.as_mut().expect("just built");
                 core.join(0, if i == 0 { &[] } else { &seed })?;
                 sim.drain(i);
@@ -536,10 +556,16 @@ impl Sim {
 
     fn observe(&mut self, observer: usize, e: MemberEvent) {
         if let Some(j) = sim_index(&e.addr()).filter(|j| *j < self.nodes.len()) {
-            let innocent = self.nodes[j].core.is_some() && !self.nodes[j].excused;
+            let up = self.nodes[j].core.is_some();
+            let innocent = up && !self.nodes[j].excused && !self.excuse_all;
+            let stalled = up && self.nodes[j].stalled && !self.excuse_all;
             match &e {
                 MemberEvent::Suspect { .. } if innocent => self.counters.false_suspicions += 1,
+                MemberEvent::Suspect { .. } if stalled => self.counters.stalled_suspicions += 1,
                 MemberEvent::Failed { .. } => {
+                    if stalled {
+                        self.counters.stalled_deaths += 1;
+                    }
                     if innocent {
                         self.counters.false_deaths += 1;
                         if self.false_death_log.len() < 1_000 {
@@ -579,6 +605,7 @@ impl Sim {
         n.core = None;
         n.epoch += 1;
         n.excused = true;
+        n.stalled = false;
         let w = Watch::new(self.now, self.up_nodes(i));
         self.crashes.insert(i, w);
     }
@@ -606,6 +633,7 @@ impl Sim {
     /// Node `i` leaves gracefully (it keeps running so the news spreads).
     pub fn leave(&mut self, i: usize) -> Result<(), GossipError> {
         self.nodes[i].excused = true;
+        self.nodes[i].stalled = false;
         let now = self.now;
         self.nodes[i]
             .core
@@ -635,6 +663,19 @@ impl Sim {
     pub fn stall(&mut self, i: usize, duration_ms: Millis) {
         self.nodes[i].stalled_until = self.now + duration_ms;
         self.nodes[i].excused = true;
+        self.nodes[i].stalled = true;
+    }
+
+    /// Whether node `i` is stalled now.
+    pub fn is_stalled(&self, i: usize) -> bool {
+        self.nodes[i].stalled_until > self.now
+    }
+
+    /// While `on`, no suspicion or death is counted as false or stalled (during a
+    /// partition each side rightly declares the other dead, and the news lingers for a
+    /// while after it heals).
+    pub fn excuse_all(&mut self, on: bool) {
+        self.excuse_all = on;
     }
 
     /// Splits the network: nodes in different groups cannot reach each other.
@@ -696,6 +737,22 @@ impl Sim {
             max_packets_per_node_per_s: maxp as f64 / secs,
             max_bytes_per_node_per_s: maxb as f64 / secs,
         }
+    }
+
+    /// Whether every running node counts as many live members as there are running
+    /// nodes: O(N), so it can be polled at 10,000 nodes (with no false deaths it means
+    /// everyone knows everyone; [`Sim::converged`] checks each pair).
+    pub fn live_counts_agree(&self) -> bool {
+        let live = self.live_count();
+        self.nodes
+            .iter()
+            .filter_map(|n| n.core.as_ref())
+            .all(|c| c.num_live() == live)
+    }
+
+    /// Running nodes.
+    pub fn live_count(&self) -> usize {
+        self.nodes.iter().filter(|n| n.core.is_some()).count()
     }
 
     /// Whether every live node sees every other live node alive, and nothing else alive.
