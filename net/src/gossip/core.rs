@@ -143,8 +143,8 @@ pub struct Gossip {
     probe_index: usize,
     probe: Option<Probe>,
     next_probe_ms: Millis,
-    /// Pings we sent as a ping-req helper: our seq -> (requester, its seq).
-    indirect: HashMap<u32, (SocketAddr, u32)>,
+    /// Pings we sent as a ping-req helper: our seq -> (requester, its seq, target).
+    indirect: HashMap<u32, (SocketAddr, u32, SocketAddr)>,
     next_seq: u32,
     broadcasts: BroadcastQueue,
     /// Lifeguard's local health score, 0 (healthy) to `awareness_max_multiplier - 1`.
@@ -152,8 +152,6 @@ pub struct Gossip {
     started: bool,
     leaving: bool,
     sync_round: u32,
-    /// The last digest exchange found differing buckets: sync again soon.
-    sync_behind: bool,
     /// Seeds of the last `join`, asked again every probe period until some member is
     /// known: a lost join datagram must not leave a node alone forever.
     join_seeds: Vec<SocketAddr>,
@@ -195,7 +193,6 @@ impl Gossip {
             started: false,
             leaving: false,
             sync_round: 0,
-            sync_behind: false,
             join_seeds: Vec::new(),
             outputs: VecDeque::new(),
             stats: Stats::default(),
@@ -444,8 +441,13 @@ impl Gossip {
                     self.finish_probe(now);
                 }
             }
+            Timer::IndirectRetry { seq } => {
+                if let Some(&(_, _, target)) = self.indirect.get(&seq) {
+                    self.send_with_news(target, &[Message::Ping { seq }], Some(target));
+                }
+            }
             Timer::IndirectTimeout { seq } => {
-                if let Some((origin, origin_seq)) = self.indirect.remove(&seq) {
+                if let Some((origin, origin_seq, _)) = self.indirect.remove(&seq) {
                     self.send_with_news(origin, &[Message::Nack { seq: origin_seq }], None);
                 }
             }
@@ -634,7 +636,7 @@ impl Gossip {
                         p.acked = true;
                         self.health_sub();
                     }
-                } else if let Some((origin, origin_seq)) = self.indirect.remove(&seq) {
+                } else if let Some((origin, origin_seq, _)) = self.indirect.remove(&seq) {
                     self.send_with_news(origin, &[Message::Ack { seq: origin_seq }], None);
                 }
             }
@@ -677,7 +679,7 @@ impl Gossip {
             return;
         }
         let own = self.next_seq();
-        self.indirect.insert(own, (origin, seq));
+        self.indirect.insert(own, (origin, seq, target));
         self.send_with_news(target, &[Message::Ping { seq: own }], Some(target));
         // The nack must reach the requester before its probe period ends: of the
         // probe_timeout and the time left after it, take 80% of the shorter (Lifeguard
@@ -686,7 +688,11 @@ impl Gossip {
             .config
             .probe_timeout_ms
             .min(self.config.probe_interval_ms - self.config.probe_timeout_ms);
-        self.set_timer(now + window * 8 / 10, Timer::IndirectTimeout { seq: own });
+        let wait = window * 8 / 10;
+        if self.config.probe_retry {
+            self.set_timer(now + wait / 2, Timer::IndirectRetry { seq: own });
+        }
+        self.set_timer(now + wait, Timer::IndirectTimeout { seq: own });
     }
 
     fn on_alive(&mut self, now: Millis, addr: SocketAddr, incarnation: u32, meta: &[u8]) {
@@ -979,13 +985,7 @@ impl Gossip {
     // ---- anti-entropy ---------------------------------------------------------------
 
     fn on_sync_timer(&mut self, now: Millis) {
-        let next = if self.sync_behind {
-            self.config.sync_retry_ms
-        } else {
-            self.config.sync_interval_ms
-        };
-        self.sync_behind = false;
-        self.set_timer(now + next, Timer::Sync);
+        self.set_timer(now + self.config.sync_interval_ms, Timer::Sync);
         if self.leaving {
             return;
         }
@@ -1022,7 +1022,6 @@ impl Gossip {
         }
         let ours = self.current_digest();
         let differing: Vec<usize> = (0..ours.len()).filter(|i| ours[*i] != theirs[*i]).collect();
-        self.sync_behind = !differing.is_empty();
         if differing.is_empty() {
             return;
         }

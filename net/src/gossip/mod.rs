@@ -89,6 +89,9 @@ pub enum Timer {
     ProbeTimeout { seq: u32 },
     /// The end of probe `seq`'s period: without an ack, the target becomes suspect.
     ProbeDeadline { seq: u32 },
+    /// As a ping-req helper, our ping `seq` to the target went unanswered for half the
+    /// time we have: ping it once more (with [`Config::probe_retry`]).
+    IndirectRetry { seq: u32 },
     /// As a ping-req helper, our ping `seq` to the target went unanswered: send a nack.
     IndirectTimeout { seq: u32 },
     /// Push queued broadcasts to `gossip_fanout` random members.
