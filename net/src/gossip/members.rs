@@ -303,12 +303,11 @@ impl MemberTable {
         let was_tombstone = previous
             .as_ref()
             .is_some_and(|p| matches!(p.status, Status::Dead | Status::Left));
+        // A refresh of the same status keeps the time of the last change.
+        let changed = previous.as_ref().is_none_or(|p| p.status != status);
         match status {
-            Status::Dead | Status::Left => {
-                // A refresh of the same status keeps the time of the last change.
-                if previous.as_ref().is_none_or(|p| p.status != status) {
-                    self.tombstones.insert(id, now);
-                }
+            Status::Dead | Status::Left if changed => {
+                self.tombstones.insert(id, now);
             }
             Status::Alive | Status::Suspect if was_tombstone => {
                 self.tombstones.remove(&id);
