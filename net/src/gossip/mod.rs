@@ -22,8 +22,11 @@
 //! - Anti-entropy: push-pull of the full state only on join; afterwards a fixed-size
 //!   digest exchanged with one random peer per `sync_interval_ms` (see [`core`] for why).
 //!
-//! Also here: [`crypto`], AES-256-GCM datagrams and the keyring. Left to others: the UDP
-//! driver (the agent's `src/gossip/`) and turning events into node health.
+//! Also here: [`crypto`], AES-256-GCM datagrams and the keyring; [`sim`], the seeded
+//! simulator, and [`scenario`], the scenarios `loadgen gossip-sim` runs on it. The member
+//! table (`members`) is private: compact because the simulator holds N² entries. Left to
+//! others: the UDP driver (the agent's `src/gossip/`) and turning events into node
+//! health.
 
 pub mod config;
 pub mod core;
