@@ -9,6 +9,7 @@
 
 pub mod baseline;
 pub mod compare;
+pub mod gossip_sim;
 pub mod hgrm;
 pub mod kv;
 pub mod linearizability;

@@ -32,6 +32,10 @@ enum Command {
     /// Run N lightweight gossip members in this process, joined to a real cluster's LAN
     /// gossip; kill and revive them on a schedule and time detection and rejoin.
     Swarm(SwarmArgs),
+    /// Simulate a gossip pool of N members in this process on virtual time (seeded,
+    /// replayable with --seed) and report detection, dissemination, false alarms and
+    /// traffic for one scenario.
+    GossipSim(loadgen::gossip_sim::GossipSimArgs),
     /// Plot the percentile spectra of several runs (.hgrm files from any source) into one
     /// picture, and print throughput and p50/p90/p99/p99.9/max side by side.
     Compare {
@@ -693,6 +697,14 @@ fn main() -> ExitCode {
         Command::Sweep(a) => sweep(a),
         Command::Baseline(a) => baseline(a),
         Command::Swarm(a) => swarm(a),
+        Command::GossipSim(a) => match loadgen::gossip_sim::run(&a) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("loadgen: gossip-sim: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Compare {
             files,
             out,

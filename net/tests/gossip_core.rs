@@ -66,6 +66,8 @@ fn swim_3_1_a_ping_is_answered_by_an_ack_with_its_seq() {
 #[test]
 fn swim_3_1_probe_timeout_sends_ping_reqs_and_lifeguard_nacks_set_the_suspicion() {
     let mut g = node_with_members(5);
+    let cfg = Config::lan();
+    let (timeout_ms, interval_ms) = (cfg.probe_timeout_ms, cfg.probe_interval_ms);
     g.join(0, &[]).unwrap();
     let start = outputs(&mut g);
     let probe_at = start
@@ -79,7 +81,7 @@ fn swim_3_1_probe_timeout_sends_ping_reqs_and_lifeguard_nacks_set_the_suspicion(
         })
         .expect("join starts probing");
     assert!(
-        probe_at < 1_000,
+        probe_at < interval_ms,
         "the first probe comes within one interval"
     );
 
@@ -92,22 +94,22 @@ fn swim_3_1_probe_timeout_sends_ping_reqs_and_lifeguard_nacks_set_the_suspicion(
         out[1..],
         [
             Output::SetTimer {
-                at: probe_at + 500,
+                at: probe_at + timeout_ms,
                 timer: Timer::ProbeTimeout { seq: 1 }
             },
             Output::SetTimer {
-                at: probe_at + 1_000,
+                at: probe_at + interval_ms,
                 timer: Timer::ProbeDeadline { seq: 1 }
             },
             Output::SetTimer {
-                at: probe_at + 1_000,
+                at: probe_at + interval_ms,
                 timer: Timer::Probe
             },
         ]
     );
 
     // No ack in time: the ping is retried and k = 3 others are asked to ping it.
-    g.handle_timer(probe_at + 500, Timer::ProbeTimeout { seq: 1 });
+    g.handle_timer(probe_at + timeout_ms, Timer::ProbeTimeout { seq: 1 });
     let out = outputs(&mut g);
     assert_eq!(out.len(), 4);
     assert_eq!(out[0], send(target, &[Message::Ping { seq: 1 }]));
@@ -124,13 +126,16 @@ fn swim_3_1_probe_timeout_sends_ping_reqs_and_lifeguard_nacks_set_the_suspicion(
 
     // Two helpers nack; the third says nothing.
     for h in &helpers[..2] {
-        g.handle_packet(probe_at + 900, *h, &packet(&[Message::Nack { seq: 1 }]))
-            .unwrap();
+        g.handle_packet(
+            probe_at + interval_ms - 10,
+            *h,
+            &packet(&[Message::Nack { seq: 1 }]),
+        )
+        .unwrap();
     }
     assert_eq!(outputs(&mut g), vec![]);
-    g.handle_timer(probe_at + 1_000, Timer::ProbeDeadline { seq: 1 });
+    g.handle_timer(probe_at + interval_ms, Timer::ProbeDeadline { seq: 1 });
     let out = outputs(&mut g);
-    let cfg = Config::lan();
     // Suspecters: us and the two nackers, i.e. two confirmations of K = 3.
     let timeout = cfg.suspicion_timeout_ms(5, 2, 3);
     let suspicion = Message::Suspect {
@@ -146,7 +151,7 @@ fn swim_3_1_probe_timeout_sends_ping_reqs_and_lifeguard_nacks_set_the_suspicion(
                 incarnation: 0
             }),
             Output::SetTimer {
-                at: probe_at + 1_000 + timeout,
+                at: probe_at + interval_ms + timeout,
                 timer: Timer::Suspicion { addr: target }
             },
             // Told straight to the suspect so it can refute (buddy system).
@@ -158,7 +163,7 @@ fn swim_3_1_probe_timeout_sends_ping_reqs_and_lifeguard_nacks_set_the_suspicion(
 
     // The timer runs out without a refutation: dead.
     g.handle_timer(
-        probe_at + 1_000 + timeout,
+        probe_at + interval_ms + timeout,
         Timer::Suspicion { addr: target },
     );
     assert_eq!(
@@ -229,24 +234,44 @@ fn swim_3_1_a_ping_req_helper_relays_the_ack_or_answers_with_a_nack() {
         }]),
     )
     .unwrap();
+    // The nack must reach the requester before its probe period ends: 80% of the
+    // shorter of the probe timeout and what is left of the period after it.
+    let cfg = Config::lan();
+    let wait = cfg
+        .probe_timeout_ms
+        .min(cfg.probe_interval_ms - cfg.probe_timeout_ms)
+        * 8
+        / 10;
     assert_eq!(
         outputs(&mut g),
         vec![
             send(addr(3), &[Message::Ping { seq: 1 }]),
+            // Halfway, a second ping (probe_retry): a nack then means two lost round
+            // trips, not one.
             Output::SetTimer {
-                at: 400,
+                at: wait / 2,
+                timer: Timer::IndirectRetry { seq: 1 }
+            },
+            Output::SetTimer {
+                at: wait,
                 timer: Timer::IndirectTimeout { seq: 1 }
             },
         ]
     );
-    g.handle_packet(10, addr(3), &packet(&[Message::Ack { seq: 1 }]))
+    g.handle_timer(wait / 2, Timer::IndirectRetry { seq: 1 });
+    assert_eq!(
+        outputs(&mut g),
+        vec![send(addr(3), &[Message::Ping { seq: 1 }])]
+    );
+    g.handle_packet(wait / 2 + 1, addr(3), &packet(&[Message::Ack { seq: 1 }]))
         .unwrap();
     assert_eq!(
         outputs(&mut g),
         vec![send(addr(2), &[Message::Ack { seq: 77 }])]
     );
-    // The relayed probe is finished: its timeout does nothing.
-    g.handle_timer(400, Timer::IndirectTimeout { seq: 1 });
+    // The relayed probe is finished: its retry and timeout do nothing.
+    g.handle_timer(wait / 2, Timer::IndirectRetry { seq: 1 });
+    g.handle_timer(wait, Timer::IndirectTimeout { seq: 1 });
     assert_eq!(outputs(&mut g), vec![]);
 
     // The same for a target that stays silent: a nack.
@@ -260,7 +285,7 @@ fn swim_3_1_a_ping_req_helper_relays_the_ack_or_answers_with_a_nack() {
     )
     .unwrap();
     outputs(&mut g);
-    g.handle_timer(900, Timer::IndirectTimeout { seq: 2 });
+    g.handle_timer(500 + wait, Timer::IndirectTimeout { seq: 2 });
     assert_eq!(
         outputs(&mut g),
         vec![send(addr(2), &[Message::Nack { seq: 78 }])]

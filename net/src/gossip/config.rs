@@ -14,9 +14,12 @@ pub struct Config {
     pub probe_timeout_ms: u64,
     /// k: members asked to ping a silent target on our behalf (SWIM §3.1).
     pub indirect_checks: usize,
-    /// Resend the direct ping when it times out, alongside the ping-reqs. Stands in for
-    /// memberlist's TCP fallback ping: a second try on an independent packet squares the
-    /// direct path's loss rate at the cost of one packet per failed ping.
+    /// Resend the direct ping when it times out, alongside the ping-reqs, and have each
+    /// ping-req helper resend its ping halfway through its wait. Stands in for
+    /// memberlist's TCP fallback ping: a second try on an independent packet squares a
+    /// path's loss rate at the cost of one packet per failed ping. For helpers it is
+    /// what makes a nack strong evidence: at 5% loss one ping round trip fails 9.75% of
+    /// the time, two 0.95%, so three nacks about a live member become 1,000 times rarer.
     pub probe_retry: bool,
     /// Upper bound of Lifeguard's local health multiplier: a node that misses acks and
     /// nacks stretches its probe interval and timeouts by up to this factor.
@@ -72,39 +75,54 @@ impl Config {
     /// A datacenter LAN: sub-millisecond round trips, thousands of members.
     pub fn lan() -> Config {
         Config {
-            // memberlist's LAN value: one probe per second keeps steady-state traffic at
-            // two datagrams per second per node (ping + the ack we send for someone
-            // else's ping), and bounds the time until a crashed node is first probed by
-            // someone at about one second whatever the cluster size.
-            probe_interval_ms: 1_000,
-            // memberlist's: a LAN round trip is under 1 ms, so 500 ms only expires on loss
-            // or a stalled peer; shorter would count GC pauses as failures.
-            probe_timeout_ms: 500,
+            // Half memberlist's 1 s. The time until someone first probes a crashed node is
+            // exponential with this mean whatever N is (N members each probe 1 of N-1 per
+            // interval), and it is the one part of detection no tuning of suspicion can
+            // shorten: at 1 s a crash was first probed up to 2-3 s late in the simulator.
+            // Two probes per second cost 4 datagrams/s per node in steady state (a ping and
+            // the ack for someone else's, twice), under the 5/s budget: 4.57 packets/s and
+            // 63 B/s at 10,000 nodes and 1% loss (`loadgen gossip-sim --scenario steady`).
+            probe_interval_ms: 500,
+            // A LAN round trip is under 1 ms: 200 ms only expires on loss or a stalled
+            // peer, and leaves 300 ms of the period for the retry and the helpers. A GC
+            // pause that misses it costs a suspicion, which the node refutes on waking.
+            probe_timeout_ms: 200,
             // SWIM's and memberlist's k = 3: with 5% loss a helper path (4 datagrams)
             // fails 18.5% of the time, three of them 0.6%.
             indirect_checks: 3,
             probe_retry: true,
             // memberlist's: up to 8x slower probing when this node is the sick one.
             awareness_max_multiplier: 8,
-            // memberlist's 200 ms x 3 members: news reaches 10,000 members in about 7
-            // rounds (each informed node informs 3 more per round), about 1.5 s.
-            gossip_interval_ms: 200,
+            // Half memberlist's 200 ms, with its 3 members per round: news reaches 10,000
+            // members in about 7 rounds. At 200 ms an update reached 99.9% of 10,000 in
+            // 1.01 s (the goal is 1 s) and the last member in 1.17 s; at 100 ms in 0.50 s
+            // and 0.65 s. Rounds with nothing to say send nothing, so steady state does
+            // not pay for it; churn does (up to 30 datagrams/s per node while news
+            // flows, against 15 at 200 ms).
+            gossip_interval_ms: 100,
             gossip_fanout: 3,
             // memberlist's 4: about 20 sends per node per broadcast at 10,000 members.
             retransmit_mult: 4,
             // Cairn departs from memberlist here. memberlist scales the suspicion
             // timeout with the probe interval (4 * log10(N) * 1 s = 16 s at 10,000). What
             // the timeout must cover is the time a refutation needs to reach everyone,
-            // which is log(N) gossip rounds: 4 * log10(N+1) * 200 ms = 3.2 s at 10,000
-            // (the floor below at 64). A live suspect hears of its suspicion within a
-            // round trip (the suspecter tells it directly) and its refutation spreads as
-            // fast as the suspicion did, so a few rounds of slack are enough; in the
-            // simulator (1,000 nodes, 5% loss) 6 instead of 4 added about 1 s to
-            // detection and removed no false death (there were none with either).
-            suspicion_mult: 4,
-            // Never below 2 s: a node stalled by a 1-2 s pause must get the chance to
-            // refute before it is declared dead.
-            suspicion_min_floor_ms: 2_000,
+            // which is log(N) gossip rounds: 3 * log10(N+1) * 100 ms = 1.2 s at 10,000.
+            // A live suspect hears of its suspicion within a round trip (the suspecter
+            // tells it directly) and its refutation spreads as fast as the suspicion did.
+            // The minimum is only reached with 3 confirmations, i.e. when three helpers
+            // each failed two pings (`probe_retry`): for a live member at 5% loss that
+            // is about 6e-9 per probe, a few times an hour at 10,000 nodes, and even
+            // then the refutation usually wins. Measured at 10,000 nodes, 5% loss: mult
+            // 4 gave detection p99.9 4.05 s (1% loss), 3 gave 2.6 s; no false death
+            // with either.
+            suspicion_mult: 3,
+            // A floor for small clusters, where log10(N) rounds are very few. Cairn
+            // gives up memberlist's tolerance of long pauses here: a member stalled for
+            // 1-2 s may be declared dead before it wakes (it refutes and is back within
+            // a second of waking). Detection within 4 s cannot tell a 2 s stall from a
+            // crash; what must hold, and does, is that no *other* member is declared
+            // dead because one is stalled (`loadgen gossip-sim --scenario slow`).
+            suspicion_min_floor_ms: 1_000,
             // memberlist's: a lone suspicion waits 6x the minimum; independent
             // confirmations bring it down to the minimum.
             suspicion_max_timeout_mult: 6,
@@ -203,6 +221,47 @@ impl Config {
         let frac = ((confirmations as f64) + 1.0).ln() / ((expected as f64) + 1.0).ln();
         let t = max as f64 - (max - min) as f64 * frac;
         (t.floor() as u64).max(min)
+    }
+
+    /// Sets the field named `name` (as in the struct, e.g. `probe_interval_ms`) from
+    /// text: how tools and flags override any parameter of a profile. Says which name or
+    /// value it refused; nothing changes then. Call [`Config::validate`] afterwards.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
+        fn p<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.parse()
+                .map_err(|e| format!("bad value {v:?} for {name}: {e}"))
+        }
+        match name {
+            "probe_interval_ms" => self.probe_interval_ms = p(name, value)?,
+            "probe_timeout_ms" => self.probe_timeout_ms = p(name, value)?,
+            "indirect_checks" => self.indirect_checks = p(name, value)?,
+            "probe_retry" => self.probe_retry = p(name, value)?,
+            "awareness_max_multiplier" => self.awareness_max_multiplier = p(name, value)?,
+            "gossip_interval_ms" => self.gossip_interval_ms = p(name, value)?,
+            "gossip_fanout" => self.gossip_fanout = p(name, value)?,
+            "retransmit_mult" => self.retransmit_mult = p(name, value)?,
+            "suspicion_mult" => self.suspicion_mult = p(name, value)?,
+            "suspicion_min_floor_ms" => self.suspicion_min_floor_ms = p(name, value)?,
+            "suspicion_max_timeout_mult" => self.suspicion_max_timeout_mult = p(name, value)?,
+            "suspicion_confirmations" => self.suspicion_confirmations = p(name, value)?,
+            "max_packet_bytes" => self.max_packet_bytes = p(name, value)?,
+            "broadcast_queue_max" => self.broadcast_queue_max = p(name, value)?,
+            "max_meta_bytes" => self.max_meta_bytes = p(name, value)?,
+            "max_members" => self.max_members = p(name, value)?,
+            "max_indirect_pending" => self.max_indirect_pending = p(name, value)?,
+            "max_join_seeds" => self.max_join_seeds = p(name, value)?,
+            "sync_interval_ms" => self.sync_interval_ms = p(name, value)?,
+            "sync_digest_buckets" => self.sync_digest_buckets = p(name, value)?,
+            "sync_max_buckets" => self.sync_max_buckets = p(name, value)?,
+            "sync_reconnect_every" => self.sync_reconnect_every = p(name, value)?,
+            "tombstone_timeout_ms" => self.tombstone_timeout_ms = p(name, value)?,
+            "reclaim_interval_ms" => self.reclaim_interval_ms = p(name, value)?,
+            _ => return Err(format!("no gossip parameter named {name:?}")),
+        }
+        Ok(())
     }
 
     /// Checks that the parameters can work together.

@@ -37,6 +37,7 @@
 
 use super::broadcast::BroadcastQueue;
 use super::config::{Config, ConfigError};
+use super::members::{Member, MemberId, MemberTable};
 use super::wire::{decode_packet, Message, NodeMeta, PacketBuilder, WireError};
 use super::{MemberEvent, Millis, Output, Status, Timer};
 use bytes::Bytes;
@@ -45,7 +46,6 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 /// Why a command was refused. In every case nothing changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -98,17 +98,6 @@ pub struct MemberView {
     pub meta: NodeMeta,
 }
 
-struct Member {
-    /// Encoded [`NodeMeta`], validated on receipt. Kept encoded: it is what gets sent,
-    /// and it is half the size of the decoded form (this table has N entries on every
-    /// node, N² in the simulator). Shared between entries with identical metadata.
-    meta: Arc<[u8]>,
-    /// When the status last changed, for tombstone reclaim.
-    state_change_ms: Millis,
-    incarnation: u32,
-    status: Status,
-}
-
 struct Suspicion {
     incarnation: u32,
     started_ms: Millis,
@@ -135,9 +124,11 @@ pub struct Gossip {
     /// Our encoded metadata.
     meta: Bytes,
     rng: SmallRng,
-    /// Every other member we know of, tombstones included. A BTreeMap so that iteration
-    /// order, and with it the whole run, depends only on the seed.
-    members: BTreeMap<SocketAddr, Member>,
+    /// Every other member we know of, tombstones included, with metadata kept encoded
+    /// (it is what gets sent) and interned. Compact because it has N entries on every
+    /// node, N² in the simulator (see `members`). Iterated in id order, which depends
+    /// only on the inputs, so a run depends only on its seed.
+    members: MemberTable,
     /// Members with status alive or suspect (not counting ourselves).
     live: usize,
     /// Sum of the entry hashes of `members` per digest bucket, kept up to date on every
@@ -145,17 +136,16 @@ pub struct Gossip {
     digest: Vec<u64>,
     suspicions: BTreeMap<SocketAddr, Suspicion>,
     /// Randomized round-robin order (SWIM §4.3): reshuffled each pass, new members
-    /// inserted at a random place still ahead.
-    probe_list: Vec<SocketAddr>,
+    /// inserted at a random place still ahead. Ids, not addresses (4 bytes, not 32): an
+    /// id freed by a reclaim and reused by a new member until the next reshuffle only
+    /// means that member may be probed twice in this pass.
+    probe_list: Vec<MemberId>,
     probe_index: usize,
     probe: Option<Probe>,
     next_probe_ms: Millis,
-    /// Pings we sent as a ping-req helper: our seq -> (requester, its seq).
-    indirect: HashMap<u32, (SocketAddr, u32)>,
+    /// Pings we sent as a ping-req helper: our seq -> (requester, its seq, target).
+    indirect: HashMap<u32, (SocketAddr, u32, SocketAddr)>,
     next_seq: u32,
-    /// The metadata most recently stored: a new entry with equal bytes shares it, which
-    /// costs one comparison and saves an allocation per entry where metadata repeats.
-    last_meta: Arc<[u8]>,
     broadcasts: BroadcastQueue,
     /// Lifeguard's local health score, 0 (healthy) to `awareness_max_multiplier - 1`.
     health: u32,
@@ -190,7 +180,7 @@ impl Gossip {
             incarnation,
             meta: Bytes::from(meta),
             rng: SmallRng::seed_from_u64(rng_seed),
-            members: BTreeMap::new(),
+            members: MemberTable::default(),
             live: 0,
             suspicions: BTreeMap::new(),
             probe_list: Vec::new(),
@@ -199,7 +189,6 @@ impl Gossip {
             next_probe_ms: 0,
             indirect: HashMap::new(),
             next_seq: 0,
-            last_meta: Arc::from(&[][..]),
             health: 0,
             started: false,
             leaving: false,
@@ -254,17 +243,29 @@ impl Gossip {
             };
             return Some((s, self.incarnation));
         }
-        self.members.get(addr).map(|m| (m.status, m.incarnation))
+        self.members.get(addr).map(|m| (m.status(), m.incarnation))
     }
 
     /// Every other member we know of, tombstones included, in address order.
     pub fn members(&self) -> impl Iterator<Item = MemberView> + '_ {
-        self.members.iter().map(|(addr, m)| MemberView {
-            addr: *addr,
-            status: m.status,
-            incarnation: m.incarnation,
-            meta: NodeMeta::decode(&m.meta).expect("metadata is validated on receipt"),
-        })
+        let mut views: Vec<MemberView> = self
+            .members
+            .iter()
+            .map(|(_, m)| MemberView {
+                addr: m.addr(),
+                status: m.status(),
+                incarnation: m.incarnation,
+                meta: NodeMeta::decode(self.members.meta(m))
+                    .expect("metadata is validated on receipt"),
+            })
+            .collect();
+        views.sort_by_key(|v| v.addr);
+        views.into_iter()
+    }
+
+    /// Members this node knows of, tombstones included (not counting itself).
+    pub fn num_members(&self) -> usize {
+        self.members.len()
     }
 
     /// The next thing to do, in the order the core asked for them.
@@ -315,18 +316,34 @@ impl Gossip {
         now: Millis,
         members: impl IntoIterator<Item = (SocketAddr, u32, NodeMeta)>,
     ) -> Result<(), GossipError> {
+        let members = members.into_iter();
+        let room = members
+            .size_hint()
+            .0
+            .min(self.config.max_members.saturating_sub(self.members.len()));
+        self.members.reserve(room);
+        self.probe_list.reserve_exact(room);
+        let mut encoded = Vec::with_capacity(64);
         for (addr, incarnation, meta) in members {
-            if addr == self.local || self.members.contains_key(&addr) {
+            if addr == self.local || self.members.id(&addr).is_some() {
                 continue;
             }
             if self.members.len() >= self.config.max_members {
                 self.stats.members_refused += 1;
                 continue;
             }
-            let meta = encode_meta(&meta, self.config.max_meta_bytes)?;
-            let meta = self.intern(&meta);
-            self.put_member(addr, incarnation, Status::Alive, meta, now);
-            self.probe_list.push(addr);
+            // One buffer for all: restoring 10,000 members allocates nothing per member
+            // (equal metadata is interned by the table).
+            encoded.clear();
+            meta.encode_into(&mut encoded).map_err(GossipError::Meta)?;
+            if encoded.len() > self.config.max_meta_bytes {
+                return Err(GossipError::MetaTooLarge {
+                    len: encoded.len(),
+                    max: self.config.max_meta_bytes,
+                });
+            }
+            let id = self.put_member(addr, incarnation, Status::Alive, Some(&encoded), now);
+            self.probe_list.push(id);
         }
         // Restored in address order; every node must probe in an order of its own
         // (SWIM §4.3), or they would all probe the same member at the same time.
@@ -362,7 +379,7 @@ impl Gossip {
             .members
             .get(&addr)
             .ok_or(GossipError::UnknownMember(addr))?;
-        match m.status {
+        match m.status() {
             Status::Dead => {}
             Status::Left => return Ok(()),
             Status::Alive => return Err(GossipError::NotFailed(addr, "alive")),
@@ -424,8 +441,13 @@ impl Gossip {
                     self.finish_probe(now);
                 }
             }
+            Timer::IndirectRetry { seq } => {
+                if let Some(&(_, _, target)) = self.indirect.get(&seq) {
+                    self.send_with_news(target, &[Message::Ping { seq }], Some(target));
+                }
+            }
             Timer::IndirectTimeout { seq } => {
-                if let Some((origin, origin_seq)) = self.indirect.remove(&seq) {
+                if let Some((origin, origin_seq, _)) = self.indirect.remove(&seq) {
                     self.send_with_news(origin, &[Message::Nack { seq: origin_seq }], None);
                 }
             }
@@ -516,10 +538,10 @@ impl Gossip {
     fn next_probe_target(&mut self) -> Option<SocketAddr> {
         for pass in 0..2 {
             while self.probe_index < self.probe_list.len() {
-                let a = self.probe_list[self.probe_index];
+                let id = self.probe_list[self.probe_index];
                 self.probe_index += 1;
-                if self.members.get(&a).is_some_and(|m| m.status.is_live()) {
-                    return Some(a);
+                if let Some(m) = self.members.at(id).filter(|m| m.status().is_live()) {
+                    return Some(m.addr());
                 }
             }
             if pass == 0 {
@@ -529,8 +551,8 @@ impl Gossip {
                 self.probe_list.extend(
                     self.members
                         .iter()
-                        .filter(|(_, m)| m.status.is_live())
-                        .map(|(a, _)| *a),
+                        .filter(|(_, m)| m.status().is_live())
+                        .map(|(id, _)| id),
                 );
                 self.probe_list.shuffle(&mut self.rng);
                 self.probe_index = 0;
@@ -575,7 +597,7 @@ impl Gossip {
         let Some(m) = self.members.get(&p.target) else {
             return;
         };
-        if !m.status.is_live() {
+        if !m.status().is_live() {
             return;
         }
         let incarnation = m.incarnation;
@@ -595,7 +617,11 @@ impl Gossip {
                 let mut reply = vec![Message::Ack { seq }];
                 // A member we hold dead is pinging us: a healed partition or a restart.
                 // Tell it, so it refutes now instead of when someone happens to gossip it.
-                if let Some(m) = self.members.get(&from).filter(|m| m.status == Status::Dead) {
+                if let Some(m) = self
+                    .members
+                    .get(&from)
+                    .filter(|m| m.status() == Status::Dead)
+                {
                     reply.push(Message::Dead {
                         addr: from,
                         incarnation: m.incarnation,
@@ -610,7 +636,7 @@ impl Gossip {
                         p.acked = true;
                         self.health_sub();
                     }
-                } else if let Some((origin, origin_seq)) = self.indirect.remove(&seq) {
+                } else if let Some((origin, origin_seq, _)) = self.indirect.remove(&seq) {
                     self.send_with_news(origin, &[Message::Ack { seq: origin_seq }], None);
                 }
             }
@@ -653,7 +679,7 @@ impl Gossip {
             return;
         }
         let own = self.next_seq();
-        self.indirect.insert(own, (origin, seq));
+        self.indirect.insert(own, (origin, seq, target));
         self.send_with_news(target, &[Message::Ping { seq: own }], Some(target));
         // The nack must reach the requester before its probe period ends: of the
         // probe_timeout and the time left after it, take 80% of the shorter (Lifeguard
@@ -662,7 +688,11 @@ impl Gossip {
             .config
             .probe_timeout_ms
             .min(self.config.probe_interval_ms - self.config.probe_timeout_ms);
-        self.set_timer(now + window * 8 / 10, Timer::IndirectTimeout { seq: own });
+        let wait = window * 8 / 10;
+        if self.config.probe_retry {
+            self.set_timer(now + wait / 2, Timer::IndirectRetry { seq: own });
+        }
+        self.set_timer(now + wait, Timer::IndirectTimeout { seq: own });
     }
 
     fn on_alive(&mut self, now: Millis, addr: SocketAddr, incarnation: u32, meta: &[u8]) {
@@ -676,7 +706,7 @@ impl Gossip {
             }
             return;
         }
-        let previous = self.members.get(&addr).map(|m| (m.status, m.incarnation));
+        let previous = self.members.get(&addr).map(|m| (m.status(), m.incarnation));
         match previous {
             Some((_, known)) if incarnation <= known => return,
             None if self.members.len() >= self.config.max_members => {
@@ -685,10 +715,12 @@ impl Gossip {
             }
             _ => {}
         }
-        let meta_changed = self.members.get(&addr).is_none_or(|m| &m.meta[..] != meta);
+        let meta_changed = self
+            .members
+            .get(&addr)
+            .is_none_or(|m| &self.members.meta(m)[..] != meta);
         self.suspicions.remove(&addr);
-        let stored = self.intern(meta);
-        self.put_member(addr, incarnation, Status::Alive, stored, now);
+        self.put_member(addr, incarnation, Status::Alive, Some(meta), now);
         let decoded = || NodeMeta::decode(meta).expect("metadata is validated on receipt");
         match previous {
             None | Some((Status::Dead | Status::Left, _)) => {
@@ -746,11 +778,11 @@ impl Gossip {
             // News about a member we never knew (or reclaimed) brings nothing to probe.
             return;
         };
-        if incarnation < m.incarnation || !m.status.is_live() {
+        if incarnation < m.incarnation || !m.status().is_live() {
             return;
         }
         let cap = (self.config.suspicion_confirmations + 1).min(super::wire::MAX_SUSPECTERS);
-        if m.status == Status::Suspect
+        if m.status() == Status::Suspect
             && self
                 .suspicions
                 .get(&addr)
@@ -778,8 +810,7 @@ impl Gossip {
                 list.push(*x);
             }
         }
-        let meta = m.meta.clone();
-        self.put_member(addr, incarnation, Status::Suspect, meta, now);
+        self.put_member(addr, incarnation, Status::Suspect, None, now);
         self.suspicions.insert(
             addr,
             Suspicion {
@@ -842,12 +873,11 @@ impl Gossip {
         let Some(m) = self.members.get(&addr) else {
             return;
         };
-        if incarnation < m.incarnation || !m.status.is_live() {
+        if incarnation < m.incarnation || !m.status().is_live() {
             return;
         }
-        let meta = m.meta.clone();
         self.suspicions.remove(&addr);
-        self.put_member(addr, incarnation, Status::Dead, meta, now);
+        self.put_member(addr, incarnation, Status::Dead, None, now);
         self.event(MemberEvent::Failed { addr, incarnation });
         let msg = Message::Dead {
             addr,
@@ -870,12 +900,11 @@ impl Gossip {
         };
         // Leaving is said by the member itself, so it outranks a death at the same
         // incarnation: operators should see "left", not "failed".
-        if incarnation < m.incarnation || m.status == Status::Left {
+        if incarnation < m.incarnation || m.status() == Status::Left {
             return;
         }
-        let meta = m.meta.clone();
         self.suspicions.remove(&addr);
-        self.put_member(addr, incarnation, Status::Left, meta, now);
+        self.put_member(addr, incarnation, Status::Left, None, now);
         self.event(MemberEvent::Left { addr, incarnation });
         let msg = Message::Left { addr, incarnation };
         self.broadcasts.push(addr, msg.encode_to_bytes());
@@ -967,8 +996,8 @@ impl Gossip {
             let dead: Vec<SocketAddr> = self
                 .members
                 .iter()
-                .filter(|(_, m)| m.status == Status::Dead)
-                .map(|(a, _)| *a)
+                .filter(|(_, m)| m.status() == Status::Dead)
+                .map(|(_, m)| m.addr())
                 .collect();
             dead.choose(&mut self.rng).copied()
         } else {
@@ -1026,16 +1055,17 @@ impl Gossip {
             p.push(&self.state_entry(&to, m));
         }
         let nb = self.digest.len();
-        for (addr, m) in &self.members {
-            if *addr == to {
+        for (_, m) in self.members.iter() {
+            let addr = m.addr();
+            if addr == to {
                 continue;
             }
             if let Some(b) = buckets {
-                if !b[bucket_of(addr, nb)] {
+                if !b[bucket_of(&addr, nb)] {
                     continue;
                 }
             }
-            let entry = self.state_entry(addr, m);
+            let entry = self.state_entry(&addr, m);
             if !p.push(&entry) {
                 packets.push(std::mem::replace(&mut p, PacketBuilder::new(max)).finish());
                 let fitted = p.push(&entry);
@@ -1051,11 +1081,11 @@ impl Gossip {
     }
 
     fn state_entry(&self, addr: &SocketAddr, m: &Member) -> Message {
-        match m.status {
+        match m.status() {
             Status::Alive | Status::Suspect => Message::Alive {
                 addr: *addr,
                 incarnation: m.incarnation,
-                meta: Bytes::copy_from_slice(&m.meta),
+                meta: self.members.meta(m).clone(),
             },
             // A death learned from anti-entropy is re-checked as a suspicion.
             Status::Dead => Message::Suspect {
@@ -1084,75 +1114,52 @@ impl Gossip {
 
     fn on_reclaim_timer(&mut self, now: Millis) {
         self.set_timer(now + self.config.reclaim_interval_ms, Timer::Reclaim);
-        let ttl = self.config.tombstone_timeout_ms;
-        let expired: Vec<SocketAddr> = self
-            .members
-            .iter()
-            .filter(|(_, m)| {
-                matches!(m.status, Status::Dead | Status::Left)
-                    && now.saturating_sub(m.state_change_ms) >= ttl
-            })
-            .map(|(a, _)| *a)
-            .collect();
         let nb = self.digest.len();
-        for a in expired {
-            let m = self.members.remove(&a).expect("collected above");
+        for id in self.members.expired(now, self.config.tombstone_timeout_ms) {
+            let m = self.members.remove(id);
+            let a = m.addr();
             let b = bucket_of(&a, nb);
-            self.digest[b] = self.digest[b].wrapping_sub(entry_hash(&a, m.incarnation, m.status));
+            self.digest[b] = self.digest[b].wrapping_sub(entry_hash(&a, m.incarnation, m.status()));
             self.broadcasts.remove(&a);
         }
     }
 
     // ---- bookkeeping ----------------------------------------------------------------
 
-    /// The one place member entries change: keeps `live` and `digest` in step.
+    /// The one place member entries change: keeps `live` and `digest` in step. `meta:
+    /// None` keeps the member's metadata (it must be known).
     fn put_member(
         &mut self,
         addr: SocketAddr,
         incarnation: u32,
         status: Status,
-        meta: Arc<[u8]>,
+        meta: Option<&[u8]>,
         now: Millis,
-    ) {
+    ) -> MemberId {
         let nb = self.digest.len();
         let b = bucket_of(&addr, nb);
-        let new = Member {
-            meta,
-            state_change_ms: now,
-            incarnation,
-            status,
-        };
-        if let Some(old) = self.members.insert(addr, new) {
+        let (id, old) = self.members.put(&addr, incarnation, status, meta, now);
+        if let Some(old) = old {
             self.digest[b] =
                 self.digest[b].wrapping_sub(entry_hash(&addr, old.incarnation, old.status));
             if old.status.is_live() {
                 self.live -= 1;
-            }
-            if old.status == status {
-                // A refresh, not a change of status: keep the time of the last change.
-                self.members
-                    .get_mut(&addr)
-                    .expect("just inserted")
-                    .state_change_ms = old.state_change_ms;
             }
         }
         self.digest[b] = self.digest[b].wrapping_add(entry_hash(&addr, incarnation, status));
         if status.is_live() {
             self.live += 1;
         }
-    }
-
-    fn intern(&mut self, meta: &[u8]) -> Arc<[u8]> {
-        if &self.last_meta[..] != meta {
-            self.last_meta = Arc::from(meta);
-        }
-        self.last_meta.clone()
+        id
     }
 
     fn add_to_probe_list(&mut self, addr: SocketAddr) {
+        let Some(id) = self.members.id(&addr) else {
+            return;
+        };
         // Somewhere still ahead in this pass (SWIM §4.3: new members are probed within
         // one pass).
-        self.probe_list.push(addr);
+        self.probe_list.push(id);
         let last = self.probe_list.len() - 1;
         let lo = self.probe_index.min(last);
         let j = self.rng.random_range(lo..=last);
@@ -1177,16 +1184,17 @@ impl Gossip {
             if out.len() == n {
                 break;
             }
-            let a = self.probe_list[self.rng.random_range(0..self.probe_list.len())];
-            if Some(a) == except || out.contains(&a) {
+            let id = self.probe_list[self.rng.random_range(0..self.probe_list.len())];
+            let Some(m) = self.members.at(id) else {
+                continue;
+            };
+            let ok =
+                m.status() == Status::Alive || (include_suspects && m.status() == Status::Suspect);
+            let a = m.addr();
+            if !ok || Some(a) == except || out.contains(&a) {
                 continue;
             }
-            let ok = self.members.get(&a).is_some_and(|m| {
-                m.status == Status::Alive || (include_suspects && m.status == Status::Suspect)
-            });
-            if ok {
-                out.push(a);
-            }
+            out.push(a);
         }
         out
     }

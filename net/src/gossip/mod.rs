@@ -22,16 +22,21 @@
 //! - Anti-entropy: push-pull of the full state only on join; afterwards a fixed-size
 //!   digest exchanged with one random peer per `sync_interval_ms` (see [`core`] for why).
 //!
-//! Also here: [`crypto`], AES-256-GCM datagrams and the keyring. Left to others: the UDP
-//! driver (the agent's `src/gossip/`) and turning events into node health.
+//! Also here: [`crypto`], AES-256-GCM datagrams and the keyring; [`sim`], the seeded
+//! simulator, and [`scenario`], the scenarios `loadgen gossip-sim` runs on it. The member
+//! table (`members`) is private: compact because the simulator holds N² entries. Left to
+//! others: the UDP driver (the agent's `src/gossip/`) and turning events into node
+//! health.
 
 pub mod config;
 pub mod core;
 pub mod crypto;
+pub mod scenario;
 pub mod sim;
 pub mod wire;
 
 mod broadcast;
+mod members;
 
 pub use self::config::{Config, ConfigError};
 pub use self::core::{Gossip, GossipError, MemberView, Stats};
@@ -87,6 +92,9 @@ pub enum Timer {
     ProbeTimeout { seq: u32 },
     /// The end of probe `seq`'s period: without an ack, the target becomes suspect.
     ProbeDeadline { seq: u32 },
+    /// As a ping-req helper, our ping `seq` to the target went unanswered for half the
+    /// time we have: ping it once more (with [`Config::probe_retry`]).
+    IndirectRetry { seq: u32 },
     /// As a ping-req helper, our ping `seq` to the target went unanswered: send a nack.
     IndirectTimeout { seq: u32 },
     /// Push queued broadcasts to `gossip_fanout` random members.

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 
 /// Parameters of a simulated cluster and network.
@@ -44,6 +44,9 @@ pub struct SimConfig {
     pub named_nodes: bool,
     /// Keep every membership event (for tests on small clusters).
     pub record_events: bool,
+    /// The last `joiners` nodes start down and unknown to the others; start them with
+    /// [`Sim::restart`] (a mass join).
+    pub joiners: usize,
 }
 
 impl SimConfig {
@@ -58,6 +61,7 @@ impl SimConfig {
             converged_start: false,
             named_nodes: true,
             record_events: false,
+            joiners: 0,
         }
     }
 }
@@ -69,6 +73,11 @@ pub struct SimCounters {
     pub false_suspicions: u64,
     /// Failed events about such members: the failure detector was wrong.
     pub false_deaths: u64,
+    /// Failed events about running members that were stalled at some point (not
+    /// counted as false: a stalled node is indistinguishable from a crashed one while
+    /// it lasts), and suspicions about them.
+    pub stalled_deaths: u64,
+    pub stalled_suspicions: u64,
     pub delivered: u64,
     pub lost: u64,
     pub partitioned: u64,
@@ -97,6 +106,8 @@ struct SimNode {
     stalled_until: Millis,
     /// Crashed, left or stalled at some point: events about it are not false.
     excused: bool,
+    /// Stalled at some point (and neither crashed nor left since).
+    stalled: bool,
     packets_sent: u64,
     bytes_sent: u64,
 }
@@ -104,7 +115,8 @@ struct SimNode {
 enum ItemKind {
     Deliver {
         to: u32,
-        from: SocketAddr,
+        /// The sender's index (its address is `sim_addr(from)`): 4 bytes, not 32.
+        from: u32,
         bytes: Bytes,
     },
     Timer {
@@ -134,6 +146,84 @@ impl PartialOrd for Item {
 impl Ord for Item {
     fn cmp(&self, o: &Item) -> Ordering {
         (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+/// Span of [`EventQueue`]'s wheel: one bucket per millisecond for this long ahead.
+const WHEEL_MS: u64 = 1 << 16;
+
+/// The simulator's event queue: a timer wheel of one FIFO bucket per virtual
+/// millisecond for the next [`WHEEL_MS`], and a heap for anything later (sync and reclaim
+/// timers, long suspicions). Pushing and popping are O(1) for the wheel, where nearly all
+/// events land (deliveries within milliseconds, probe and gossip timers within a
+/// second), instead of a heap's O(log n) moves of the whole item. Events come out in
+/// (time, insertion) order, as from a heap keyed on both: a bucket is FIFO, and a far
+/// event moves into its bucket as soon as the bucket comes in range, before anything
+/// can be pushed there directly.
+struct EventQueue {
+    buckets: Vec<VecDeque<ItemKind>>,
+    /// The bucket being drained; no event is due before it.
+    time: Millis,
+    in_wheel: usize,
+    far: BinaryHeap<Reverse<Item>>,
+    seq: u64,
+}
+
+impl EventQueue {
+    fn new() -> EventQueue {
+        EventQueue {
+            buckets: (0..WHEEL_MS).map(|_| VecDeque::new()).collect(),
+            time: 0,
+            in_wheel: 0,
+            far: BinaryHeap::new(),
+            seq: 0,
+        }
+    }
+
+    fn push(&mut self, at: Millis, kind: ItemKind) {
+        debug_assert!(at >= self.time, "an event in the past");
+        if at < self.time + WHEEL_MS {
+            self.buckets[(at % WHEEL_MS) as usize].push_back(kind);
+            self.in_wheel += 1;
+        } else {
+            self.seq += 1;
+            self.far.push(Reverse(Item {
+                at,
+                seq: self.seq,
+                kind,
+            }));
+        }
+    }
+
+    /// The next event due at or before `until`, with its time.
+    fn pop_until(&mut self, until: Millis) -> Option<(Millis, ItemKind)> {
+        loop {
+            if let Some(k) = self.buckets[(self.time % WHEEL_MS) as usize].pop_front() {
+                self.in_wheel -= 1;
+                return Some((self.time, k));
+            }
+            if self.time >= until {
+                return None;
+            }
+            let next = if self.in_wheel > 0 {
+                self.time + 1
+            } else {
+                // Nothing in the wheel: jump to the first far event (or to `until`).
+                match self.far.peek() {
+                    Some(Reverse(i)) => i.at.min(until),
+                    None => until,
+                }
+            };
+            self.time = next;
+            while let Some(Reverse(i)) = self.far.peek() {
+                if i.at >= self.time + WHEEL_MS {
+                    break;
+                }
+                let Reverse(i) = self.far.pop().expect("peeked");
+                self.buckets[(i.at % WHEEL_MS) as usize].push_back(i.kind);
+                self.in_wheel += 1;
+            }
+        }
     }
 }
 
@@ -167,8 +257,9 @@ pub struct Sim {
     now: Millis,
     rng: SmallRng,
     nodes: Vec<SimNode>,
-    queue: BinaryHeap<Reverse<Item>>,
-    seq: u64,
+    queue: EventQueue,
+    /// Reused for every node's outputs: no allocation per event.
+    outputs: Vec<Output>,
     /// Partition group of each node; datagrams between groups are dropped.
     partition: Option<Vec<u32>>,
     counters: SimCounters,
@@ -178,6 +269,9 @@ pub struct Sim {
     /// (time, observer, subject) of every false death, for debugging a seed.
     false_death_log: Vec<(Millis, usize, usize)>,
     traffic_since: Millis,
+    /// While set, suspect and failed events are not counted as false (a partition:
+    /// each side rightly declares the other dead).
+    excuse_all: bool,
 }
 
 /// Simulated address of node `i`: 10.0.0.0/8 counted from 10.0.0.1, port 8301.
@@ -239,6 +333,7 @@ impl Sim {
                 epoch: 0,
                 stalled_until: 0,
                 excused: false,
+                stalled: false,
                 packets_sent: 0,
                 bytes_sent: 0,
             });
@@ -248,8 +343,8 @@ impl Sim {
             cfg,
             now: 0,
             nodes,
-            queue: BinaryHeap::new(),
-            seq: 0,
+            queue: EventQueue::new(),
+            outputs: Vec::new(),
             partition: None,
             counters: SimCounters::default(),
             crashes: BTreeMap::new(),
@@ -257,13 +352,18 @@ impl Sim {
             events: Vec::new(),
             false_death_log: Vec::new(),
             traffic_since: 0,
+            excuse_all: false,
         };
+        let first_joiner = n.saturating_sub(sim.cfg.joiners);
+        for i in first_joiner..n {
+            sim.nodes[i].core = None;
+        }
         if sim.cfg.converged_start {
             let named = sim.cfg.named_nodes;
-            for i in 0..n {
-                let others = (0..n)
-                    .filter(|j| *j != i)
-                    .map(|j| (sim_addr(j), 0, node_meta(j, named)));
+            for i in 0..first_joiner {
+                // All of them, ourselves included (restore skips it): an exact size hint
+                // lets the table be sized once.
+                let others = (0..first_joiner).map(|j| (sim_addr(j), 0, node_meta(j, named)));
                 let core = sim.nodes[i].core.as_mut().expect("just built");
                 core.restore(0, others)?;
                 core.join(0, &[])?;
@@ -271,7 +371,7 @@ impl Sim {
             }
         } else {
             let seed = [sim_addr(0)];
-            for i in 0..n {
+            for i in 0..first_joiner {
                 let core = sim.nodes[i].core.as_mut().expect("just built");
                 core.join(0, if i == 0 { &[] } else { &seed })?;
                 sim.drain(i);
@@ -323,13 +423,9 @@ impl Sim {
 
     /// Processes everything due up to and including `until`, then sets the clock to it.
     pub fn run_until(&mut self, until: Millis) {
-        while let Some(Reverse(item)) = self.queue.peek() {
-            if item.at > until {
-                break;
-            }
-            let Reverse(item) = self.queue.pop().expect("peeked");
-            self.now = item.at;
-            self.process(item);
+        while let Some((at, kind)) = self.queue.pop_until(until) {
+            self.now = at;
+            self.process(kind);
         }
         self.now = until;
     }
@@ -353,16 +449,11 @@ impl Sim {
     }
 
     fn push(&mut self, at: Millis, kind: ItemKind) {
-        self.seq += 1;
-        self.queue.push(Reverse(Item {
-            at,
-            seq: self.seq,
-            kind,
-        }));
+        self.queue.push(at, kind);
     }
 
-    fn process(&mut self, item: Item) {
-        match item.kind {
+    fn process(&mut self, kind: ItemKind) {
+        match kind {
             ItemKind::Deliver { to, from, bytes } => {
                 let i = to as usize;
                 let node = &mut self.nodes[i];
@@ -377,7 +468,10 @@ impl Sim {
                 }
                 self.counters.delivered += 1;
                 let core = node.core.as_mut().expect("checked above");
-                if core.handle_packet(self.now, from, &bytes).is_err() {
+                if core
+                    .handle_packet(self.now, sim_addr(from as usize), &bytes)
+                    .is_err()
+                {
                     self.counters.refused += 1;
                 }
                 self.drain(i);
@@ -404,11 +498,12 @@ impl Sim {
 
     /// Carries out node `i`'s outputs.
     fn drain(&mut self, i: usize) {
-        let outputs: Vec<Output> = match self.nodes[i].core.as_mut() {
-            Some(c) => c.drain_outputs().collect(),
+        let mut outputs = std::mem::take(&mut self.outputs);
+        match self.nodes[i].core.as_mut() {
+            Some(c) => outputs.extend(c.drain_outputs()),
             None => return,
-        };
-        for o in outputs {
+        }
+        for o in outputs.drain(..) {
             match o {
                 Output::Send { to, bytes } => self.send(i, to, bytes),
                 Output::SetTimer { at, timer } => {
@@ -426,13 +521,13 @@ impl Sim {
                 Output::Event(e) => self.observe(i, e),
             }
         }
+        self.outputs = outputs;
     }
 
     fn send(&mut self, from: usize, to: SocketAddr, bytes: Bytes) {
         let node = &mut self.nodes[from];
         node.packets_sent += 1;
         node.bytes_sent += bytes.len() as u64;
-        let from_addr = node.addr;
         let Some(j) = sim_index(&to).filter(|j| *j < self.nodes.len()) else {
             return;
         };
@@ -453,7 +548,7 @@ impl Sim {
             self.now + latency.max(1),
             ItemKind::Deliver {
                 to: j as u32,
-                from: from_addr,
+                from: from as u32,
                 bytes,
             },
         );
@@ -461,10 +556,16 @@ impl Sim {
 
     fn observe(&mut self, observer: usize, e: MemberEvent) {
         if let Some(j) = sim_index(&e.addr()).filter(|j| *j < self.nodes.len()) {
-            let innocent = self.nodes[j].core.is_some() && !self.nodes[j].excused;
+            let up = self.nodes[j].core.is_some();
+            let innocent = up && !self.nodes[j].excused && !self.excuse_all;
+            let stalled = up && self.nodes[j].stalled && !self.excuse_all;
             match &e {
                 MemberEvent::Suspect { .. } if innocent => self.counters.false_suspicions += 1,
+                MemberEvent::Suspect { .. } if stalled => self.counters.stalled_suspicions += 1,
                 MemberEvent::Failed { .. } => {
+                    if stalled {
+                        self.counters.stalled_deaths += 1;
+                    }
                     if innocent {
                         self.counters.false_deaths += 1;
                         if self.false_death_log.len() < 1_000 {
@@ -504,6 +605,7 @@ impl Sim {
         n.core = None;
         n.epoch += 1;
         n.excused = true;
+        n.stalled = false;
         let w = Watch::new(self.now, self.up_nodes(i));
         self.crashes.insert(i, w);
     }
@@ -531,6 +633,7 @@ impl Sim {
     /// Node `i` leaves gracefully (it keeps running so the news spreads).
     pub fn leave(&mut self, i: usize) -> Result<(), GossipError> {
         self.nodes[i].excused = true;
+        self.nodes[i].stalled = false;
         let now = self.now;
         self.nodes[i]
             .core
@@ -560,6 +663,19 @@ impl Sim {
     pub fn stall(&mut self, i: usize, duration_ms: Millis) {
         self.nodes[i].stalled_until = self.now + duration_ms;
         self.nodes[i].excused = true;
+        self.nodes[i].stalled = true;
+    }
+
+    /// Whether node `i` is stalled now.
+    pub fn is_stalled(&self, i: usize) -> bool {
+        self.nodes[i].stalled_until > self.now
+    }
+
+    /// While `on`, no suspicion or death is counted as false or stalled (during a
+    /// partition each side rightly declares the other dead, and the news lingers for a
+    /// while after it heals).
+    pub fn excuse_all(&mut self, on: bool) {
+        self.excuse_all = on;
     }
 
     /// Splits the network: nodes in different groups cannot reach each other.
@@ -621,6 +737,22 @@ impl Sim {
             max_packets_per_node_per_s: maxp as f64 / secs,
             max_bytes_per_node_per_s: maxb as f64 / secs,
         }
+    }
+
+    /// Whether every running node counts as many live members as there are running
+    /// nodes: O(N), so it can be polled at 10,000 nodes (with no false deaths it means
+    /// everyone knows everyone; [`Sim::converged`] checks each pair).
+    pub fn live_counts_agree(&self) -> bool {
+        let live = self.live_count();
+        self.nodes
+            .iter()
+            .filter_map(|n| n.core.as_ref())
+            .all(|c| c.num_live() == live)
+    }
+
+    /// Running nodes.
+    pub fn live_count(&self) -> usize {
+        self.nodes.iter().filter(|n| n.core.is_some()).count()
     }
 
     /// Whether every live node sees every other live node alive, and nothing else alive.

@@ -97,21 +97,28 @@ impl NodeMeta {
     /// Encodes the metadata, or says which part does not fit the format.
     pub fn encode(&self) -> Result<Vec<u8>, WireError> {
         let mut out = Vec::with_capacity(32);
-        put_str(&mut out, &self.name, "node name")?;
+        self.encode_into(&mut out)?;
+        Ok(out)
+    }
+
+    /// Appends the encoding to `out` (which a caller encoding many can reuse). On error
+    /// `out` may hold part of it.
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), WireError> {
+        put_str(out, &self.name, "node name")?;
         out.push(match self.role {
             Role::Client => 0,
             Role::Server => 1,
         });
-        put_str(&mut out, &self.datacenter, "datacenter")?;
+        put_str(out, &self.datacenter, "datacenter")?;
         out.extend_from_slice(&self.rpc_port.to_le_bytes());
         out.push(self.protocol_version);
         let count = u8::try_from(self.tags.len()).map_err(|_| WireError::Malformed("tag count"))?;
         out.push(count);
         for (k, v) in &self.tags {
-            put_str(&mut out, k, "tag key")?;
-            put_str(&mut out, v, "tag value")?;
+            put_str(out, k, "tag key")?;
+            put_str(out, v, "tag value")?;
         }
-        Ok(out)
+        Ok(())
     }
 
     pub fn decode(mut b: &[u8]) -> Result<NodeMeta, WireError> {
