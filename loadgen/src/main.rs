@@ -32,6 +32,9 @@ enum Command {
     /// Run N lightweight gossip members in this process, joined to a real cluster's LAN
     /// gossip; kill and revive them on a schedule and time detection and rejoin.
     Swarm(SwarmArgs),
+    /// Register N nodes x S services, time how fast blocking watchers of one service see
+    /// a health change, measure `service NAME --passing` reads and the servers' memory.
+    Catalog(loadgen::catalog::CatalogArgs),
     /// Plot the percentile spectra of several runs (.hgrm files from any source) into one
     /// picture, and print throughput and p50/p90/p99/p99.9/max side by side.
     Compare {
@@ -693,6 +696,7 @@ fn main() -> ExitCode {
         Command::Sweep(a) => sweep(a),
         Command::Baseline(a) => baseline(a),
         Command::Swarm(a) => swarm(a),
+        Command::Catalog(a) => loadgen::catalog::main(a),
         Command::Compare {
             files,
             out,
