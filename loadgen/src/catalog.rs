@@ -96,6 +96,11 @@ pub struct CatalogArgs {
     /// followers forward every read to the leader.
     #[arg(long, default_value = "stale")]
     pub consistency: String,
+    /// After the last change, keep the watchers parked for this many seconds (to see
+    /// what parked watchers cost the servers under another load, e.g. `loadgen kv
+    /// --workload write` run meanwhile).
+    #[arg(long, default_value_t = 0)]
+    pub hold_s: u64,
     /// Connections for the query phase (closed loop, one request in flight each).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(0..=4096))]
     pub query_connections: u64,
@@ -556,6 +561,8 @@ fn watch(a: &CatalogArgs, consistency: Consistency, s: &mut Summary) -> Result<(
     let mut settle_from: Option<Instant> = None;
     // Between sending a change and recording what the watchers saw of it.
     let mut in_round = false;
+    // Set after the last change with `hold_s`: the watchers stay parked until then.
+    let mut hold_until: Option<Instant> = None;
     loop {
         for (i, now, d) in pump(&mut conns, POLL_MAX, &mut buf) {
             if i == writer {
@@ -631,10 +638,22 @@ fn watch(a: &CatalogArgs, consistency: Consistency, s: &mut Summary) -> Result<(
             }
             in_round = false;
             if change == a.changes {
-                return Ok(());
+                if a.hold_s == 0 {
+                    return Ok(());
+                }
+                eprintln!("  holding {} watchers parked for {} s", w, a.hold_s);
+                hold_until = Some(now + Duration::from_secs(a.hold_s));
             }
         }
-        if !in_round && ready && armed == w && conns.iter().all(|c| c.unsent.is_empty()) {
+        if hold_until.is_some_and(|t| now >= t) {
+            return Ok(());
+        }
+        if !in_round
+            && change < a.changes
+            && ready
+            && armed == w
+            && conns.iter().all(|c| c.unsent.is_empty())
+        {
             // Every watcher is parked (or about to be): give the servers a moment, then
             // send the next change.
             let from = *settle_from.get_or_insert(now);

@@ -147,7 +147,7 @@ fn watchers_see_every_health_change_on_a_dev_agent() {
     assert_eq!(s.from_send.len(), 40);
     assert_eq!((s.missed, s.watcher_errors), (0, 0));
     assert_eq!(s.write.len(), 2);
-    assert!(s.query.len() > 0 && s.query_errors == 0);
+    assert!(!s.query.is_empty() && s.query_errors == 0);
     assert!(s.rss.len() == 1 && s.rss[0].1 > 0, "{:?}", s.rss);
     // Every sample from send is at least the one from the acknowledgement.
     assert!(s.from_send.max() >= s.from_ack.max());
