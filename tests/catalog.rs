@@ -348,3 +348,45 @@ mod codec {
         );
     }
 }
+
+#[test]
+fn a_services_index_found_without_its_instances_is_the_one_its_query_returns() {
+    use cairn_net::rpc::catalog::CatalogQuery;
+    let mut c = Catalog::default();
+    c.register(
+        4,
+        &reg(
+            "n1",
+            "10.0.0.1",
+            Some(("web1", "web", &[])),
+            vec![check("c1", "web1", Status::Passing)],
+        ),
+    )
+    .unwrap();
+    c.register(7, &reg("n2", "10.0.0.2", Some(("db1", "db", &[])), vec![]))
+        .unwrap();
+    // A check change moves its service's index and nothing else's.
+    c.register(
+        9,
+        &reg(
+            "n1",
+            "10.0.0.1",
+            None,
+            vec![check("c1", "web1", Status::Critical)],
+        ),
+    )
+    .unwrap();
+    for name in ["web", "db", "missing"] {
+        for passing_only in [false, true] {
+            let q = CatalogQuery::Service {
+                name: name.into(),
+                tag: None,
+                passing_only,
+            };
+            assert_eq!(c.query_index(&q), Some(c.query(&q).1), "{q:?}");
+        }
+    }
+    assert_eq!(c.service_index_of("web"), 9);
+    assert_eq!(c.service_index_of("db"), 7);
+    assert_eq!(c.query_index(&CatalogQuery::Nodes), None);
+}

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod baseline;
+pub mod catalog;
 pub mod compare;
 pub mod gossip_sim;
 pub mod hgrm;

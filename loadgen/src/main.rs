@@ -36,6 +36,9 @@ enum Command {
     /// replayable with --seed) and report detection, dissemination, false alarms and
     /// traffic for one scenario.
     GossipSim(loadgen::gossip_sim::GossipSimArgs),
+    /// Register N nodes x S services, time how fast blocking watchers of one service see
+    /// a health change, measure `service NAME --passing` reads and the servers' memory.
+    Catalog(loadgen::catalog::CatalogArgs),
     /// Plot the percentile spectra of several runs (.hgrm files from any source) into one
     /// picture, and print throughput and p50/p90/p99/p99.9/max side by side.
     Compare {
@@ -705,6 +708,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Catalog(a) => loadgen::catalog::main(a),
         Command::Compare {
             files,
             out,

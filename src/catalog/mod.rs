@@ -350,18 +350,33 @@ impl Catalog {
 
     /// The instances of service `name` (with `tag`, if given; only those whose checks all
     /// pass, if `passing_only`), ordered by node name, and the service's index.
+    /// The index of a service's instances (what [`Catalog::instances`] returns beside
+    /// them), without building them: a parked blocking read checks this on every applied
+    /// entry.
+    pub fn service_index_of(&self, name: &str) -> u64 {
+        self.service_index
+            .get(name)
+            .copied()
+            .unwrap_or(self.services_index)
+            .max(1)
+    }
+
+    /// The index [`Catalog::query`] would return, where it is cheaper to find than the
+    /// result (today: a service's instances); `None`: run the query.
+    pub fn query_index(&self, q: &CatalogQuery) -> Option<u64> {
+        match q {
+            CatalogQuery::Service { name, .. } => Some(self.service_index_of(name)),
+            _ => None,
+        }
+    }
+
     pub fn instances(
         &self,
         name: &str,
         tag: Option<&str>,
         passing_only: bool,
     ) -> (Vec<Instance>, u64) {
-        let index = self
-            .service_index
-            .get(name)
-            .copied()
-            .unwrap_or(self.services_index)
-            .max(1);
+        let index = self.service_index_of(name);
         let Some(keys) = self.by_name.get(name) else {
             return (Vec::new(), index);
         };

@@ -157,9 +157,27 @@ impl Server {
 
     async fn catalog_read(&self, query: &CatalogQuery, opts: ReadOpts) -> Result<Response, Local> {
         self.read_barrier(opts.consistency).await?;
+        // A parked read looks again after every applied entry, most of them about
+        // something else: compare the cheap index first and build the result only when it
+        // moved (measured: 1,000 parked watchers of a 100-instance service, each building
+        // its answer on every entry, cut a 3-server cluster's KV writes from 5,300/s to
+        // 50/s; README "Catalog figures").
         let (result, index) = self
-            .blocking(opts, |s| s.sm.with_catalog(|c| c.query(query)))
+            .blocking(opts, |s| {
+                s.sm.with_catalog(|c| match c.query_index(query) {
+                    Some(i) if i <= opts.index => (None, i),
+                    _ => {
+                        let (r, i) = c.query(query);
+                        (Some(r), i)
+                    }
+                })
+            })
             .await;
+        // Answered at the deadline without a change: build the result now.
+        let (result, index) = match result {
+            Some(r) => (r, index),
+            None => self.sm.with_catalog(|c| c.query(query)),
+        };
         Ok(Response::Catalog {
             result,
             meta: self.meta(index),
