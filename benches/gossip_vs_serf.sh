@@ -98,7 +98,7 @@ start_agent() { # system dir i
     cairn)
         local args=(agent --node "n$i" --data-dir "$dir/n$i" --bind "$BIND"
             --server-port "$(port 0 "$i")" --serf-lan-port "$(port 1 "$i")"
-            --spin-before-park-us 0)
+            --http-port -1 --dns-port -1 --spin-before-park-us 0)
         if ((i == 0)); then
             args+=(--server --bootstrap-expect 1)
         else
