@@ -455,7 +455,15 @@ fn a_dev_agent_answers_dig_from_its_catalog_and_drops_a_failing_instance() {
     .unwrap();
     let (rpc, dns) = (free_port(), free_port());
     let log = cfg.path().join("agent.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+    // Killed on drop, so a failed assertion does not leave the agent running.
+    struct Agent(std::process::Child);
+    impl Drop for Agent {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args([
             "agent",
             "--dev",
@@ -471,6 +479,7 @@ fn a_dev_agent_answers_dig_from_its_catalog_and_drops_a_failing_instance() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    let agent = Agent(child);
     let addr: SocketAddr = format!("127.0.0.1:{dns}").parse().unwrap();
     let short = |name: &str, t: &str| dig(addr, &["+short", name, t]);
     // Wait (bounded) until anti-entropy registered web with its passing check.
@@ -522,8 +531,7 @@ fn a_dev_agent_answers_dig_from_its_catalog_and_drops_a_failing_instance() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(agent);
     assert!(
         gone,
         "web still answered after its check failed\n{}",
