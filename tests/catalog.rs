@@ -303,7 +303,7 @@ mod codec {
 
         #[test]
         fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
-            let _ = CatalogCommand::decode(&bytes);
+            let _ = CatalogCommand::decode(&bytes::Bytes::from(bytes.clone()));
             let _ = Catalog::decode_image(&bytes);
         }
 

@@ -118,7 +118,7 @@ pub fn decode_payload(data: &Bytes) -> std::io::Result<EntryPayload<Command, u64
         1 => KvCommand::decode(&data.slice(2..))
             .map(|c| EntryPayload::Normal(Command::Kv(c)))
             .map_err(|e| bad(format!("raft entry payload: {e}"))),
-        3 => CatalogCommand::decode(&data[2..])
+        3 => CatalogCommand::decode(&data.slice(2..))
             .map(|c| EntryPayload::Normal(Command::Catalog(c)))
             .map_err(|e| bad(format!("raft entry payload: {e}"))),
         2 => {

@@ -1105,6 +1105,16 @@ pub(crate) struct R<'a> {
     limits: &'a Limits,
 }
 
+impl<'a> R<'a> {
+    pub(crate) fn new(data: &'a Bytes, limits: &'a Limits) -> R<'a> {
+        R {
+            data,
+            at: 0,
+            limits,
+        }
+    }
+}
+
 impl R<'_> {
     pub(crate) fn agent_kind(&mut self) -> Result<AgentKind, MessageError> {
         match self.u8()? {
