@@ -112,12 +112,6 @@ fn deregister(node: &str) -> CatalogCommand {
     }
 }
 
-/// Whether a session on `node` must be invalidated: its node is gone from the catalog or
-/// the node's `serfHealth` is critical (Consul's default session node check).
-pub fn session_node_failed(catalog: &Catalog, node: &str) -> bool {
-    session_failure(catalog, node, &[SERF_CHECK_ID.to_string()]).is_some()
-}
-
 /// Why a session on `node` bound to `checks` (node-level or service check ids of that
 /// node) must be invalidated, if it must: the node is gone, or one of the checks is gone
 /// or critical. As Consul's, a check in warning keeps the session.
@@ -140,6 +134,11 @@ pub fn session_failure(catalog: &Catalog, node: &str, checks: &[String]) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether a session bound to `node`'s serfHealth must end.
+    fn session_node_failed(catalog: &Catalog, node: &str) -> bool {
+        session_failure(catalog, node, &[SERF_CHECK_ID.to_string()]).is_some()
+    }
 
     fn member(name: &str, state: MemberState) -> PoolMember {
         PoolMember {
