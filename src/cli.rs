@@ -529,9 +529,9 @@ pub enum StatusCommand {
     },
 }
 
-/// One request through the cluster client: it tries each `--rpc-addr` address until
-/// one accepts, follows leader hints, and retries only what is safe.
-pub(crate) fn call(rpc: &RpcArgs, op: Op) -> Result<Response, ExitCode> {
+/// A cluster client for the `--rpc-addr` addresses (comma-separated), giving up on a
+/// request after `timeout`.
+pub(crate) fn cluster_client(rpc: &RpcArgs, timeout: Duration) -> Result<ClusterClient, ExitCode> {
     let servers: Vec<String> = rpc
         .rpc_addr
         .split(',')
@@ -543,13 +543,19 @@ pub(crate) fn call(rpc: &RpcArgs, op: Op) -> Result<Response, ExitCode> {
         eprintln!("Error! --rpc-addr names no address");
         return Err(ExitCode::from(2));
     }
-    let mut c = ClusterClient::new(
+    Ok(ClusterClient::new(
         &servers,
         ClientOptions {
-            timeout: Duration::from_millis(rpc.timeout_ms),
+            timeout,
             ..ClientOptions::default()
         },
-    );
+    ))
+}
+
+/// One request through the cluster client: it tries each `--rpc-addr` address until
+/// one accepts, follows leader hints, and retries only what is safe.
+pub(crate) fn call(rpc: &RpcArgs, op: Op) -> Result<Response, ExitCode> {
+    let mut c = cluster_client(rpc, Duration::from_millis(rpc.timeout_ms))?;
     let req = Request {
         datacenter: String::new(),
         token: String::new(),

@@ -13,32 +13,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cairn::catalog::{CatalogResult, SessionBehavior, SessionInfo};
-use cairn_net::rpc::cluster::{ClientOptions, ClusterClient};
+use cairn_net::rpc::cluster::ClusterClient;
 use cairn_net::rpc::message::{AgentKind, ErrorCode, Op, ReadOpts, Request, Response};
 
-use crate::cli::RpcArgs;
+use crate::cli::{cluster_client, RpcArgs};
 
 /// The session's TTL; it is renewed every third of it.
 const SESSION_TTL: Duration = Duration::from_secs(15);
 /// Longest one blocking wait for the lock to be free.
 const WAIT: Duration = Duration::from_secs(30);
-
-fn client(rpc: &RpcArgs, timeout: Duration) -> ClusterClient {
-    let servers: Vec<String> = rpc
-        .rpc_addr
-        .split(',')
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-        .map(String::from)
-        .collect();
-    ClusterClient::new(
-        &servers,
-        ClientOptions {
-            timeout,
-            ..ClientOptions::default()
-        },
-    )
-}
 
 fn call(c: &mut ClusterClient, op: Op) -> Result<Response, String> {
     let req = Request {
@@ -60,7 +43,10 @@ pub fn lock(prefix: &str, command: &[String], rpc: &RpcArgs) -> ExitCode {
     }
     let key = format!("{}/.lock", prefix.trim_end_matches('/'));
     let timeout = Duration::from_millis(rpc.timeout_ms);
-    let mut c = client(rpc, timeout);
+    let mut c = match cluster_client(rpc, timeout) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
     // The session lives on the agent's own node (sessions need a registered node).
     let node = match call(
         &mut c,
@@ -127,13 +113,17 @@ fn run_locked(
     session: &str,
     command: &[String],
 ) -> ExitCode {
-    let mut waiter = client(rpc, WAIT + Duration::from_secs(10));
+    let Ok(mut waiter) = cluster_client(rpc, WAIT + Duration::from_secs(10)) else {
+        return ExitCode::from(2);
+    };
     let lost = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     // Renew the session while waiting and while the command runs.
     let renewer = {
         let (lost, stop) = (lost.clone(), stop.clone());
-        let mut rc = client(rpc, Duration::from_millis(rpc.timeout_ms));
+        let Ok(mut rc) = cluster_client(rpc, Duration::from_millis(rpc.timeout_ms)) else {
+            return ExitCode::from(2);
+        };
         let session = session.to_string();
         std::thread::spawn(move || {
             let mut next = Instant::now() + SESSION_TTL / 3;
