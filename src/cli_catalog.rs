@@ -2,7 +2,10 @@
 
 use std::process::ExitCode;
 
-use cairn::catalog::{CatalogQuery, CatalogResult, Check, Instance, Node, Service, Status};
+use cairn::catalog::{CatalogQuery, CatalogResult, Check, Status};
+use cairn::http::consul_json::{
+    check as check_json, instance as instance_json, node as node_json, service as service_json,
+};
 use cairn_net::rpc::message::{Op, ReadOpts, Response};
 use clap::{Args, Subcommand};
 
@@ -87,55 +90,6 @@ fn read(query: CatalogQuery, r: &ReadArgs, rpc: &RpcArgs) -> Result<CatalogResul
         Response::Catalog { result, .. } => Ok(result),
         other => Err(unexpected(other)),
     }
-}
-
-fn node_json(n: &Node) -> serde_json::Value {
-    serde_json::json!({
-        "ID": n.id,
-        "Node": n.name,
-        "Address": n.address,
-        "Datacenter": n.datacenter,
-        "Meta": n.meta,
-        "CreateIndex": n.create_index,
-        "ModifyIndex": n.modify_index,
-    })
-}
-
-fn service_json(s: &Service) -> serde_json::Value {
-    serde_json::json!({
-        "ID": s.id,
-        "Service": s.name,
-        "Tags": s.tags,
-        "Address": s.address,
-        "Port": s.port,
-        "Meta": s.meta,
-        "Weights": {"Passing": s.weights.passing, "Warning": s.weights.warning},
-        "CreateIndex": s.create_index,
-        "ModifyIndex": s.modify_index,
-    })
-}
-
-fn check_json(c: &Check) -> serde_json::Value {
-    serde_json::json!({
-        "Node": c.node,
-        "CheckID": c.id,
-        "Name": c.name,
-        "Status": c.status.as_str(),
-        "Output": c.output,
-        "ServiceID": c.service_id,
-        "ServiceName": c.service_name,
-        "Type": c.kind,
-        "CreateIndex": c.create_index,
-        "ModifyIndex": c.modify_index,
-    })
-}
-
-fn instance_json(i: &Instance) -> serde_json::Value {
-    serde_json::json!({
-        "Node": node_json(&i.node),
-        "Service": service_json(&i.service),
-        "Checks": i.checks.iter().map(check_json).collect::<Vec<_>>(),
-    })
 }
 
 fn print_checks(checks: &[Check], format: Format) {

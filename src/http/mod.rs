@@ -49,6 +49,26 @@ use crate::agent::{AgentConfig, AgentError, Handler};
 pub(crate) use api::Ctx;
 use api::Route;
 
+/// Consul's JSON for catalog items, exactly as the HTTP API renders them (the CLI's
+/// `--format json` prints the same shapes).
+pub mod consul_json {
+    use crate::catalog::{Check, Instance, Node, Service};
+    use serde_json::Value;
+
+    pub fn node(n: &Node) -> Value {
+        super::json::to_value(super::json::node_json(n))
+    }
+    pub fn service(s: &Service) -> Value {
+        super::json::to_value(super::json::service_json(s))
+    }
+    pub fn check(c: &Check) -> Value {
+        super::json::to_value(super::json::check_json(c))
+    }
+    pub fn instance(i: &Instance) -> Value {
+        super::json::instance_json(i)
+    }
+}
+
 /// Consul's HTTP port.
 pub const DEFAULT_HTTP_PORT: u16 = 8500;
 /// Most HTTP connections open at once; more are closed on accept, so a flood of
