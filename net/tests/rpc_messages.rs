@@ -1,6 +1,8 @@
 //! RPC messages: every request and response decodes to itself, garbage never panics, and
 //! limits are enforced on decode.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 use cairn_net::rpc::catalog::*;
 use cairn_net::rpc::message::*;
@@ -449,6 +451,26 @@ proptest! {
         let mut b = BytesMut::new();
         resp.encode(&mut b);
         prop_assert_eq!(Response::decode(&b.freeze(), &Limits::default()).unwrap(), resp);
+    }
+
+    #[test]
+    fn a_shared_catalog_answer_is_a_catalog_answer_on_the_wire(
+        result in catalog_result(),
+        meta in meta(),
+    ) {
+        let plain = Response::Catalog { result: result.clone(), meta };
+        let shared = Arc::new(SharedResult::new(result));
+        let mut a = BytesMut::new();
+        plain.encode(&mut a);
+        // Encoded twice: the second time from the cached bytes.
+        for _ in 0..2 {
+            let mut b = BytesMut::new();
+            Response::SharedCatalog { result: shared.clone(), meta }.encode(&mut b);
+            prop_assert_eq!(&a, &b);
+            prop_assert_eq!(Response::decode(&b.freeze(), &Limits::default()).unwrap(), plain.clone());
+        }
+        let owned = Response::SharedCatalog { result: shared, meta }.into_owned();
+        prop_assert_eq!(owned, plain);
     }
 
     #[test]

@@ -47,7 +47,7 @@ impl<H: Handler> AgentView<H> {
                 },
             },
         };
-        match self.handler.clone().answer(req).await {
+        match self.handler.clone().answer(req).await.into_owned() {
             Response::Catalog { result, .. } => Ok(result),
             Response::Error(e) => Err(DnsError::Unavailable(e.message)),
             other => Err(DnsError::Unavailable(format!(

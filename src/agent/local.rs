@@ -445,11 +445,12 @@ pub(super) async fn sync_loop<H: Handler>(
 /// could not be completed.
 async fn sync_once<H: Handler>(handler: &Rc<H>, local: &LocalAgent) -> bool {
     let ask = |op: Op| {
-        handler.clone().answer(Request {
+        let answer = handler.clone().answer(Request {
             datacenter: String::new(),
             token: String::new(),
             op,
-        })
+        });
+        async move { answer.await.into_owned() }
     };
     let read = |query: CatalogQuery| Op::CatalogRead {
         query,

@@ -33,6 +33,7 @@ use crate::raft::store::{Flush, LogStore, SnapshotData, StateMachine};
 use crate::raft::types::{Command, Outcome, TypeConfig};
 use crate::raft::wire::{self, Kind};
 
+mod answers;
 mod front;
 pub(crate) mod kv_read;
 mod state;
@@ -283,6 +284,7 @@ async fn run(
         datacenter: cfg.datacenter.clone(),
         bind_ip: cfg.bind.to_string(),
         session_timers: RefCell::new(state::SessionTimers::default()),
+        answers: RefCell::new(answers::AnswerCache::default()),
     });
     {
         let s = server.clone();
@@ -479,6 +481,8 @@ pub(super) struct Server {
     bind_ip: String,
     /// The leader's session TTL timers.
     session_timers: RefCell<state::SessionTimers>,
+    /// Catalog answers shared between readers of the same query.
+    answers: RefCell<answers::AnswerCache>,
     /// This agent's own services and checks.
     local: Rc<super::local::LocalAgent>,
 }

@@ -259,9 +259,10 @@ impl Catalog {
         self.touch_node(index, node);
         let checks: Vec<String> = self
             .checks
-            .values()
-            .filter(|c| c.node == node && c.service_id == sid)
-            .map(|c| c.id.clone())
+            .range((node.to_string(), String::new())..)
+            .take_while(|((n, _), _)| n == node)
+            .filter(|(_, c)| c.service_id == sid)
+            .map(|((_, id), _)| id.clone())
             .collect();
         for cid in checks {
             self.remove_check(index, node, &cid);
@@ -388,23 +389,22 @@ impl Catalog {
             if tag.is_some_and(|t| !s.tags.iter().any(|x| x == t)) {
                 continue;
             }
-            let checks: Vec<Check> = self
-                .checks
-                .range((key.0.clone(), String::new())..)
-                .take_while(|((node, _), _)| node == &key.0)
-                .map(|(_, c)| c)
-                .filter(|c| c.service_id.is_empty() || c.service_id == s.id)
-                .cloned()
-                .collect();
-            let inst = Instance {
-                node: n.clone(),
-                service: s.clone(),
-                checks,
+            let checks = || {
+                self.checks
+                    .range((key.0.clone(), String::new())..)
+                    .take_while(|((node, _), _)| node == &key.0)
+                    .map(|(_, c)| c)
+                    .filter(|c| c.service_id.is_empty() || c.service_id == s.id)
             };
-            if passing_only && inst.status() != Status::Passing {
+            // Decided on the stored checks, before anything is cloned.
+            if passing_only && checks().any(|c| c.status != Status::Passing) {
                 continue;
             }
-            out.push(inst);
+            out.push(Instance {
+                node: n.clone(),
+                service: s.clone(),
+                checks: checks().cloned().collect(),
+            });
         }
         (out, index)
     }

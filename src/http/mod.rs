@@ -246,7 +246,7 @@ async fn handle<H: Handler>(
         (Err(r), _) | (_, Err(r)) => r,
         (Ok(mut call), Ok(token)) => {
             call.request.token = token;
-            let resp = h.answer(call.request).await;
+            let resp = h.answer(call.request).await.into_owned();
             api::render(&call.render, resp, call.pretty, ctx)
         }
     };

@@ -309,6 +309,11 @@ struct SmInner {
     /// The KV store, one shard per core; this handle is core 0's (the sequencer).
     shards: Shards,
     catalog: Catalog,
+    /// Bumped whenever the catalog may have changed (a catalog command applied, a
+    /// snapshot restored), and whenever it was replaced by a restore: answers built from
+    /// the catalog stay valid while these hold still ([`StateMachine::catalog_version`]).
+    catalog_changes: u64,
+    catalog_restores: u64,
     last_applied: Option<RaftLogId>,
     membership: StoredMembershipOf<TypeConfig>,
     dir: PathBuf,
@@ -340,6 +345,14 @@ impl StateMachine {
         f(&self.inner.borrow().catalog)
     }
 
+    /// Where the catalog is in its history, for caching answers built from it: the
+    /// first number changes only when a snapshot replaces the catalog (so a catalog
+    /// index names the same state while it holds), the second on every catalog change.
+    pub fn catalog_version(&self) -> (u64, u64) {
+        let inner = self.inner.borrow();
+        (inner.catalog_restores, inner.catalog_changes)
+    }
+
     /// A state machine whose snapshots live in `dir`, its KV store in `shards` (emptied
     /// first); restores the newest valid snapshot.
     pub async fn open(dir: &Path, shards: Shards) -> io::Result<StateMachine> {
@@ -350,6 +363,8 @@ impl StateMachine {
             inner: Rc::new(RefCell::new(SmInner {
                 shards,
                 catalog: Catalog::default(),
+                catalog_changes: 0,
+                catalog_restores: 0,
                 last_applied: None,
                 membership: StoredMembership::default(),
                 dir: dir.to_path_buf(),
@@ -373,6 +388,8 @@ impl StateMachine {
         shards.replace(kv.into_shards()).await;
         let mut inner = self.inner.borrow_mut();
         inner.catalog = catalog;
+        inner.catalog_changes += 1;
+        inner.catalog_restores += 1;
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
         Ok(meta)
@@ -510,9 +527,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Normal(Command::Kv(cmd)) => {
                         Pending::Kv(inner.shards.apply_enqueue(entry.log_id.index, cmd))
                     }
-                    EntryPayload::Normal(Command::Catalog(cmd)) => Pending::Ready(
-                        Outcome::Catalog(inner.catalog.apply(entry.log_id.index, &cmd)),
-                    ),
+                    EntryPayload::Normal(Command::Catalog(cmd)) => {
+                        inner.catalog_changes += 1;
+                        Pending::Ready(Outcome::Catalog(
+                            inner.catalog.apply(entry.log_id.index, &cmd),
+                        ))
+                    }
                     EntryPayload::Membership(m) => {
                         inner.membership = StoredMembership::new(Some(entry.log_id), m);
                         Pending::Ready(Outcome::None)

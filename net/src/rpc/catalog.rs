@@ -156,7 +156,7 @@ impl Instance {
 }
 
 /// A catalog or health read (Consul's `/v1/catalog/...` and `/v1/health/...`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum CatalogQuery {
     /// Every node.
     Nodes,
@@ -189,6 +189,53 @@ pub enum CatalogResult {
     NodeServices(Option<Node>, Vec<Service>),
     Checks(Vec<Check>),
 }
+
+/// A catalog answer shared by many readers: a server builds it once per change and
+/// hands the same one to every blocking reader it wakes (and to repeated reads of the
+/// same query), and encodes it for the wire at most once.
+#[derive(Debug)]
+pub struct SharedResult {
+    result: CatalogResult,
+    encoded: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl SharedResult {
+    pub fn new(result: CatalogResult) -> SharedResult {
+        SharedResult {
+            result,
+            encoded: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub fn result(&self) -> &CatalogResult {
+        &self.result
+    }
+
+    /// The result as [`W::catalog_result`] writes it, encoded on first use.
+    pub(crate) fn encoded(&self) -> &[u8] {
+        self.encoded.get_or_init(|| {
+            let mut out = bytes::BytesMut::new();
+            W(&mut out).catalog_result(&self.result);
+            out.freeze()
+        })
+    }
+
+    /// The result itself: moved out if this is the last reference, cloned otherwise.
+    pub fn into_result(this: std::sync::Arc<SharedResult>) -> CatalogResult {
+        match std::sync::Arc::try_unwrap(this) {
+            Ok(s) => s.result,
+            Err(shared) => shared.result.clone(),
+        }
+    }
+}
+
+impl PartialEq for SharedResult {
+    fn eq(&self, other: &SharedResult) -> bool {
+        self.result == other.result
+    }
+}
+
+impl Eq for SharedResult {}
 
 /// What happens to a session's locks when it is invalidated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -8,7 +8,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::catalog::{CatalogQuery, CatalogResult, Registration, SessionInfo, SessionQuery};
+use super::catalog::{
+    CatalogQuery, CatalogResult, Registration, SessionInfo, SessionQuery, SharedResult,
+};
 
 /// Size limits checked on decode (and by servers before acting).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,6 +347,12 @@ pub enum Response {
     /// The answer to [`Op::CatalogRead`].
     Catalog {
         result: CatalogResult,
+        meta: Meta,
+    },
+    /// A [`Response::Catalog`] whose result a server shares between readers (see
+    /// [`SharedResult`]); it is the same on the wire and decodes as `Catalog`.
+    SharedCatalog {
+        result: std::sync::Arc<SharedResult>,
         meta: Meta,
     },
     /// The answer to session operations.
@@ -830,6 +838,19 @@ impl Request {
 }
 
 impl Response {
+    /// The answer as a reader in this process uses it: a [`Response::SharedCatalog`]
+    /// becomes a plain [`Response::Catalog`] (its result moved out, or cloned if others
+    /// still share it); anything else is returned as it is.
+    pub fn into_owned(self) -> Response {
+        match self {
+            Response::SharedCatalog { result, meta } => Response::Catalog {
+                result: SharedResult::into_result(result),
+                meta,
+            },
+            other => other,
+        }
+    }
+
     pub fn encode(&self, out: &mut BytesMut) {
         let mut w = W(out);
         match self {
@@ -896,6 +917,11 @@ impl Response {
                 w.u8(13);
                 w.meta(meta);
                 w.catalog_result(result);
+            }
+            Response::SharedCatalog { result, meta } => {
+                w.u8(13);
+                w.meta(meta);
+                w.0.put_slice(result.encoded());
             }
             Response::Sessions { sessions, meta } => {
                 w.u8(14);
