@@ -23,8 +23,11 @@
 //! as many nodes; the watched service is `svc-0` and the instance changed is on
 //! `node-00000`.
 //!
-//! The client is part of what is measured: one thread decodes every watcher's answer, so
-//! with many watchers the last one is read after the others have been decoded.
+//! One thread stands in for every watcher. It reads all the sockets that are ready before
+//! decoding any, and a watcher's answer counts as seen when its bytes were read plus the
+//! time its own decoding took (see [`pump`]): separate watchers decode at the same time.
+//! The thread's total work still shares the machine with the servers, and answers that
+//! arrive while it decodes a round are read in the next one.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -339,6 +342,8 @@ struct Conn {
     stream: TcpStream,
     rpc: ClientConn,
     unsent: BytesMut,
+    /// Bytes read but not decoded yet (see [`pump`]).
+    received: BytesMut,
     failed: bool,
 }
 
@@ -363,6 +368,7 @@ impl Conn {
                 FrameDecoder::new(64 * 1024 * 1024),
             ),
             unsent: BytesMut::new(),
+            received: BytesMut::new(),
             failed: false,
         })
     }
@@ -389,35 +395,47 @@ impl Conn {
         }
     }
 
-    fn read_some(&mut self, buf: &mut [u8], out: &mut Vec<Completion>) {
+    /// Reads what the socket holds into `received` without decoding it; the error that
+    /// ended the connection, if one did.
+    fn read_raw(&mut self, buf: &mut [u8]) -> Option<String> {
         loop {
             match self.stream.read(buf) {
-                Ok(0) => {
-                    self.failed = true;
-                    out.extend(self.rpc.closed("the server closed the connection"));
-                    return;
-                }
+                Ok(0) => return Some("the server closed the connection".into()),
                 Ok(n) => {
-                    out.extend(self.rpc.receive(&buf[..n]));
+                    self.received.extend_from_slice(&buf[..n]);
                     if n < buf.len() {
-                        return;
+                        return None;
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.failed = true;
-                    out.extend(self.rpc.closed(&e.to_string()));
-                    return;
-                }
+                Err(e) => return Some(e.to_string()),
             }
+        }
+    }
+
+    /// Decodes what [`Conn::read_raw`] read.
+    fn decode(&mut self, closed: Option<String>, out: &mut Vec<Completion>) {
+        if !self.received.is_empty() {
+            out.extend(self.rpc.receive(&self.received));
+            self.received.clear();
+        }
+        if let Some(why) = closed {
+            self.failed = true;
+            out.extend(self.rpc.closed(&why));
         }
     }
 }
 
 /// Writes what every connection has queued, waits at most `wait` for any to become
-/// readable, and returns the completions that arrived (each with the connection's index
-/// and the time it was read), timeouts included.
+/// readable, and returns the completions that arrived, timeouts included, each with the
+/// connection's index and the time its answer was in hand.
+///
+/// One thread stands in for many clients here, so it first reads every ready socket
+/// (noting when each read ended) and then decodes them one after another: an answer's
+/// time is when its bytes were read plus the time its own decoding took, not plus the
+/// decoding of the other connections' answers read in the same round (which separate
+/// clients would do at the same time on their own machines).
 fn pump(conns: &mut [Conn], wait: Duration, buf: &mut [u8]) -> Vec<(usize, Instant, Completion)> {
     for c in conns.iter_mut() {
         c.write_some();
@@ -441,13 +459,19 @@ fn pump(conns: &mut [Conn], wait: Duration, buf: &mut [u8]) -> Vec<(usize, Insta
         let _ = rustix::event::poll(&mut fds, Some(&ts));
         let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
         drop(fds);
-        let mut done = Vec::new();
+        let mut read = Vec::new();
         for (i, c) in conns.iter_mut().enumerate() {
-            if ready[i] {
-                c.read_some(buf, &mut done);
-                let now = Instant::now();
-                out.extend(done.drain(..).map(|d| (i, now, d)));
+            if ready[i] && !c.failed {
+                let closed = c.read_raw(buf);
+                read.push((i, Instant::now(), closed));
             }
+        }
+        let mut done = Vec::new();
+        for (i, at, closed) in read {
+            let t = Instant::now();
+            conns[i].decode(closed, &mut done);
+            let at = at + t.elapsed();
+            out.extend(done.drain(..).map(|d| (i, at, d)));
         }
     }
     let now = Instant::now();
