@@ -50,7 +50,7 @@ impl RpcClient {
         Ok(RpcClient {
             addr: addr.to_string(),
             stream,
-            conn: ClientConn::new(64, Limits::default(), FrameDecoder::default()),
+            conn: ClientConn::new(64, Limits::default(), FrameDecoder::for_responses()),
             timeout,
         })
     }

@@ -675,3 +675,48 @@ fn a_session_bound_to_a_service_check_ends_when_the_check_goes_critical() {
         "a session bound to nothing was invalidated"
     );
 }
+
+/// A catalog answer larger than any request (here ≈ 3.3 MB of nodes, beyond the 2 MiB a
+/// server accepts in one request frame) reaches a client directly from the server and
+/// through a client agent, which forwards it from the server.
+#[test]
+fn a_catalog_answer_larger_than_a_request_frame_reaches_clients_and_client_agents() {
+    let mut c = Cluster::start(1, &[]);
+    c.wait_for_leader(T);
+    let agent = c.add_client();
+    let mut rpc = c.servers[0].client(T).expect("connect");
+    let meta: std::collections::BTreeMap<String, String> = (0..32)
+        .map(|k| (format!("k{k:02}"), "v".repeat(1000)))
+        .collect();
+    for n in 0..100 {
+        let reg = Registration {
+            node: format!("big-{n:03}"),
+            address: "192.0.2.1".into(),
+            node_meta: meta.clone(),
+            ..Registration::default()
+        };
+        assert_eq!(
+            rpc.call(&support::req(Op::CatalogRegister(Box::new(reg))))
+                .ok(),
+            Some(Response::Bool(true))
+        );
+    }
+    let big = |r: &CatalogResult| {
+        node_names(r)
+            .iter()
+            .filter(|n| n.starts_with("big-"))
+            .count()
+    };
+    let r = read(&c, 0, CatalogQuery::Nodes).expect("the server's answer");
+    assert_eq!(big(&r), 100);
+    // The client agent reads through its server (eventually: it may still be joining).
+    let r = wait_for(
+        &c,
+        agent,
+        CatalogQuery::Nodes,
+        T,
+        "nodes via the client agent",
+        |r| big(r) == 100,
+    );
+    assert_eq!(big(&r), 100);
+}

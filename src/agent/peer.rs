@@ -71,7 +71,11 @@ impl Conn {
         let _ = stream.set_nodelay(true);
         let conn = Conn {
             state: Rc::new(RefCell::new(ConnState {
-                conn: ClientConn::new(MAX_IN_FLIGHT, Limits::default(), FrameDecoder::default()),
+                conn: ClientConn::new(
+                    MAX_IN_FLIGHT,
+                    Limits::default(),
+                    FrameDecoder::for_responses(),
+                ),
                 waiters: HashMap::new(),
                 dead: false,
             })),

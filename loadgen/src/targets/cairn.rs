@@ -88,7 +88,7 @@ impl CairnSession {
             conn: ClientConn::new(
                 max_in_flight.max(1),
                 Limits::default(),
-                FrameDecoder::default(),
+                FrameDecoder::for_responses(),
             ),
             value,
             consistency,

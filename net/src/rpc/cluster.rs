@@ -143,7 +143,7 @@ impl ClusterClient {
                         rpc: ClientConn::new(
                             self.opts.max_in_flight,
                             self.opts.limits,
-                            FrameDecoder::default(),
+                            FrameDecoder::for_responses(),
                         ),
                     });
                     return Ok(());

@@ -25,6 +25,10 @@ pub const HEADER_LEN: usize = 24;
 /// Default largest payload: room for a 512 KiB value and a transaction's overhead, small
 /// enough that a hostile peer cannot make a server buffer much per connection.
 pub const DEFAULT_MAX_PAYLOAD: usize = 2 * 1024 * 1024;
+/// Largest answer a client accepts from a server (see [`FrameDecoder::for_responses`]):
+/// catalog reads of a 10,000-node datacenter (every check in it: about 16 MB) and KV
+/// prefix reads are far larger than any request, and a client trusts the server it asked.
+pub const MAX_RESPONSE_PAYLOAD: usize = 128 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -112,6 +116,14 @@ pub struct FrameDecoder {
 impl Default for FrameDecoder {
     fn default() -> Self {
         FrameDecoder::new(DEFAULT_MAX_PAYLOAD)
+    }
+}
+
+impl FrameDecoder {
+    /// The decoder a client reads a server's answers with: up to
+    /// [`MAX_RESPONSE_PAYLOAD`] (a server reads requests with the default, 2 MiB).
+    pub fn for_responses() -> FrameDecoder {
+        FrameDecoder::new(MAX_RESPONSE_PAYLOAD)
     }
 }
 
