@@ -195,7 +195,7 @@ fn a_client_agents_services_and_checks_reach_the_catalog_and_stay_true() {
     ));
 
     // Maintenance mode on db-1: a critical check takes it out of passing queries.
-    let db_passing = || match c.servers[0].call(
+    let db_passing = |c: &Cluster| match c.servers[0].call(
         Op::CatalogRead {
             query: CatalogQuery::Service {
                 name: "db".into(),
@@ -213,7 +213,7 @@ fn a_client_agents_services_and_checks_reach_the_catalog_and_stay_true() {
         _ => usize::MAX,
     };
     // The node-level app-ttl check is passing, so db is passing now.
-    wait(&c, "db passing", T, || db_passing() == 1);
+    wait(&c, "db passing", T, || db_passing(&c) == 1);
     assert_eq!(
         api.call(
             Op::AgentMaintenance {
@@ -225,21 +225,10 @@ fn a_client_agents_services_and_checks_reach_the_catalog_and_stay_true() {
         ),
         Some(Response::Bool(true))
     );
-    wait(&c, "db in maintenance", T, || db_passing() == 0);
-    assert_eq!(
-        api.call(
-            Op::AgentMaintenance {
-                service_id: Some("db-1".into()),
-                enable: false,
-                reason: String::new()
-            },
-            T
-        ),
-        Some(Response::Bool(true))
-    );
-    wait(&c, "db out of maintenance", T, || db_passing() == 1);
+    wait(&c, "db in maintenance", T, || db_passing(&c) == 0);
 
-    // kill -9 and restart the agent: the API registration and the TTL status survive.
+    // kill -9 and restart the agent: the API registration, the TTL status and the
+    // maintenance mode survive.
     c.servers[a].kill();
     c.servers[a].restart();
     wait(&c, "the agent answers again", T, || {
@@ -262,9 +251,28 @@ fn a_client_agents_services_and_checks_reach_the_catalog_and_stay_true() {
             let ttl = checks.iter().find(|c| c.id == "db-ttl").expect("db-ttl");
             assert_eq!(ttl.status, Status::Passing, "the TTL status was kept");
             assert_eq!(ttl.output, "ok");
+            let maint = checks
+                .iter()
+                .find(|c| c.id == "_service_maintenance:db-1")
+                .expect("the maintenance mode was kept");
+            assert_eq!(maint.status, Status::Critical);
+            assert_eq!(maint.output, "upgrading");
         }
         other => panic!("{other:?}"),
     }
+    assert_eq!(db_passing(&c), 0, "still in maintenance after the restart");
+    assert_eq!(
+        c.servers[a].call(
+            Op::AgentMaintenance {
+                service_id: Some("db-1".into()),
+                enable: false,
+                reason: String::new()
+            },
+            T
+        ),
+        Some(Response::Bool(true))
+    );
+    wait(&c, "db out of maintenance", T, || db_passing(&c) == 1);
 
     // Deregistering through the agent removes it from the catalog.
     assert_eq!(

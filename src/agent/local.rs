@@ -84,6 +84,14 @@ fn file_name(id: &str) -> String {
     s
 }
 
+/// A maintenance mode as kept in `DATA_DIR/local/maintenance/` (empty service id: the
+/// node's).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeptMaintenance {
+    service_id: String,
+    reason: String,
+}
+
 fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, data)?;
@@ -103,7 +111,7 @@ impl LocalAgent {
         seed: u64,
     ) -> Result<LocalAgent, super::AgentError> {
         let dir = data_dir.join("local");
-        for sub in ["services", "checks"] {
+        for sub in ["services", "checks", "maintenance"] {
             std::fs::create_dir_all(dir.join(sub))
                 .map_err(io_error(format!("creating {}", dir.join(sub).display())))?;
         }
@@ -161,7 +169,7 @@ impl LocalAgent {
             },
         )
         .map_err(|e| super::AgentError::Config(e.to_string()))?;
-        Ok(LocalAgent {
+        let agent = LocalAgent {
             node: node.to_string(),
             datacenter: datacenter.to_string(),
             address: address.to_string(),
@@ -172,7 +180,43 @@ impl LocalAgent {
             events,
             dir,
             changed: Notify::new(),
-        })
+        };
+        agent.restore_maintenance();
+        Ok(agent)
+    }
+
+    /// Maintenance modes kept by earlier runs (as Consul keeps them): the node's, and
+    /// those of services still registered; a damaged file is reported and skipped.
+    fn restore_maintenance(&self) {
+        let dir = self.dir.join("maintenance");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let kept = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<KeptMaintenance>(&b).ok());
+            let Some(kept) = kept else {
+                eprintln!(
+                    "cairn: skipping a damaged maintenance file {}",
+                    path.display()
+                );
+                continue;
+            };
+            let service = if kept.service_id.is_empty() {
+                None
+            } else {
+                Some(kept.service_id.as_str())
+            };
+            if self.set_maintenance(service, true, &kept.reason).is_err() {
+                // Its service is gone.
+                let _ = std::fs::remove_file(&path);
+            }
+        }
     }
 
     /// The node as this agent knows it, in the catalog's terms.
@@ -309,9 +353,9 @@ impl LocalAgent {
                     self.runner.remove(&cid);
                     self.persist("checks", &cid, None);
                 }
-                self.maintenance
-                    .borrow_mut()
-                    .remove(&format!("_service_maintenance:{id}"));
+                let maintenance = format!("_service_maintenance:{id}");
+                self.maintenance.borrow_mut().remove(&maintenance);
+                self.persist("maintenance", &maintenance, None);
                 self.persist("services", id, None);
             }
             AgentKind::Check => {
@@ -359,6 +403,13 @@ impl LocalAgent {
                 reason.to_string()
             };
             let (service_id, service_name) = service.unwrap_or_default();
+            let kept = KeptMaintenance {
+                service_id: service_id.clone(),
+                reason: reason.to_string(),
+            };
+            if let Ok(json) = serde_json::to_vec(&kept) {
+                self.persist("maintenance", &id, Some(&Bytes::from(json)));
+            }
             self.maintenance.borrow_mut().insert(
                 id.clone(),
                 Check {
@@ -382,6 +433,7 @@ impl LocalAgent {
             );
         } else {
             self.maintenance.borrow_mut().remove(&id);
+            self.persist("maintenance", &id, None);
         }
         self.changed.notify_one();
         Ok(Response::Bool(true))
