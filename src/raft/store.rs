@@ -319,6 +319,10 @@ struct SmInner {
     dir: PathBuf,
     /// The index of the last applied entry, for blocking reads to wait on.
     applied: tokio::sync::watch::Sender<u64>,
+    /// `catalog_changes` after every applied batch that held a catalog command (and
+    /// after a restore): blocking catalog reads wait on this, so KV writes, however
+    /// many, never wake them.
+    catalog_applied: tokio::sync::watch::Sender<u64>,
 }
 
 /// The snapshot data handed to openraft: the whole snapshot file.
@@ -328,6 +332,12 @@ impl StateMachine {
     /// A receiver that changes whenever entries were applied (blocking reads wait on it).
     pub fn applied(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.borrow().applied.subscribe()
+    }
+
+    /// A receiver that changes whenever catalog commands were applied or a snapshot
+    /// replaced the catalog (blocking catalog reads wait on it).
+    pub fn catalog_applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.borrow().catalog_applied.subscribe()
     }
 
     /// The KV store's shards (reads of any key from this core).
@@ -369,6 +379,7 @@ impl StateMachine {
                 membership: StoredMembership::default(),
                 dir: dir.to_path_buf(),
                 applied: tokio::sync::watch::channel(0).0,
+                catalog_applied: tokio::sync::watch::channel(0).0,
             })),
         };
         if let Some(newest) = list_snapshots(dir).map_err(io_err)?.into_iter().next() {
@@ -390,6 +401,7 @@ impl StateMachine {
         inner.catalog = catalog;
         inner.catalog_changes += 1;
         inner.catalog_restores += 1;
+        inner.catalog_applied.send_replace(inner.catalog_changes);
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
         Ok(meta)
@@ -555,6 +567,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let inner = self.inner.borrow();
         let index = inner.last_applied.map_or(0, |l| l.index);
         inner.applied.send_replace(index);
+        if *inner.catalog_applied.borrow() != inner.catalog_changes {
+            inner.catalog_applied.send_replace(inner.catalog_changes);
+        }
         Ok(())
     }
 
