@@ -5,7 +5,7 @@
 //! they share state through `Rc<RefCell<_>>`; no borrow is held across an await.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
@@ -323,6 +323,10 @@ struct SmInner {
     /// after a restore): blocking catalog reads wait on this, so KV writes, however
     /// many, never wake them.
     catalog_applied: tokio::sync::watch::Sender<u64>,
+    /// Per watched service name, its instances' index: blocking reads of a service wait
+    /// on their service's signal, so a change wakes only that service's watchers.
+    /// Entries nobody listens to any more are dropped after the next catalog change.
+    service_applied: HashMap<String, tokio::sync::watch::Sender<u64>>,
 }
 
 /// The snapshot data handed to openraft: the whole snapshot file.
@@ -338,6 +342,39 @@ impl StateMachine {
     /// replaced the catalog (blocking catalog reads wait on it).
     pub fn catalog_applied(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.borrow().catalog_applied.subscribe()
+    }
+
+    /// A receiver that changes whenever the index of `service`'s instances changed
+    /// (blocking reads of one service wait on it).
+    pub fn service_applied(&self, service: &str) -> tokio::sync::watch::Receiver<u64> {
+        let mut inner = self.inner.borrow_mut();
+        let inner = &mut *inner;
+        if let Some(tx) = inner.service_applied.get(service) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = tokio::sync::watch::channel(inner.catalog.service_index_of(service));
+        inner.service_applied.insert(service.to_string(), tx);
+        rx
+    }
+
+    /// After the catalog changed: signal the catalog's waiters and those of every
+    /// watched service whose index moved.
+    fn catalog_changed(inner: &mut SmInner) {
+        if *inner.catalog_applied.borrow() == inner.catalog_changes {
+            return;
+        }
+        inner.catalog_applied.send_replace(inner.catalog_changes);
+        let catalog = &inner.catalog;
+        inner.service_applied.retain(|name, tx| {
+            if tx.receiver_count() == 0 {
+                return false;
+            }
+            let index = catalog.service_index_of(name);
+            if *tx.borrow() != index {
+                tx.send_replace(index);
+            }
+            true
+        });
     }
 
     /// The KV store's shards (reads of any key from this core).
@@ -380,6 +417,7 @@ impl StateMachine {
                 dir: dir.to_path_buf(),
                 applied: tokio::sync::watch::channel(0).0,
                 catalog_applied: tokio::sync::watch::channel(0).0,
+                service_applied: HashMap::new(),
             })),
         };
         if let Some(newest) = list_snapshots(dir).map_err(io_err)?.into_iter().next() {
@@ -401,7 +439,7 @@ impl StateMachine {
         inner.catalog = catalog;
         inner.catalog_changes += 1;
         inner.catalog_restores += 1;
-        inner.catalog_applied.send_replace(inner.catalog_changes);
+        Self::catalog_changed(&mut inner);
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
         Ok(meta)
@@ -564,12 +602,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 r.send(outcome);
             }
         }
-        let inner = self.inner.borrow();
+        let mut inner = self.inner.borrow_mut();
         let index = inner.last_applied.map_or(0, |l| l.index);
         inner.applied.send_replace(index);
-        if *inner.catalog_applied.borrow() != inner.catalog_changes {
-            inner.catalog_applied.send_replace(inner.catalog_changes);
-        }
+        Self::catalog_changed(&mut inner);
         Ok(())
     }
 

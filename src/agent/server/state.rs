@@ -174,21 +174,23 @@ impl Server {
         // moved (measured: 1,000 parked watchers of a 100-instance service, each building
         // its answer on every entry, cut a 3-server cluster's KV writes from 5,300/s to
         // 50/s; README "Catalog figures").
-        // Woken only by catalog changes: a KV write load never wakes parked watchers.
+        // Woken only by changes to what the query reads: the watchers of a service by
+        // that service's changes, other catalog reads by any catalog change; a KV write
+        // load never wakes them.
+        let changes = || match query {
+            CatalogQuery::Service { name, .. } => self.sm.service_applied(name),
+            _ => self.sm.catalog_applied(),
+        };
         let (answer, index) = self
-            .blocking_on(
-                opts,
-                || self.sm.catalog_applied(),
-                |s| {
-                    s.sm.with_catalog(|c| match c.query_index(query) {
-                        Some(i) if i <= opts.index => (None, i),
-                        _ => {
-                            let (a, i) = s.shared_answer(c, query);
-                            (Some(a), i)
-                        }
-                    })
-                },
-            )
+            .blocking_on(opts, changes, |s| {
+                s.sm.with_catalog(|c| match c.query_index(query) {
+                    Some(i) if i <= opts.index => (None, i),
+                    _ => {
+                        let (a, i) = s.shared_answer(c, query);
+                        (Some(a), i)
+                    }
+                })
+            })
             .await;
         // Answered at the deadline without a change: take the answer now.
         let (result, index) = match answer {
