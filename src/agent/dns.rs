@@ -62,6 +62,12 @@ impl<H: Handler> DnsView for AgentView<H> {
         &self.datacenter
     }
 
+    /// A server's stale reads come from its own catalog replica, whose index it reads
+    /// at once; a client agent's go to a server, so it caches nothing.
+    fn version(&self) -> Option<u64> {
+        self.handler.local_catalog_index()
+    }
+
     async fn node(&self, name: &str, stale: bool) -> Result<Option<Node>, DnsError> {
         if let CatalogResult::NodeServices(Some(n), _) = self
             .read(
