@@ -7,6 +7,7 @@
 //! `tcp_idle_timeout` or is closed. Queries on one TCP connection are answered in order.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,12 +18,23 @@ use hickory_proto::op::ResponseCode;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::answer::{answer, Transport, MAX_UDP_BYTES};
+use super::answer::{
+    decode, finish, resolve, respond, Decoded, Found, Request, Response, Transport, MAX_UDP_BYTES,
+};
 use super::{DnsConfig, DnsView};
 
 /// How many times [`DnsServer::bind`] on port 0 tries for a port free for both UDP and
 /// TCP before giving up.
 const BIND_ATTEMPTS: usize = 16;
+/// How many differently shuffled encodings of one cached answer are kept; each query
+/// answered from the cache gets one of them at random (see [`AnswerCache`]).
+const SHUFFLES: usize = 16;
+/// Most distinct queries (per transport) in the answer cache; when full it is emptied
+/// and fills again from the queries that follow.
+const CACHE_ENTRIES: usize = 4096;
+/// Queries longer than this are never cached (dig's cookies and padding make a query
+/// unique anyway), which bounds the cache to `CACHE_ENTRIES` × this per transport.
+const CACHE_QUERY_BYTES: usize = 512;
 /// Pause after a failed `accept` or `recv` (out of descriptors, say), so a lasting
 /// failure does not spin a core.
 const ERROR_PAUSE: Duration = Duration::from_millis(20);
@@ -146,6 +158,7 @@ impl DnsServer {
             rng: RefCell::new(SmallRng::from_os_rng()),
             udp_in_flight: Cell::new(0),
             tcp_open: Cell::new(0),
+            cache: Default::default(),
         });
         futures_lite::future::zip(
             udp_loop(shared.clone(), Rc::new(self.udp)),
@@ -184,6 +197,27 @@ struct Shared<V> {
     rng: RefCell<SmallRng>,
     udp_in_flight: Cell<usize>,
     tcp_open: Cell<usize>,
+    /// Answers by query, UDP's and TCP's apart (their size limits differ).
+    cache: [RefCell<AnswerCache>; 2],
+}
+
+/// Encoded answers to the queries a server was asked, keyed by the query's bytes after
+/// its id (so two queries with equal keys decode to the same request and get the same
+/// answer but for the id and the shuffle). An entry holds the request, what the catalog
+/// said for it and up to [`SHUFFLES`] encodings of it, each with its own shuffle, built
+/// on first use. It is used only while the view's [`DnsView::version`] (the catalog's
+/// index) and the SOA serial (the second) are what they were when the catalog was read
+/// for it, so a cached answer is exactly what a stale read would give now. Only
+/// answers built from a catalog read are cached (not SERVFAIL, nor the answers
+/// `decode` gives without the catalog).
+type AnswerCache = HashMap<Box<[u8]>, Cached>;
+
+struct Cached {
+    version: u64,
+    serial: u32,
+    req: Request,
+    found: Found,
+    shuffles: Vec<Option<Response>>,
 }
 
 impl<V: DnsView> Shared<V> {
@@ -191,21 +225,89 @@ impl<V: DnsView> Shared<V> {
         f(&mut self.stats.borrow_mut());
     }
 
-    async fn answer(&self, packet: &[u8], transport: Transport) -> Option<Vec<u8>> {
-        let seed = self.rng.borrow_mut().random();
-        let resp = answer(
-            &*self.view,
-            &self.cfg,
-            packet,
-            transport,
-            soa_serial(),
-            seed,
-        )
-        .await?;
+    fn counted(&self, resp: &Response) {
         self.count(|s| {
             s.truncated += u64::from(resp.truncated);
             s.servfail += u64::from(resp.code == ResponseCode::ServFail);
         });
+    }
+
+    /// The cache's key for `packet`, if it may be cached at all.
+    fn cache_key(&self, packet: &[u8]) -> Option<Option<u64>> {
+        if !self.cfg.allow_stale || packet.len() <= 12 || packet.len() > CACHE_QUERY_BYTES {
+            return None;
+        }
+        Some(self.view.version())
+    }
+
+    /// Answers `packet` from the cache into `out` (replacing its contents), without
+    /// waiting: false if it is not cached or no longer valid.
+    fn cached(&self, packet: &[u8], transport: Transport, out: &mut Vec<u8>) -> bool {
+        let Some(Some(version)) = self.cache_key(packet) else {
+            return false;
+        };
+        let serial = soa_serial();
+        let mut cache = self.cache[transport as usize].borrow_mut();
+        let Some(entry) = cache.get_mut(&packet[2..]) else {
+            return false;
+        };
+        if entry.version != version || entry.serial != serial {
+            return false;
+        }
+        let (slot, seed) = {
+            let mut rng = self.rng.borrow_mut();
+            (rng.random_range(0..SHUFFLES), rng.random())
+        };
+        if entry.shuffles[slot].is_none() {
+            let found = Ok(&entry.found);
+            entry.shuffles[slot] = respond(&entry.req, found, &self.cfg, transport, serial, seed);
+        }
+        let Some(resp) = &entry.shuffles[slot] else {
+            return false;
+        };
+        self.counted(resp);
+        out.clear();
+        out.extend_from_slice(&resp.bytes);
+        // The query's id (a response's first two bytes are its query's).
+        out[..2].copy_from_slice(&packet[..2]);
+        true
+    }
+
+    async fn answer(&self, packet: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        if self.cached(packet, transport, &mut out) {
+            return Some(out);
+        }
+        // Read before the catalog is: if it moves meanwhile, the entry is already stale.
+        let version = self.cache_key(packet).flatten();
+        let serial = soa_serial();
+        let seed = self.rng.borrow_mut().random();
+        let resp = match decode(packet, &self.cfg, self.view.datacenter(), serial) {
+            Decoded::Drop => None,
+            Decoded::Reply(m) => finish(m, transport, None, &self.cfg),
+            Decoded::Lookup(req) => {
+                let found = resolve(&*self.view, &self.cfg, &req.lookup).await;
+                let resp = respond(&req, found.as_ref(), &self.cfg, transport, serial, seed);
+                if let (Some(version), Ok(found), Some(resp)) = (version, found, &resp) {
+                    let mut shuffles = vec![None; SHUFFLES];
+                    shuffles[0] = Some(resp.clone());
+                    let mut cache = self.cache[transport as usize].borrow_mut();
+                    if cache.len() >= CACHE_ENTRIES {
+                        cache.clear();
+                    }
+                    let entry = Cached {
+                        version,
+                        serial,
+                        req,
+                        found,
+                        shuffles,
+                    };
+                    cache.insert(packet[2..].into(), entry);
+                }
+                resp
+            }
+        }?;
+        self.counted(&resp);
         Some(resp.bytes)
     }
 }
@@ -220,7 +322,11 @@ fn soa_serial() -> u32 {
 async fn udp_loop<V: DnsView + 'static>(shared: Rc<Shared<V>>, socket: Rc<UdpSocket>) {
     // A query larger than this arrives cut, fails to parse and is answered FORMERR.
     let mut buf = vec![0u8; MAX_UDP_BYTES];
+    let mut out = Vec::with_capacity(MAX_UDP_BYTES);
     loop {
+        // The socket rarely runs dry under load: let the executor's other tasks (Raft,
+        // HTTP, the queries below) run when this one has had its share.
+        glommio::yield_if_needed().await;
         let (n, peer) = match socket.recv_from(&mut buf).await {
             Ok(x) => x,
             Err(_) => {
@@ -230,6 +336,14 @@ async fn udp_loop<V: DnsView + 'static>(shared: Rc<Shared<V>>, socket: Rc<UdpSoc
             }
         };
         shared.count(|s| s.udp_received += 1);
+        // Cached: answered here and now, no task, no copy of the query.
+        if shared.cached(&buf[..n], Transport::Udp, &mut out) {
+            match socket.send_to(&out, peer).await {
+                Ok(_) => shared.count(|s| s.udp_answered += 1),
+                Err(_) => shared.count(|s| s.udp_errors += 1),
+            }
+            continue;
+        }
         if shared.udp_in_flight.get() >= shared.cfg.max_udp_in_flight {
             shared.count(|s| s.udp_dropped_busy += 1);
             continue;
