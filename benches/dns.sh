@@ -6,13 +6,15 @@
 # Starts a dev agent on free ports (HTTP, DNS, server; gossip off), registers `web`
 # (port 8080, no checks, so it passes) through PUT /v1/agent/service/register, waits until
 # `web.service.consul SRV` is answered, runs dnsperf for WARMUP s (not reported) and then
-# DURATION s, prints dnsperf's summary, the agent's CPU time over the measured run (from
-# /proc/PID/stat) as µs per answer, and `uptime`. Stops everything it started.
+# DURATION s, prints dnsperf's summary, the CPU time of the agent (from /proc/PID/stat)
+# and of dnsperf (bash `times`) over the measured run as µs per answer, and `uptime`.
+# Stops everything it started.
 #
 # Environment (defaults): CAIRN (target/release/cairn, or $CARGO_TARGET_DIR/release/cairn),
 # DURATION (10), WARMUP (2), DNS_CLIENTS (64 UDP sockets), DNS_OUTSTANDING (64 queries in
 # flight), DNS_THREADS (2), AGENT_ARGS (extra `cairn agent` flags), PERF (1: record a
-# profile of the agent during the run into $WORK/perf.data, kept with KEEP=1).
+# profile of the agent during the run into $WORK/perf.data; the directory is then kept),
+# KEEP (1 keeps the work directory).
 set -euo pipefail
 export LC_ALL=C
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -77,7 +79,10 @@ perf_run() {
     dnsperf -s 127.0.0.1 -p "$DNS" -d "$WORK/queries.txt" -c "$DNS_CLIENTS" -T "$DNS_THREADS" \
         -q "$DNS_OUTSTANDING" -l "$1"
 }
-((WARMUP > 0)) && { timeout $((WARMUP + 30)) bash -c "$(declare -f perf_run); $(declare -p WORK DNS DNS_CLIENTS DNS_THREADS DNS_OUTSTANDING); perf_run $WARMUP" >/dev/null 2>&1 || true; }
+if ((WARMUP > 0)); then
+    timeout $((WARMUP + 30)) dnsperf -s 127.0.0.1 -p "$DNS" -d "$WORK/queries.txt" \
+        -c "$DNS_CLIENTS" -T "$DNS_THREADS" -q "$DNS_OUTSTANDING" -l "$WARMUP" >/dev/null 2>&1 || true
+fi
 cpu() { awk '{ print $14 + $15 }' "/proc/$AGENT/stat"; }
 HZ=$(getconf CLK_TCK)
 c0=$(cpu)
@@ -85,11 +90,19 @@ if ((PERF)); then
     perf record -F 499 -g -o "$WORK/perf.data" -p "$AGENT" -- sleep $((DURATION > 2 ? DURATION - 2 : 1)) >/dev/null 2>&1 &
     PERF_PID=$!
 fi
-perf_run "$DURATION" >"$WORK/dnsperf.txt" 2>&1 || echo "dnsperf exited with an error" >&2
+# In a subshell, so that `times` gives dnsperf's own CPU time as its children's.
+(
+    perf_run "$DURATION" >"$WORK/dnsperf.txt" 2>&1 || echo "dnsperf exited with an error" >&2
+    times >"$WORK/times.txt"
+)
 c1=$(cpu)
 ((PERF)) && { wait "$PERF_PID" || true; KEEP=1; }
 cat "$WORK/dnsperf.txt"
 completed=$(awk '/Queries completed:/ { print $3 }' "$WORK/dnsperf.txt")
 awk -v t=$((c1 - c0)) -v hz="$HZ" -v n="${completed:-0}" -v d="$DURATION" 'BEGIN {
     s = t / hz; printf "agent CPU: %.2f s over %d s (%.0f %% of one core), %.2f us per answer\n", s, d, 100 * s / d, (n > 0 ? 1e6 * s / n : 0) }'
+# `times`' second line: the children's user and system time, as 0m1.234s.
+awk -v n="${completed:-0}" -v d="$DURATION" 'NR == 2 {
+    s = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); s += a[1] * 60 + a[2] }
+    printf "dnsperf CPU: %.2f s over %d s, %.2f us per answer\n", s, d, (n > 0 ? 1e6 * s / n : 0) }' "$WORK/times.txt"
 echo "uptime: $(uptime)"
