@@ -29,11 +29,16 @@ const BIND_ATTEMPTS: usize = 16;
 /// How many differently shuffled encodings of one cached answer are kept; each query
 /// answered from the cache gets one of them at random (see [`AnswerCache`]).
 const SHUFFLES: usize = 16;
-/// Most distinct queries (per transport) in the answer cache; when full it is emptied
-/// and fills again from the queries that follow.
+/// Most distinct queries (per transport) in the answer cache.
 const CACHE_ENTRIES: usize = 4096;
-/// Queries longer than this are never cached (dig's cookies and padding make a query
-/// unique anyway), which bounds the cache to `CACHE_ENTRIES` × this per transport.
+/// Most bytes (per transport) the answer cache holds, counted as the keys, the encoded
+/// answers and [`INSTANCE_BYTES`] per instance read from the catalog: TCP answers reach
+/// 64 KiB each and a large service's instances much more, so the entry count alone does
+/// not bound it.
+const CACHE_BYTES: usize = 32 << 20;
+/// What one cached instance is counted as (its names, tags, addresses and metadata).
+const INSTANCE_BYTES: usize = 512;
+/// Queries longer than this are never cached (dig's cookies make a query unique anyway).
 const CACHE_QUERY_BYTES: usize = 512;
 /// Pause after a failed `accept` or `recv` (out of descriptors, say), so a lasting
 /// failure does not spin a core.
@@ -210,7 +215,26 @@ struct Shared<V> {
 /// for it, so a cached answer is exactly what a stale read would give now. Only
 /// answers built from a catalog read are cached (not SERVFAIL, nor the answers
 /// `decode` gives without the catalog).
-type AnswerCache = HashMap<Box<[u8]>, Cached>;
+///
+/// Past [`CACHE_ENTRIES`] or [`CACHE_BYTES`] it is emptied, and fills again from the
+/// queries that follow.
+#[derive(Default)]
+struct AnswerCache {
+    map: HashMap<Box<[u8]>, Cached>,
+    /// What `map` holds, counted as [`CACHE_BYTES`] says.
+    bytes: usize,
+}
+
+impl AnswerCache {
+    /// Makes room for `bytes` more: empties the cache when it would be too large.
+    fn reserve(&mut self, entries: usize, bytes: usize) {
+        if self.map.len() + entries > CACHE_ENTRIES || self.bytes + bytes > CACHE_BYTES {
+            self.map.clear();
+            self.bytes = 0;
+        }
+        self.bytes += bytes;
+    }
+}
 
 struct Cached {
     version: u64,
@@ -218,6 +242,19 @@ struct Cached {
     req: Request,
     found: Found,
     shuffles: Vec<Option<Response>>,
+}
+
+impl Cached {
+    /// What this entry is counted as in [`AnswerCache::bytes`] (`query_len`: its key's
+    /// query length).
+    fn weight(&self, query_len: usize) -> usize {
+        let instances = match &self.found {
+            Found::Instances(list) => list.len(),
+            Found::Node(_) => 1,
+        };
+        let answers: usize = self.shuffles.iter().flatten().map(|r| r.bytes.len()).sum();
+        query_len + answers + instances * INSTANCE_BYTES
+    }
 }
 
 impl<V: DnsView> Shared<V> {
@@ -248,7 +285,8 @@ impl<V: DnsView> Shared<V> {
         };
         let serial = soa_serial();
         let mut cache = self.cache[transport as usize].borrow_mut();
-        let Some(entry) = cache.get_mut(&packet[2..]) else {
+        let cache = &mut *cache;
+        let Some(entry) = cache.map.get_mut(&packet[2..]) else {
             return false;
         };
         if entry.version != version || entry.serial != serial {
@@ -260,7 +298,19 @@ impl<V: DnsView> Shared<V> {
         };
         if entry.shuffles[slot].is_none() {
             let found = Ok(&entry.found);
-            entry.shuffles[slot] = respond(&entry.req, found, &self.cfg, transport, serial, seed);
+            let Some(resp) = respond(&entry.req, found, &self.cfg, transport, serial, seed) else {
+                return false;
+            };
+            if cache.bytes + resp.bytes.len() > CACHE_BYTES {
+                // Full: answer without keeping it.
+                self.counted(&resp);
+                out.clear();
+                out.extend_from_slice(&resp.bytes);
+                out[..2].copy_from_slice(&packet[..2]);
+                return true;
+            }
+            cache.bytes += resp.bytes.len();
+            entry.shuffles[slot] = Some(resp);
         }
         let Some(resp) = &entry.shuffles[slot] else {
             return false;
@@ -291,10 +341,6 @@ impl<V: DnsView> Shared<V> {
                 if let (Some(version), Ok(found), Some(resp)) = (version, found, &resp) {
                     let mut shuffles = vec![None; SHUFFLES];
                     shuffles[0] = Some(resp.clone());
-                    let mut cache = self.cache[transport as usize].borrow_mut();
-                    if cache.len() >= CACHE_ENTRIES {
-                        cache.clear();
-                    }
                     let entry = Cached {
                         version,
                         serial,
@@ -302,7 +348,12 @@ impl<V: DnsView> Shared<V> {
                         found,
                         shuffles,
                     };
-                    cache.insert(packet[2..].into(), entry);
+                    let mut cache = self.cache[transport as usize].borrow_mut();
+                    cache.reserve(1, entry.weight(packet.len()));
+                    if let Some(old) = cache.map.insert(packet[2..].into(), entry) {
+                        // Replaced (a stale entry): its bytes are no longer held.
+                        cache.bytes = cache.bytes.saturating_sub(old.weight(packet.len()));
+                    }
                 }
                 resp
             }
