@@ -55,7 +55,9 @@ pub trait DnsView {
     /// differently (the local catalog replica's index), read without waiting. The server
     /// reuses an answer only while this has not moved since it read the catalog for it;
     /// `None` (the default): this view cannot tell cheaply, and nothing is cached.
-    /// Consulted only when reads are stale (`allow_stale`).
+    /// Consulted only when reads are stale (`allow_stale`). It must move on every change
+    /// ([`CatalogView`]'s is [`Catalog::index`], which does as long as each change is
+    /// applied at a larger index than the last, as the Raft log's are).
     fn version(&self) -> Option<u64> {
         None
     }
