@@ -170,9 +170,10 @@ impl DnsServer {
         // Two tasks, not one future polling both loops: glommio's pending IO futures
         // keep a clone of the waker each time they are polled, so the pending `accept`,
         // polled again every time the UDP loop was woken or yielded, piled up clones until
-        // the task's 16-bit reference count overflowed and glommio panicked (seen after
-        // ~1 M datagrams once the UDP loop yields every `YIELD_EVERY`). Dropping the
-        // handles cancels the tasks.
+        // the task's 16-bit reference count overflowed and glommio panicked: the agent
+        // died after ≈ 40 s of dnsperf once cached queries were answered inline, within
+        // 10 s once the loop also yielded every `YIELD_EVERY`. Dropping the handles
+        // cancels the tasks.
         let udp = glommio::spawn_local(udp_loop(shared.clone(), Rc::new(self.udp)));
         let tcp = glommio::spawn_local(tcp_loop(shared, self.tcp));
         futures_lite::future::zip(udp, tcp).await;
