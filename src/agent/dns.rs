@@ -1,7 +1,9 @@
 //! The agent's DNS interface (`--dns-port`, default 8600): `crate::dns` answering from
 //! the catalog through the agent's own request path, so a client agent's DNS asks a
 //! server (stale by default: any server answers from its own state, and DNS never waits
-//! on the leader), and a server's answers from its local state.
+//! on the leader), and a server's answers from its local state. A server's view also
+//! gives its local catalog's index as `DnsView::version`, so the DNS driver reuses an
+//! encoded answer until the catalog changes (a client agent's gives none: no cache).
 
 use std::net::SocketAddr;
 use std::rc::Rc;
