@@ -295,6 +295,41 @@ fn udp_ask(sock: &UdpSocket, to: SocketAddr, packet: &[u8]) -> Message {
     panic!("no answer with id {id} after 5 attempts")
 }
 
+#[test]
+fn a_repeated_query_is_answered_from_the_cache_still_shuffled() {
+    let server = Running::start("dns-cache", DnsConfig::default());
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(CLIENT_TIMEOUT / 5)).unwrap();
+    // 100 passing instances, 3 answers per plain UDP response: which 3, and in which
+    // order, must still vary from query to query once the answer is cached.
+    let mut seen = std::collections::HashSet::new();
+    for id in 0..64u16 {
+        let r = udp_ask(
+            &sock,
+            server.addr,
+            &query(id, "many.service.consul.", RecordType::SRV),
+        );
+        assert_eq!(r.metadata.id, id);
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(r.answers.len(), 3, "{r:?}");
+        assert_eq!(r.additionals.len(), 3, "{r:?}");
+        let ports: Vec<u16> = r
+            .answers
+            .iter()
+            .map(|a| match &a.data {
+                RData::SRV(srv) => srv.port,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        seen.insert(ports);
+    }
+    // 64 draws from 16 cached shuffles (each a random 3 of 100): one alone would mean
+    // the cache froze the order.
+    assert!(seen.len() > 1, "{seen:?}");
+    let stats = server.stop();
+    assert_eq!(stats.udp_answered, 64, "{stats:?}");
+}
+
 fn tcp_read(stream: &mut TcpStream) -> Option<Message> {
     let mut len = [0u8; 2];
     stream.read_exact(&mut len).ok()?;
@@ -505,6 +540,23 @@ fn a_dev_agent_answers_dig_from_its_catalog_and_drops_a_failing_instance() {
         short("_web._v1.service.consul", "SRV").trim(),
         "1 1 8080 dnsnode.node.dc1.consul."
     );
+    // The same query again and again (only the id differs), as a load tool sends it:
+    // from the second on it is answered from the server's answer cache.
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let ask_web = |id: u16| {
+        udp_ask(
+            &sock,
+            addr,
+            &query(id, "web.service.consul.", RecordType::SRV),
+        )
+    };
+    for id in 1..=20u16 {
+        let r = ask_web(id);
+        assert_eq!(r.metadata.id, id);
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(r.answers.len(), 1, "{r:?}");
+    }
     // api's check starts critical: no answer, NXDOMAIN.
     let api = dig(addr, &["api.service.consul", "A"]);
     assert!(api.contains("status: NXDOMAIN"), "{api}");
@@ -531,6 +583,10 @@ fn a_dev_agent_answers_dig_from_its_catalog_and_drops_a_failing_instance() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The cached query sees the failure as soon as a stale read does (dig's queries
+    // carry a fresh cookie each, so they never come from the cache).
+    let r = ask_web(21);
+    assert_eq!(r.metadata.response_code, ResponseCode::NXDomain, "{r:?}");
     drop(agent);
     assert!(
         gone,

@@ -1,7 +1,9 @@
 //! The agent's DNS interface (`--dns-port`, default 8600): `crate::dns` answering from
 //! the catalog through the agent's own request path, so a client agent's DNS asks a
 //! server (stale by default: any server answers from its own state, and DNS never waits
-//! on the leader), and a server's answers from its local state.
+//! on the leader), and a server's answers from its local state. A server's view also
+//! gives its local catalog's index as `DnsView::version`, so the DNS driver reuses an
+//! encoded answer until the catalog changes (a client agent's gives none: no cache).
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -60,6 +62,12 @@ impl<H: Handler> AgentView<H> {
 impl<H: Handler> DnsView for AgentView<H> {
     fn datacenter(&self) -> &str {
         &self.datacenter
+    }
+
+    /// A server's stale reads come from its own catalog replica, whose index it reads
+    /// at once; a client agent's go to a server, so it caches nothing.
+    fn version(&self) -> Option<u64> {
+        self.handler.local_catalog_index()
     }
 
     async fn node(&self, name: &str, stale: bool) -> Result<Option<Node>, DnsError> {

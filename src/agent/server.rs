@@ -1410,6 +1410,12 @@ pub(super) fn keyring_response(
 pub(crate) trait Handler: 'static {
     fn limits(&self) -> &Limits;
     fn answer(self: Rc<Self>, req: Request) -> impl std::future::Future<Output = Response>;
+    /// The index of the last change to the catalog this agent reads stale from its own
+    /// state, without a request (the DNS answer cache's validity); `None` when stale
+    /// reads go elsewhere (a client agent asks a server).
+    fn local_catalog_index(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl Handler for Server {
@@ -1419,6 +1425,10 @@ impl Handler for Server {
 
     async fn answer(self: Rc<Self>, req: Request) -> Response {
         self.handle(req).await
+    }
+
+    fn local_catalog_index(&self) -> Option<u64> {
+        Some(self.sm.with_catalog(|c| c.index()))
     }
 }
 

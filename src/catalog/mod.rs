@@ -362,6 +362,15 @@ impl Catalog {
             .max(1)
     }
 
+    /// The index of the catalog's last change of any kind (a node, a service or a
+    /// check): equal indexes mean equal contents, so a cache of answers built from the
+    /// catalog (the DNS interface's) stays valid while this does not move.
+    pub fn index(&self) -> u64 {
+        self.nodes_index
+            .max(self.services_index)
+            .max(self.checks_index)
+    }
+
     /// The index [`Catalog::query`] would return, where it is cheaper to find than the
     /// result (today: a service's instances); `None`: run the query.
     pub fn query_index(&self, q: &CatalogQuery) -> Option<u64> {

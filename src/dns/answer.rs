@@ -36,7 +36,7 @@ const MIN_ANSWER_BYTES: usize = 16;
 pub const MAX_TCP_BYTES: usize = u16::MAX as usize;
 
 /// How the response travels, which decides how large it may be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
     Udp,
     Tcp,
@@ -90,23 +90,54 @@ pub async fn answer<V: DnsView>(
     soa_serial: u32,
     shuffle_seed: u64,
 ) -> Option<Response> {
-    let (reply, edns_payload) = match decode(packet, cfg, view.datacenter(), soa_serial) {
-        Decoded::Drop => return None,
+    match decode(packet, cfg, view.datacenter(), soa_serial) {
+        Decoded::Drop => None,
         // Header, question and at most an SOA: these fit any transport as they are.
-        Decoded::Reply(m) => (m, None),
+        Decoded::Reply(m) => finish(m, transport, None, cfg),
         Decoded::Lookup(req) => {
-            let payload = req.edns.as_ref().map(Edns::max_payload);
-            let m = match resolve(view, cfg, &req.lookup).await {
-                Ok(found) => render(&req, &found, cfg, soa_serial, shuffle_seed),
-                Err(DnsError::Unavailable(_)) => {
-                    let mut m = reply_to(&req.metadata, Some(&req.query), req.edns.is_some());
-                    m.metadata.response_code = ResponseCode::ServFail;
-                    m
-                }
-            };
-            (m, payload)
+            let found = resolve(view, cfg, &req.lookup).await;
+            respond(
+                &req,
+                found.as_ref(),
+                cfg,
+                transport,
+                soa_serial,
+                shuffle_seed,
+            )
+        }
+    }
+}
+
+/// The response to a request, from what the catalog said (or that it could not be
+/// read: SERVFAIL): [`render`], [`fit`] and encoded. The driver calls it again with the
+/// same `found` and another seed to build another shuffle of a cached answer.
+pub fn respond(
+    req: &Request,
+    found: Result<&Found, &DnsError>,
+    cfg: &DnsConfig,
+    transport: Transport,
+    soa_serial: u32,
+    shuffle_seed: u64,
+) -> Option<Response> {
+    let m = match found {
+        Ok(found) => render(req, found, cfg, soa_serial, shuffle_seed),
+        Err(DnsError::Unavailable(_)) => {
+            let mut m = reply_to(&req.metadata, Some(&req.query), req.edns.is_some());
+            m.metadata.response_code = ResponseCode::ServFail;
+            m
         }
     };
+    finish(m, transport, req.edns.as_ref().map(Edns::max_payload), cfg)
+}
+
+/// Cuts `reply` to its transport ([`fit`]) and encodes it; `None` if it does not
+/// encode.
+pub fn finish(
+    reply: Message,
+    transport: Transport,
+    edns_payload: Option<u16>,
+    cfg: &DnsConfig,
+) -> Option<Response> {
     let reply = fit(reply, transport, edns_payload, cfg.udp_answer_limit);
     // Encoding fails only for messages no query can produce (over 65,535 records).
     let bytes = reply.to_vec().ok()?;

@@ -51,6 +51,17 @@ pub trait DnsView {
     /// This agent's datacenter; a query naming another one is answered NXDOMAIN.
     fn datacenter(&self) -> &str;
 
+    /// A number that moves whenever a stale read through this view could answer
+    /// differently (the local catalog replica's index), read without waiting. The server
+    /// reuses an answer only while this has not moved since it read the catalog for it;
+    /// `None` (the default): this view cannot tell cheaply, and nothing is cached.
+    /// Consulted only when reads are stale (`allow_stale`). It must move on every change
+    /// ([`CatalogView`]'s is [`Catalog::index`], which does as long as each change is
+    /// applied at a larger index than the last, as the Raft log's are).
+    fn version(&self) -> Option<u64> {
+        None
+    }
+
     /// The node called `name`, if registered.
     fn node(&self, name: &str, stale: bool)
         -> impl Future<Output = Result<Option<Node>, DnsError>>;
@@ -178,6 +189,10 @@ pub struct CatalogView {
 impl DnsView for CatalogView {
     fn datacenter(&self) -> &str {
         &self.datacenter
+    }
+
+    fn version(&self) -> Option<u64> {
+        Some(self.catalog.borrow().index())
     }
 
     async fn node(&self, name: &str, _stale: bool) -> Result<Option<Node>, DnsError> {

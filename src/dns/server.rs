@@ -7,6 +7,7 @@
 //! `tcp_idle_timeout` or is closed. Queries on one TCP connection are answered in order.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,12 +18,30 @@ use hickory_proto::op::ResponseCode;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::answer::{answer, Transport, MAX_UDP_BYTES};
+use super::answer::{
+    decode, finish, resolve, respond, Decoded, Found, Request, Response, Transport, MAX_UDP_BYTES,
+};
 use super::{DnsConfig, DnsView};
 
 /// How many times [`DnsServer::bind`] on port 0 tries for a port free for both UDP and
 /// TCP before giving up.
 const BIND_ATTEMPTS: usize = 16;
+/// How many differently shuffled encodings of one cached answer are kept; each query
+/// answered from the cache gets one of them at random (see [`AnswerCache`]).
+const SHUFFLES: usize = 16;
+/// Most distinct queries (per transport) in the answer cache.
+const CACHE_ENTRIES: usize = 4096;
+/// Most bytes (per transport) the answer cache holds, counted as the keys, the encoded
+/// answers and [`INSTANCE_BYTES`] per instance read from the catalog: TCP answers reach
+/// 64 KiB each and a large service's instances much more, so the entry count alone does
+/// not bound it.
+const CACHE_BYTES: usize = 32 << 20;
+/// What one cached instance is counted as (its names, tags, addresses and metadata).
+const INSTANCE_BYTES: usize = 512;
+/// Queries longer than this are never cached (dig's cookies make a query unique anyway).
+const CACHE_QUERY_BYTES: usize = 512;
+/// The UDP loop lets the executor's other tasks run after this many datagrams.
+const YIELD_EVERY: u32 = 32;
 /// Pause after a failed `accept` or `recv` (out of descriptors, say), so a lasting
 /// failure does not spin a core.
 const ERROR_PAUSE: Duration = Duration::from_millis(20);
@@ -146,12 +165,18 @@ impl DnsServer {
             rng: RefCell::new(SmallRng::from_os_rng()),
             udp_in_flight: Cell::new(0),
             tcp_open: Cell::new(0),
+            cache: Default::default(),
         });
-        futures_lite::future::zip(
-            udp_loop(shared.clone(), Rc::new(self.udp)),
-            tcp_loop(shared, self.tcp),
-        )
-        .await;
+        // Two tasks, not one future polling both loops: glommio's pending IO futures
+        // keep a clone of the waker each time they are polled, so the pending `accept`,
+        // polled again every time the UDP loop was woken or yielded, piled up clones until
+        // the task's 16-bit reference count overflowed and glommio panicked: the agent
+        // died after ≈ 40 s of dnsperf once cached queries were answered inline, within
+        // 10 s once the loop also yielded every `YIELD_EVERY`. Dropping the handles
+        // cancels the tasks.
+        let udp = glommio::spawn_local(udp_loop(shared.clone(), Rc::new(self.udp)));
+        let tcp = glommio::spawn_local(tcp_loop(shared, self.tcp));
+        futures_lite::future::zip(udp, tcp).await;
         Ok(())
     }
 }
@@ -184,6 +209,59 @@ struct Shared<V> {
     rng: RefCell<SmallRng>,
     udp_in_flight: Cell<usize>,
     tcp_open: Cell<usize>,
+    /// Answers by query, UDP's and TCP's apart (their size limits differ).
+    cache: [RefCell<AnswerCache>; 2],
+}
+
+/// Encoded answers to the queries a server was asked, keyed by the query's bytes after
+/// its id (so two queries with equal keys decode to the same request and get the same
+/// answer but for the id and the shuffle). An entry holds the request, what the catalog
+/// said for it and up to [`SHUFFLES`] encodings of it, each with its own shuffle, built
+/// on first use. It is used only while the view's [`DnsView::version`] (the catalog's
+/// index) and the SOA serial (the second) are what they were when the catalog was read
+/// for it, so a cached answer is exactly what a stale read would give now. Only
+/// answers built from a catalog read are cached (not SERVFAIL, nor the answers
+/// `decode` gives without the catalog).
+///
+/// Past [`CACHE_ENTRIES`] or [`CACHE_BYTES`] it is emptied, and fills again from the
+/// queries that follow.
+#[derive(Default)]
+struct AnswerCache {
+    map: HashMap<Box<[u8]>, Cached>,
+    /// What `map` holds, counted as [`CACHE_BYTES`] says.
+    bytes: usize,
+}
+
+impl AnswerCache {
+    /// Makes room for `bytes` more: empties the cache when it would be too large.
+    fn reserve(&mut self, entries: usize, bytes: usize) {
+        if self.map.len() + entries > CACHE_ENTRIES || self.bytes + bytes > CACHE_BYTES {
+            self.map.clear();
+            self.bytes = 0;
+        }
+        self.bytes += bytes;
+    }
+}
+
+struct Cached {
+    version: u64,
+    serial: u32,
+    req: Request,
+    found: Found,
+    shuffles: Vec<Option<Response>>,
+}
+
+impl Cached {
+    /// What this entry is counted as in [`AnswerCache::bytes`] (`query_len`: its key's
+    /// query length).
+    fn weight(&self, query_len: usize) -> usize {
+        let instances = match &self.found {
+            Found::Instances(list) => list.len(),
+            Found::Node(_) => 1,
+        };
+        let answers: usize = self.shuffles.iter().flatten().map(|r| r.bytes.len()).sum();
+        query_len + answers + instances * INSTANCE_BYTES
+    }
 }
 
 impl<V: DnsView> Shared<V> {
@@ -191,21 +269,103 @@ impl<V: DnsView> Shared<V> {
         f(&mut self.stats.borrow_mut());
     }
 
-    async fn answer(&self, packet: &[u8], transport: Transport) -> Option<Vec<u8>> {
-        let seed = self.rng.borrow_mut().random();
-        let resp = answer(
-            &*self.view,
-            &self.cfg,
-            packet,
-            transport,
-            soa_serial(),
-            seed,
-        )
-        .await?;
+    fn counted(&self, resp: &Response) {
         self.count(|s| {
             s.truncated += u64::from(resp.truncated);
             s.servfail += u64::from(resp.code == ResponseCode::ServFail);
         });
+    }
+
+    /// The cache's key for `packet`, if it may be cached at all.
+    fn cache_key(&self, packet: &[u8]) -> Option<Option<u64>> {
+        if !self.cfg.allow_stale || packet.len() <= 12 || packet.len() > CACHE_QUERY_BYTES {
+            return None;
+        }
+        Some(self.view.version())
+    }
+
+    /// Answers `packet` from the cache into `out` (replacing its contents), without
+    /// waiting: false if it is not cached or no longer valid.
+    fn cached(&self, packet: &[u8], transport: Transport, out: &mut Vec<u8>) -> bool {
+        let Some(Some(version)) = self.cache_key(packet) else {
+            return false;
+        };
+        let serial = soa_serial();
+        let mut cache = self.cache[transport as usize].borrow_mut();
+        let cache = &mut *cache;
+        let Some(entry) = cache.map.get_mut(&packet[2..]) else {
+            return false;
+        };
+        if entry.version != version || entry.serial != serial {
+            return false;
+        }
+        let (slot, seed) = {
+            let mut rng = self.rng.borrow_mut();
+            (rng.random_range(0..SHUFFLES), rng.random())
+        };
+        if entry.shuffles[slot].is_none() {
+            let found = Ok(&entry.found);
+            let Some(resp) = respond(&entry.req, found, &self.cfg, transport, serial, seed) else {
+                return false;
+            };
+            if cache.bytes + resp.bytes.len() > CACHE_BYTES {
+                // Full: answer without keeping it.
+                self.counted(&resp);
+                out.clear();
+                out.extend_from_slice(&resp.bytes);
+                out[..2].copy_from_slice(&packet[..2]);
+                return true;
+            }
+            cache.bytes += resp.bytes.len();
+            entry.shuffles[slot] = Some(resp);
+        }
+        let Some(resp) = &entry.shuffles[slot] else {
+            return false;
+        };
+        self.counted(resp);
+        out.clear();
+        out.extend_from_slice(&resp.bytes);
+        // The query's id (a response's first two bytes are its query's).
+        out[..2].copy_from_slice(&packet[..2]);
+        true
+    }
+
+    async fn answer(&self, packet: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        if self.cached(packet, transport, &mut out) {
+            return Some(out);
+        }
+        // Read before the catalog is: if it moves meanwhile, the entry is already stale.
+        let version = self.cache_key(packet).flatten();
+        let serial = soa_serial();
+        let seed = self.rng.borrow_mut().random();
+        let resp = match decode(packet, &self.cfg, self.view.datacenter(), serial) {
+            Decoded::Drop => None,
+            Decoded::Reply(m) => finish(m, transport, None, &self.cfg),
+            Decoded::Lookup(req) => {
+                let found = resolve(&*self.view, &self.cfg, &req.lookup).await;
+                let resp = respond(&req, found.as_ref(), &self.cfg, transport, serial, seed);
+                if let (Some(version), Ok(found), Some(resp)) = (version, found, &resp) {
+                    let mut shuffles = vec![None; SHUFFLES];
+                    shuffles[0] = Some(resp.clone());
+                    let entry = Cached {
+                        version,
+                        serial,
+                        req,
+                        found,
+                        shuffles,
+                    };
+                    let mut cache = self.cache[transport as usize].borrow_mut();
+                    cache.reserve(1, entry.weight(packet.len()));
+                    if let Some(old) = cache.map.insert(packet[2..].into(), entry) {
+                        // Replaced (a stale entry): its bytes are no longer held.
+                        cache.bytes = cache.bytes.saturating_sub(old.weight(packet.len()));
+                    }
+                }
+                resp
+            }
+        }?;
+        self.counted(&resp);
         Some(resp.bytes)
     }
 }
@@ -220,7 +380,19 @@ fn soa_serial() -> u32 {
 async fn udp_loop<V: DnsView + 'static>(shared: Rc<Shared<V>>, socket: Rc<UdpSocket>) {
     // A query larger than this arrives cut, fails to parse and is answered FORMERR.
     let mut buf = vec![0u8; MAX_UDP_BYTES];
+    let mut out = Vec::with_capacity(MAX_UDP_BYTES);
+    let mut since_yield = 0u32;
     loop {
+        // Under load the socket rarely runs dry and its reads never wait: step aside
+        // every `YIELD_EVERY` datagrams, so the other tasks on this core (Raft, HTTP, the
+        // queries spawned below) run within a few hundred µs, and whenever the executor
+        // asks for the core back.
+        since_yield += 1;
+        if since_yield >= YIELD_EVERY {
+            since_yield = 0;
+            futures_lite::future::yield_now().await;
+        }
+        glommio::yield_if_needed().await;
         let (n, peer) = match socket.recv_from(&mut buf).await {
             Ok(x) => x,
             Err(_) => {
@@ -230,6 +402,14 @@ async fn udp_loop<V: DnsView + 'static>(shared: Rc<Shared<V>>, socket: Rc<UdpSoc
             }
         };
         shared.count(|s| s.udp_received += 1);
+        // Cached: answered here and now, no task, no copy of the query.
+        if shared.cached(&buf[..n], Transport::Udp, &mut out) {
+            match socket.send_to(&out, peer).await {
+                Ok(_) => shared.count(|s| s.udp_answered += 1),
+                Err(_) => shared.count(|s| s.udp_errors += 1),
+            }
+            continue;
+        }
         if shared.udp_in_flight.get() >= shared.cfg.max_udp_in_flight {
             shared.count(|s| s.udp_dropped_busy += 1);
             continue;
