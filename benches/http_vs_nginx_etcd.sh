@@ -23,7 +23,9 @@
 # (2 s of wrk before each measured run, not reported), CONNS (64), WRK_THREADS (2),
 # NGINX_WORKERS (auto: one per core, as nginx is usually run), DNS_CLIENTS (64 UDP
 # sockets), DNS_OUTSTANDING (64 queries in flight), VALUE_SIZE (256), START_MAX_S (60),
-# KEEP (1 keeps the work directory with every log).
+# KEEP (1 keeps the work directory with every log), CAIRN_CORES (the dev agent's
+# --cores: 1, its default; NGINX_WORKERS=1 CAIRN_CORES=1 or NGINX_WORKERS=2 CAIRN_CORES=2
+# compare the two on the same cores).
 set -euo pipefail
 export LC_ALL=C
 
@@ -34,6 +36,7 @@ WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-64}
 WRK_THREADS=${WRK_THREADS:-2}
 NGINX_WORKERS=${NGINX_WORKERS:-auto}
+CAIRN_CORES=${CAIRN_CORES:-1}
 DNS_CLIENTS=${DNS_CLIENTS:-64}
 DNS_OUTSTANDING=${DNS_OUTSTANDING:-64}
 VALUE_SIZE=${VALUE_SIZE:-256}
@@ -42,7 +45,7 @@ KEEP=${KEEP:-0}
 
 die() { echo "http_vs_nginx_etcd: $*" >&2; exit 2; }
 [[ -x $CAIRN ]] || die "no $CAIRN: cargo build --release -p cairn"
-for v in DURATION WARMUP CONNS WRK_THREADS DNS_CLIENTS DNS_OUTSTANDING VALUE_SIZE START_MAX_S; do
+for v in DURATION WARMUP CONNS WRK_THREADS DNS_CLIENTS DNS_OUTSTANDING VALUE_SIZE START_MAX_S CAIRN_CORES; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a number"
 done
 ((DURATION >= 1 && DURATION <= 600)) || die "DURATION must be 1..600"
@@ -215,8 +218,8 @@ stop_all
 DEV_HTTP=$(free_port 127.0.0.1)
 DEV_DNS=$(free_port 127.0.0.1)
 DEV_SERVER=$(free_port 127.0.0.1)
-echo "== cairn agent --dev: HTTP $DEV_HTTP, DNS $DEV_DNS, server $DEV_SERVER" >&2
-"$CAIRN" agent --dev --node bench-dev --http-port "$DEV_HTTP" --dns-port "$DEV_DNS" \
+echo "== cairn agent --dev --cores $CAIRN_CORES: HTTP $DEV_HTTP, DNS $DEV_DNS, server $DEV_SERVER" >&2
+"$CAIRN" agent --dev --node bench-dev --cores "$CAIRN_CORES" --http-port "$DEV_HTTP" --dns-port "$DEV_DNS" \
     --serf-lan-port 0 --server-port "$DEV_SERVER" >"$WORK/cairn-dev.log" 2>&1 &
 PIDS+=($!)
 DEV=http://127.0.0.1:$DEV_HTTP
@@ -224,8 +227,8 @@ dev_ready() { [[ $(curl -sf --max-time 2 "$DEV/v1/status/leader") == \"*:* ]]; }
 wait_for "cairn agent --dev" "$WORK/cairn-dev.log" dev_ready
 [[ $(curl -sf -X PUT --data-binary "$VALUE" "$DEV/v1/kv/$KEY") == true ]] || die "PUT to the dev agent failed"
 [[ $(curl -sf "$DEV/v1/kv/$KEY?stale&raw") == "$VALUE" ]] || die "the dev agent does not return the value"
-run_wrk cairn_get "GET /v1/kv/<key>?stale (JSON, base64)" "cairn agent --dev" "$DEV/v1/kv/$KEY?stale"
-run_wrk cairn_raw "GET /v1/kv/<key>?stale&raw" "cairn agent --dev" "$DEV/v1/kv/$KEY?stale&raw"
+run_wrk cairn_get "GET /v1/kv/<key>?stale (JSON, base64)" "cairn agent --dev --cores $CAIRN_CORES" "$DEV/v1/kv/$KEY?stale"
+run_wrk cairn_raw "GET /v1/kv/<key>?stale&raw" "cairn agent --dev --cores $CAIRN_CORES" "$DEV/v1/kv/$KEY?stale&raw"
 
 # DNS: SRV for one registered service (no checks, so it passes; the node's serfHealth too).
 curl -sf -X PUT --data '{"Name": "web", "Port": 8080}' "$DEV/v1/agent/service/register" >/dev/null ||
