@@ -117,15 +117,57 @@ impl EntrySet {
         let i = find(chunk, key).ok()?;
         let old = chunk.remove(i);
         self.len -= 1;
-        if i == 0 {
+        let sparse = chunk.len() <= CHUNK / 4;
+        let first: Box<[u8]> = if i == 0 {
             // The chunk's first key was `key`: drop the chunk or re-index it.
             debug_assert_eq!(&first[..], key);
             let chunk = self.chunks.remove(key).expect("indexed by its first key");
-            if let Some(e) = chunk.first() {
-                self.chunks.insert(Box::from(e.key()), chunk);
-            }
+            let Some(e) = chunk.first() else {
+                return Some(old);
+            };
+            let first = Box::from(e.key());
+            self.chunks.insert(Box::clone(&first), chunk);
+            first
+        } else if sparse {
+            first.clone()
+        } else {
+            return Some(old);
+        };
+        if sparse {
+            self.merge_around(&first);
         }
         Some(old)
+    }
+
+    /// Joins the chunk indexed by `first` with the one before or else the one after it if
+    /// both fit in one, so deletes do not leave many nearly empty chunks behind.
+    fn merge_around(&mut self, first: &[u8]) {
+        let len = self.chunks.get(first).map_or(usize::MAX, Vec::len);
+        let fits = |c: &Vec<Stored>| len.saturating_add(c.len()) <= CHUNK;
+        let before = self
+            .chunks
+            .range::<[u8], _>((Bound::Unbounded, Bound::Excluded(first)))
+            .next_back()
+            .filter(|(_, c)| fits(c))
+            .map(|(k, _)| k.clone());
+        if let Some(before) = before {
+            let this = self.chunks.remove(first).expect("indexed");
+            self.chunks
+                .get_mut(&before)
+                .expect("just seen")
+                .extend(this);
+            return;
+        }
+        let after = self
+            .chunks
+            .range::<[u8], _>((Bound::Excluded(first), Bound::Unbounded))
+            .next()
+            .filter(|(_, c)| fits(c))
+            .map(|(k, _)| k.clone());
+        if let Some(after) = after {
+            let next = self.chunks.remove(&after).expect("just seen");
+            self.chunks.get_mut(first).expect("indexed").extend(next);
+        }
     }
 
     /// Entries with keys at or above `from`, in key order.
@@ -291,6 +333,13 @@ mod tests {
                 let want: Vec<Vec<u8>> = model.range(p.clone()..).map(|(k, _)| k.clone()).collect();
                 prop_assert_eq!(got, want);
             }
+            // Deleting most keys leaves few, not many nearly empty, chunks.
+            let keys: Vec<Vec<u8>> = model.keys().cloned().collect();
+            for k in keys.iter().skip(1).step_by(2) {
+                set.take(k);
+                model.remove(k);
+            }
+            check(&set, &model);
             let rebuilt: EntrySet = set.iter().cloned().collect();
             check(&rebuilt, &model);
         }
@@ -316,6 +365,25 @@ mod tests {
             model.insert(k, i);
         }
         check(&down, &model);
+        let mut model = BTreeMap::new();
+        let mut sparse = EntrySet::default();
+        for i in 0..6_400u64 {
+            sparse.replace(stored(&i.to_be_bytes(), i));
+            if i % 32 == 0 {
+                model.insert(i.to_be_bytes().to_vec(), i);
+            }
+        }
+        for i in 0..6_400u64 {
+            if i % 32 != 0 {
+                sparse.take(&i.to_be_bytes());
+            }
+        }
+        check(&sparse, &model);
+        assert!(
+            sparse.chunks.len() <= 6_400 / 32 / (CHUNK / 4) * 2,
+            "{}",
+            sparse.chunks.len()
+        );
         let unsorted: EntrySet = (0..500u64)
             .map(|i| stored(&((i * 7919) % 500).to_be_bytes(), i))
             .collect();
