@@ -242,10 +242,7 @@ impl ShardCore {
                     self.park(to, read.clone(), target, out);
                     return;
                 }
-                Reply::Entry {
-                    entry: e.cloned(),
-                    index,
-                }
+                Reply::Entry { entry: e, index }
             }
             ReadReq::ListPart { prefix } => {
                 let (entries, touched) = self.kv.list_part(prefix);
@@ -294,10 +291,7 @@ impl ShardCore {
             let reply = match p.read {
                 ReadReq::Get { key, .. } => {
                     let (e, index) = self.kv.get(&key);
-                    Reply::Entry {
-                        entry: e.cloned(),
-                        index,
-                    }
+                    Reply::Entry { entry: e, index }
                 }
                 _ => Reply::Changed,
             };
@@ -319,7 +313,7 @@ impl KvShard {
     ) -> Result<bool, String> {
         Ok(match cmd {
             KvCommand::Set { key, value, flags } => {
-                self.set(index, key, value, *flags, woken);
+                self.set_stored(index, key, value, *flags, woken);
                 true
             }
             KvCommand::Cas {

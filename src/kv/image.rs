@@ -1,19 +1,95 @@
 //! The KV store to and from a snapshot image (`cairn_storage::state::StateImage`).
 //!
-//! Restoring reads the archive in place: keys and values of the rebuilt store are `Bytes`
-//! slices of the snapshot's mapping, so a restore copies no key or value bytes.
+//! Taking an image shares the entries (one reference-counted handle each, no copy of a
+//! key or value): the snapshot thread serializes them straight into the file
+//! (`cairn_storage::state::StateImageOf`). Restoring copies every key and value out of the
+//! archive into the shards' own entries, so the snapshot's mapping is let go as soon as
+//! the restore is done (slices of it kept the whole file resident).
 
 use bytes::Bytes;
 use cairn_storage::state::{
-    ArchivedStateImage, KvRecord, LockDelayRecord, SessionRecord, TombstoneRecord,
+    ArchivedStateImage, KvRecord, KvRecordRef, LockDelayRecord, SessionRecord, TombstoneRecord,
 };
 
-use super::{shard_of, Behavior, KvEntry, KvShard, Session, ShardedKv};
+use super::stored::{Fields, Stored};
+use super::{shard_of, Behavior, KvShard, Session, ShardedKv};
+
+/// Entries handed to a snapshot per chunk: 64 KiB of handles. Chunks stay below glibc's
+/// initial mmap threshold (128 KiB): a freed mmapped block of a few MiB raises that
+/// threshold for the whole process, after which every such block comes from (and stays
+/// in) the heaps; one vector per shard made a 1 M key store keep ≈50 MB more resident.
+const RUN_CHUNK: usize = 4096;
+
+/// A sorted run of entries (one shard's), in chunks of [`RUN_CHUNK`].
+#[derive(Debug, Clone, Default)]
+pub struct Run {
+    chunks: Vec<Vec<Stored>>,
+    len: usize,
+}
+
+impl Run {
+    fn collect<'a>(entries: impl Iterator<Item = &'a Stored>) -> Run {
+        let mut run = Run::default();
+        for e in entries {
+            if run.len % RUN_CHUNK == 0 {
+                run.chunks.push(Vec::with_capacity(RUN_CHUNK));
+            }
+            run.chunks.last_mut().expect("pushed").push(e.clone());
+            run.len += 1;
+        }
+        run
+    }
+
+    fn get(&self, i: usize) -> Option<&Stored> {
+        self.chunks.get(i / RUN_CHUNK)?.get(i % RUN_CHUNK)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The records of sorted runs with disjoint keys, merged in key order as they are read.
+#[derive(Clone)]
+pub struct Records<'a> {
+    runs: &'a [Run],
+    next: Vec<usize>,
+    left: usize,
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = KvRecordRef<'a>;
+
+    fn next(&mut self) -> Option<KvRecordRef<'a>> {
+        let (r, e) = self
+            .runs
+            .iter()
+            .zip(&self.next)
+            .enumerate()
+            .filter_map(|(r, (run, &i))| run.get(i).map(|e| (r, e)))
+            .min_by(|a, b| a.1.key().cmp(b.1.key()))?;
+        self.next[r] += 1;
+        self.left -= 1;
+        Some(e.record())
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for Records<'_> {}
 
 /// One shard's part of a snapshot image (gathered from every core by the runtime).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct ShardImage {
-    pub kv: Vec<KvRecord>,
+    /// The entries as sorted runs with disjoint keys (one per shard), shared with the
+    /// shards that hold them; [`ShardImage::records`] reads them merged.
+    pub kv: Vec<Run>,
     pub tombstones: Vec<TombstoneRecord>,
     pub index: u64,
     /// The (replicated) session table; only shard 0's copy is used.
@@ -25,18 +101,7 @@ impl KvShard {
     /// This shard's part of a snapshot image.
     pub fn image_part(&self) -> ShardImage {
         ShardImage {
-            kv: self
-                .iter()
-                .map(|e| KvRecord {
-                    key: e.key.to_vec(),
-                    value: e.value.to_vec(),
-                    create_index: e.create_index,
-                    modify_index: e.modify_index,
-                    lock_index: e.lock_index,
-                    flags: e.flags,
-                    session: e.session.clone(),
-                })
-                .collect(),
+            kv: vec![Run::collect(self.stored_entries())],
             tombstones: self
                 .tombstones()
                 .map(|(k, i)| TombstoneRecord {
@@ -75,6 +140,30 @@ impl KvShard {
     }
 }
 
+/// Equal when every record (all fields, not only keys) and the rest are equal.
+impl PartialEq for ShardImage {
+    fn eq(&self, other: &Self) -> bool {
+        self.records().eq(other.records())
+            && self.tombstones == other.tombstones
+            && self.index == other.index
+            && self.sessions == other.sessions
+            && self.lock_delays == other.lock_delays
+    }
+}
+
+impl Eq for ShardImage {}
+
+impl ShardImage {
+    /// The KV records, borrowed from the entries, in key order.
+    pub fn records(&self) -> Records<'_> {
+        Records {
+            runs: &self.kv,
+            next: vec![0; self.kv.len()],
+            left: self.kv.iter().map(Run::len).sum(),
+        }
+    }
+}
+
 /// Merges every shard's part (in shard order) into one image part: records sorted by
 /// key, the highest index, shard 0's session table.
 pub fn merge_images(parts: Vec<ShardImage>) -> ShardImage {
@@ -88,7 +177,6 @@ pub fn merge_images(parts: Vec<ShardImage>) -> ShardImage {
             out.sessions = p.sessions;
         }
     }
-    out.kv.sort_by(|a, b| a.key.cmp(&b.key));
     out.tombstones.sort_by(|a, b| a.key.cmp(&b.key));
     out.lock_delays.sort_by(|a, b| a.key.cmp(&b.key));
     out
@@ -106,7 +194,19 @@ impl ShardedKv {
     /// of the last write.
     pub fn to_image(&self) -> (Vec<KvRecord>, Vec<TombstoneRecord>, u64) {
         let m = self.image();
-        (m.kv, m.tombstones, m.index)
+        let kv = m
+            .records()
+            .map(|r| KvRecord {
+                key: r.key.to_vec(),
+                value: r.value.to_vec(),
+                create_index: r.create_index,
+                modify_index: r.modify_index,
+                lock_index: r.lock_index,
+                flags: r.flags,
+                session: r.session,
+            })
+            .collect();
+        (kv, m.tombstones, m.index)
     }
 
     /// The whole store's image part, as the runtime gathers it from its cores.
@@ -123,37 +223,30 @@ impl ShardedKv {
         self.shards
     }
 
-    /// Rebuilds a store of `shards` shards from an archived image. `backing` must be the
-    /// bytes the archive lives in (`Snapshot::archive_bytes`): keys and values become
-    /// slices of it. Every shard's index becomes the image's KV index (per-shard indexes
-    /// are not kept; reporting a higher index only ends a blocking query early, once).
-    pub fn from_archived(image: &ArchivedStateImage, backing: &Bytes, shards: usize) -> ShardedKv {
+    /// Rebuilds a store of `shards` shards from an archived image, copying every key and
+    /// value (nothing refers to the archive's bytes afterwards). Every shard's index
+    /// becomes the image's KV index (per-shard indexes are not kept; reporting a higher
+    /// index only ends a blocking query early, once).
+    pub fn from_archived(image: &ArchivedStateImage, shards: usize) -> ShardedKv {
         let mut kv = ShardedKv::new(shards);
         let n = kv.shard_count();
-        let slice = |b: &[u8]| {
-            if b.is_empty() {
-                Bytes::new()
-            } else {
-                backing.slice_ref(b)
-            }
-        };
-        let mut entries: Vec<Vec<KvEntry>> = vec![Vec::new(); n];
+        let mut entries: Vec<Vec<Stored>> = vec![Vec::new(); n];
         for r in image.kv.iter() {
-            let key = slice(r.key.as_slice());
-            entries[shard_of(&key, n)].push(KvEntry {
-                value: slice(r.value.as_slice()),
+            let key = r.key.as_slice();
+            entries[shard_of(key, n)].push(Stored::new(Fields {
+                key,
+                value: r.value.as_slice(),
                 flags: r.flags.to_native(),
                 create_index: r.create_index.to_native(),
                 modify_index: r.modify_index.to_native(),
                 lock_index: r.lock_index.to_native(),
-                session: r.session.as_ref().map(|s| s.as_str().to_string()),
-                key,
-            });
+                session: r.session.as_ref().map(|s| s.as_str()),
+            }));
         }
-        let mut tombs: Vec<Vec<(Bytes, u64)>> = vec![Vec::new(); n];
+        let mut tombs: Vec<Vec<(Box<[u8]>, u64)>> = vec![Vec::new(); n];
         for t in image.tombstones.iter() {
-            let key = slice(t.key.as_slice());
-            tombs[shard_of(&key, n)].push((key, t.delete_index.to_native()));
+            let key = t.key.as_slice();
+            tombs[shard_of(key, n)].push((Box::from(key), t.delete_index.to_native()));
         }
         let index = image.kv_index.to_native();
         for (i, (e, t)) in entries.into_iter().zip(tombs).enumerate() {
@@ -195,7 +288,7 @@ impl ShardedKv {
             }
         }
         for d in image.lock_delays.iter() {
-            let key = slice(d.key.as_slice());
+            let key = Bytes::copy_from_slice(d.key.as_slice());
             kv.shard_mut(shard_of(&key, n))
                 .sessions
                 .lock_delay

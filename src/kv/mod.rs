@@ -20,9 +20,11 @@
 mod codec;
 pub mod core;
 mod image;
-pub use image::{merge_images, ShardImage};
+pub use image::{merge_images, Records, Run, ShardImage};
+mod ordered;
 mod session;
 mod shard;
+mod stored;
 mod txn;
 
 pub use codec::DecodeError;
@@ -247,7 +249,7 @@ impl ShardedKv {
 
     /// The entry at `key` and the index of the result. For a key that never existed the
     /// owning shard's index is reported (in the agent a core answers from its own shard).
-    pub fn get(&self, key: &[u8]) -> (Option<&KvEntry>, u64) {
+    pub fn get(&self, key: &[u8]) -> (Option<KvEntry>, u64) {
         self.shards[self.owner(key)].get(key)
     }
 

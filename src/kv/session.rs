@@ -15,7 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 
-use super::{KvEntry, KvShard, WatchId};
+use super::stored::Stored;
+use super::{KvShard, WatchId};
 
 /// What happens to a session's locks when it is invalidated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,9 +113,7 @@ impl KvShard {
                     self.delete(index, &key, woken);
                 }
                 Behavior::Release => {
-                    if let Some(e) = self.entry_mut(&key) {
-                        e.session = None;
-                        e.modify_index = index;
+                    if self.update_lock(&key, None, false, Some(index)) {
                         self.touch(index, &key, woken);
                     }
                 }
@@ -147,24 +146,20 @@ impl KvShard {
                 return Ok(false);
             }
         }
-        let held_by = self.get(key).0.and_then(|e| e.session.clone());
+        let held_by = self.stored(key).and_then(Stored::session);
         match held_by.as_deref() {
             Some(other) if other != session => return Ok(false),
             _ => {}
         }
         let fresh_lock = held_by.is_none();
-        self.set(index, key, value, flags, woken);
-        let e = self.entry_mut(key).expect("just set");
-        if fresh_lock {
-            e.lock_index += 1;
-        }
-        e.session = Some(session.to_string());
-        self.sessions.lock_delay.remove(key);
+        self.set_stored(index, key, value, flags, woken);
+        self.update_lock(key, Some(session), fresh_lock, None);
+        self.sessions.lock_delay.remove(&key[..]);
         self.sessions
             .held
             .entry(session.to_string())
             .or_default()
-            .insert(key.clone());
+            .insert(Bytes::copy_from_slice(key));
         Ok(true)
     }
 
@@ -179,28 +174,23 @@ impl KvShard {
         session: &str,
         woken: &mut Vec<WatchId>,
     ) -> bool {
-        let held = self
-            .get(key)
-            .0
-            .is_some_and(|e| e.session.as_deref() == Some(session));
+        let held = self.stored(key).is_some_and(|e| e.held_by(session));
         if !held {
             return false;
         }
-        self.set(index, key, value, flags, woken);
-        if let Some(e) = self.entry_mut(key) {
-            e.session = None;
-        }
+        self.set_stored(index, key, value, flags, woken);
+        self.update_lock(key, None, false, None);
         if let Some(keys) = self.sessions.held.get_mut(session) {
-            keys.remove(key);
+            keys.remove(&key[..]);
         }
         true
     }
 
     /// Forgets that a deleted key was held (called by every delete).
-    pub(crate) fn forget_holder(&mut self, old: &KvEntry) {
-        if let Some(s) = &old.session {
-            if let Some(keys) = self.sessions.held.get_mut(s) {
-                keys.remove(&old.key);
+    pub(crate) fn forget_holder(&mut self, old: &Stored) {
+        if let Some(s) = old.session() {
+            if let Some(keys) = self.sessions.held.get_mut(&s) {
+                keys.remove(old.key());
             }
         }
     }

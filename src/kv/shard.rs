@@ -5,6 +5,9 @@ use std::ops::Bound;
 
 use bytes::Bytes;
 
+use super::ordered::EntrySet;
+use super::stored::{Fields, Stored};
+
 /// One key's entry, as Consul shapes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvEntry {
@@ -53,11 +56,15 @@ pub enum WatchTarget {
 
 /// One partition: live entries, tombstones of deleted keys (so a delete moves the index of
 /// reads that covered the key), the index of its last write, and parked watches.
+///
+/// Entries are one allocation each (`Stored`: indexes, flags, key, session and value),
+/// kept in key order in sorted chunks (`ordered.rs`); keys and values are always copied
+/// in, never slices of a log segment's or a snapshot's mapping (see `stored.rs`).
 #[derive(Debug, Clone, Default)]
 pub struct KvShard {
-    entries: BTreeMap<Bytes, KvEntry>,
+    entries: EntrySet,
     /// Deleted key → Raft index of the delete. Reaped by `ReapTombstones`.
-    tombstones: BTreeMap<Bytes, u64>,
+    tombstones: BTreeMap<Box<[u8]>, u64>,
     /// Raft index of the last write that reached this shard.
     index: u64,
     key_watches: HashMap<Bytes, Vec<WatchId>>,
@@ -66,11 +73,8 @@ pub struct KvShard {
     pub(crate) sessions: super::session::Sessions,
 }
 
-fn prefix_range(prefix: &[u8]) -> (Bound<Bytes>, Bound<Bytes>) {
-    (
-        Bound::Included(Bytes::copy_from_slice(prefix)),
-        Bound::Unbounded,
-    )
+fn prefix_range(prefix: &[u8]) -> (Bound<&[u8]>, Bound<&[u8]>) {
+    (Bound::Included(prefix), Bound::Unbounded)
 }
 
 impl KvShard {
@@ -94,13 +98,23 @@ impl KvShard {
     }
 
     /// The entry at `key`, and the index of the result.
-    pub fn get(&self, key: &[u8]) -> (Option<&KvEntry>, u64) {
+    pub fn get(&self, key: &[u8]) -> (Option<KvEntry>, u64) {
         let e = self.entries.get(key);
         let idx = match e {
-            Some(e) => e.modify_index,
+            Some(e) => e.modify_index(),
             None => self.tombstones.get(key).copied().unwrap_or(self.index),
         };
-        (e, idx.max(1))
+        (e.map(Stored::entry), idx.max(1))
+    }
+
+    /// The stored entry at `key`.
+    pub(crate) fn stored(&self, key: &[u8]) -> Option<&Stored> {
+        self.entries.get(key)
+    }
+
+    /// The ModifyIndex of `key`, if it exists.
+    pub fn modify_index(&self, key: &[u8]) -> Option<u64> {
+        self.entries.get(key).map(Stored::modify_index)
     }
 
     /// Entries whose key starts with `prefix`, in key order, and the index of the result.
@@ -113,9 +127,9 @@ impl KvShard {
     pub fn list_part(&self, prefix: &[u8]) -> (Vec<KvEntry>, Option<u64>) {
         let entries: Vec<KvEntry> = self
             .entries
-            .range(prefix_range(prefix))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(_, e)| e.clone())
+            .range_from(prefix)
+            .take_while(|e| e.key().starts_with(prefix))
+            .map(Stored::entry)
             .collect();
         let live = entries.iter().map(|e| e.modify_index).max();
         (entries, live.max(self.dead_max(prefix)))
@@ -124,7 +138,7 @@ impl KvShard {
     /// The newest delete under `prefix` still remembered by a tombstone.
     fn dead_max(&self, prefix: &[u8]) -> Option<u64> {
         self.tombstones
-            .range(prefix_range(prefix))
+            .range::<[u8], _>(prefix_range(prefix))
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(_, i)| *i)
             .max()
@@ -136,31 +150,53 @@ impl KvShard {
     pub fn keys_part(&self, prefix: &[u8], separator: Option<&[u8]>) -> (Vec<Bytes>, Option<u64>) {
         let mut out: Vec<Bytes> = Vec::new();
         let mut live_max = None;
-        for (k, e) in self
+        for e in self
             .entries
-            .range(prefix_range(prefix))
-            .take_while(|(k, _)| k.starts_with(prefix))
+            .range_from(prefix)
+            .take_while(|e| e.key().starts_with(prefix))
         {
-            live_max = live_max.max(Some(e.modify_index));
+            live_max = live_max.max(Some(e.modify_index()));
+            let k = e.key();
             let rolled = match separator.filter(|s| !s.is_empty()) {
                 Some(sep) => match find(&k[prefix.len()..], sep) {
-                    Some(at) => k.slice(..prefix.len() + at + sep.len()),
-                    None => k.clone(),
+                    Some(at) => &k[..prefix.len() + at + sep.len()],
+                    None => k,
                 },
-                None => k.clone(),
+                None => k,
             };
-            if out.last() != Some(&rolled) {
-                out.push(rolled);
+            if out.last().map(|l| &l[..]) != Some(rolled) {
+                out.push(Bytes::copy_from_slice(rolled));
             }
         }
         (out, live_max.max(self.dead_max(prefix)))
     }
 
-    pub(crate) fn entry_mut(&mut self, key: &[u8]) -> Option<&mut KvEntry> {
-        self.entries.get_mut(key)
+    /// Rewrites `key`'s lock fields: its session becomes `session`, its LockIndex grows by
+    /// one if `bump_lock`, its ModifyIndex becomes `modify` if given. False if absent.
+    pub(crate) fn update_lock(
+        &mut self,
+        key: &[u8],
+        session: Option<&str>,
+        bump_lock: bool,
+        modify: Option<u64>,
+    ) -> bool {
+        let Some(old) = self.entries.get(key) else {
+            return false;
+        };
+        let new = old.with(|f| {
+            f.session = session;
+            if bump_lock {
+                f.lock_index += 1;
+            }
+            if let Some(m) = modify {
+                f.modify_index = m;
+            }
+        });
+        self.entries.replace(new);
+        true
     }
 
-    pub(crate) fn touch(&mut self, index: u64, key: &Bytes, woken: &mut Vec<WatchId>) {
+    pub(crate) fn touch(&mut self, index: u64, key: &[u8], woken: &mut Vec<WatchId>) {
         debug_assert!(index >= self.index, "Raft applies in index order");
         self.index = index;
         if let Some(ws) = self.key_watches.remove(key) {
@@ -185,27 +221,39 @@ impl KvShard {
         flags: u64,
         woken: &mut Vec<WatchId>,
     ) -> KvEntry {
-        let entry = match self.entries.get(key) {
-            Some(old) => KvEntry {
-                value: value.clone(),
-                flags,
-                modify_index: index,
-                ..old.clone()
-            },
-            None => KvEntry {
-                key: key.clone(),
-                value: value.clone(),
+        let stored = self.set_stored(index, key, value, flags, woken);
+        stored.entry()
+    }
+
+    /// [`KvShard::set`] without building the returned `KvEntry`.
+    pub(crate) fn set_stored(
+        &mut self,
+        index: u64,
+        key: &[u8],
+        value: &[u8],
+        flags: u64,
+        woken: &mut Vec<WatchId>,
+    ) -> Stored {
+        let stored = match self.entries.get(key) {
+            Some(old) => old.with(|f| {
+                f.value = value;
+                f.flags = flags;
+                f.modify_index = index;
+            }),
+            None => Stored::new(Fields {
+                key,
+                value,
                 flags,
                 create_index: index,
                 modify_index: index,
                 lock_index: 0,
                 session: None,
-            },
+            }),
         };
         self.tombstones.remove(key);
-        self.entries.insert(key.clone(), entry.clone());
+        self.entries.replace(stored.clone());
         self.touch(index, key, woken);
-        entry
+        stored
     }
 
     /// Check-and-set; see [`crate::kv::KvCommand::Cas`].
@@ -229,18 +277,18 @@ impl KvShard {
     pub fn cas_matches(&self, key: &[u8], expect: u64) -> bool {
         match (self.entries.get(key), expect) {
             (None, 0) => true,
-            (Some(e), i) => e.modify_index == i,
+            (Some(e), i) => e.modify_index() == i,
             (None, _) => false,
         }
     }
 
     /// Delete `key`; returns the removed entry. Deleting a missing key changes nothing.
-    pub fn delete(&mut self, index: u64, key: &Bytes, woken: &mut Vec<WatchId>) -> Option<KvEntry> {
-        let old = self.entries.remove(key)?;
+    pub fn delete(&mut self, index: u64, key: &[u8], woken: &mut Vec<WatchId>) -> Option<KvEntry> {
+        let old = self.entries.take(key)?;
         self.forget_holder(&old);
-        self.tombstones.insert(key.clone(), index);
+        self.tombstones.insert(Box::from(key), index);
         self.touch(index, key, woken);
-        Some(old)
+        Some(old.entry())
     }
 
     /// Delete `key` only if its ModifyIndex is `expect`; 0 never deletes (Consul).
@@ -251,8 +299,8 @@ impl KvShard {
         expect: u64,
         woken: &mut Vec<WatchId>,
     ) -> bool {
-        match self.entries.get(key) {
-            Some(e) if expect != 0 && e.modify_index == expect => {
+        match self.entries.get(&key[..]) {
+            Some(e) if expect != 0 && e.modify_index() == expect => {
                 self.delete(index, key, woken);
                 true
             }
@@ -267,12 +315,7 @@ impl KvShard {
         prefix: &[u8],
         woken: &mut Vec<WatchId>,
     ) -> Vec<KvEntry> {
-        let doomed: Vec<Bytes> = self
-            .entries
-            .range(prefix_range(prefix))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let doomed = self.keys_under(prefix);
         doomed
             .iter()
             .filter_map(|k| self.delete(index, k, woken))
@@ -284,38 +327,38 @@ impl KvShard {
     pub(crate) fn restore(
         &mut self,
         key: &Bytes,
-        entry: Option<KvEntry>,
+        entry: Option<Stored>,
         tombstone: Option<u64>,
         index: u64,
     ) {
         match entry {
             Some(e) => {
-                if let Some(holder) = &e.session {
+                if let Some(holder) = e.session() {
                     self.sessions
                         .held
-                        .entry(holder.clone())
+                        .entry(holder)
                         .or_default()
-                        .insert(key.clone());
+                        .insert(Bytes::copy_from_slice(key));
                 }
-                self.entries.insert(key.clone(), e);
+                self.entries.replace(e);
             }
             None => {
-                self.entries.remove(key);
+                self.entries.take(&key[..]);
             }
         }
         match tombstone {
             Some(t) => {
-                self.tombstones.insert(key.clone(), t);
+                self.tombstones.insert(Box::from(&key[..]), t);
             }
             None => {
-                self.tombstones.remove(key);
+                self.tombstones.remove(&key[..]);
             }
         }
         self.index = index;
     }
 
     /// The raw state of `key` for a transaction's undo log.
-    pub(crate) fn raw(&self, key: &[u8]) -> (Option<KvEntry>, Option<u64>) {
+    pub(crate) fn raw(&self, key: &[u8]) -> (Option<Stored>, Option<u64>) {
         (
             self.entries.get(key).cloned(),
             self.tombstones.get(key).copied(),
@@ -324,9 +367,9 @@ impl KvShard {
 
     pub(crate) fn keys_under(&self, prefix: &[u8]) -> Vec<Bytes> {
         self.entries
-            .range(prefix_range(prefix))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, _)| k.clone())
+            .range_from(prefix)
+            .take_while(|e| e.key().starts_with(prefix))
+            .map(|e| Bytes::copy_from_slice(e.key()))
             .collect()
     }
 
@@ -373,26 +416,31 @@ impl KvShard {
     }
 
     /// Every live entry, in key order (for snapshots).
-    pub fn iter(&self) -> impl Iterator<Item = &KvEntry> {
-        self.entries.values()
+    pub fn iter(&self) -> impl Iterator<Item = KvEntry> + '_ {
+        self.entries.iter().map(Stored::entry)
+    }
+
+    /// Every live entry as stored, in key order (shared, not copied, by snapshot images).
+    pub(crate) fn stored_entries(&self) -> impl ExactSizeIterator<Item = &Stored> + Clone {
+        self.entries.iter()
     }
 
     /// Rebuilds the shard from a snapshot's entries and tombstones.
-    pub fn restore_from(
+    pub(crate) fn restore_from(
         &mut self,
-        entries: impl IntoIterator<Item = KvEntry>,
-        tombstones: impl IntoIterator<Item = (Bytes, u64)>,
+        entries: impl IntoIterator<Item = Stored>,
+        tombstones: impl IntoIterator<Item = (Box<[u8]>, u64)>,
         index: u64,
     ) {
-        self.entries = entries.into_iter().map(|e| (e.key.clone(), e)).collect();
+        self.entries = entries.into_iter().collect();
         self.sessions.held.clear();
-        for e in self.entries.values() {
-            if let Some(holder) = &e.session {
+        for e in self.entries.iter() {
+            if let Some(holder) = e.session() {
                 self.sessions
                     .held
-                    .entry(holder.clone())
+                    .entry(holder)
                     .or_default()
-                    .insert(e.key.clone());
+                    .insert(Bytes::copy_from_slice(e.key()));
             }
         }
         self.tombstones = tombstones.into_iter().collect();
@@ -400,8 +448,8 @@ impl KvShard {
     }
 
     /// Tombstones, in key order (for snapshots).
-    pub fn tombstones(&self) -> impl Iterator<Item = (&Bytes, u64)> {
-        self.tombstones.iter().map(|(k, i)| (k, *i))
+    pub fn tombstones(&self) -> impl Iterator<Item = (&[u8], u64)> {
+        self.tombstones.iter().map(|(k, i)| (&k[..], *i))
     }
 }
 

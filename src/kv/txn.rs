@@ -48,7 +48,7 @@ pub struct TxnError {
 #[derive(Debug, Clone)]
 struct Undo {
     key: Bytes,
-    entry: Option<KvEntry>,
+    entry: Option<super::stored::Stored>,
     tombstone: Option<u64>,
     shard_index: u64,
 }
@@ -155,7 +155,7 @@ impl KvShard {
                     }
                 }
                 TxnOp::Get { key } => match self.get(key).0 {
-                    Some(e) => part.results.push((i, e.clone())),
+                    Some(e) => part.results.push((i, e)),
                     None => part
                         .errors
                         .push(fail(format!("key {:?} doesn't exist", show(key)))),
@@ -165,9 +165,7 @@ impl KvShard {
                     part.results.extend(entries.into_iter().map(|e| (i, e)));
                 }
                 TxnOp::CheckIndex { key, index: expect } => match self.get(key).0 {
-                    Some(e) if e.modify_index == *expect => {
-                        part.results.push((i, blank(e.clone())))
-                    }
+                    Some(e) if e.modify_index == *expect => part.results.push((i, blank(e))),
                     Some(e) => part.errors.push(fail(format!(
                         "current modify index {} != {expect}",
                         e.modify_index
@@ -177,7 +175,7 @@ impl KvShard {
                         .push(fail(format!("key {:?} doesn't exist", show(key)))),
                 },
                 TxnOp::CheckNotExists { key } => {
-                    if self.get(key).0.is_some() {
+                    if self.stored(key).is_some() {
                         part.errors
                             .push(fail(format!("key {:?} exists", show(key))));
                     }

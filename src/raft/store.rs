@@ -13,8 +13,10 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use bytes::Bytes;
-use cairn_storage::snapshot::{list_snapshots, write_snapshot, Snapshot as SnapshotFile};
-use cairn_storage::state::StateImage;
+use cairn_storage::snapshot::{
+    list_snapshots, map_snapshot_file, write_snapshot, Snapshot as SnapshotFile,
+};
+use cairn_storage::state::{StateImage, StateImageOf};
 use cairn_storage::transfer::{Chunk, SnapshotReceiver, DEFAULT_MAX_SNAPSHOT_BYTES};
 use cairn_storage::{
     LogId as StoreLogId, LogOptions, NewEntry, PendingSync, SegmentLog, Vote as StoreVote,
@@ -190,8 +192,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> io::Result<Vec<Entry>> {
         let (start, end) = bounds(&range);
-        let log = self.log.borrow();
-        log.range(start..end)
+        let mut log = self.log.borrow_mut();
+        let entries = log
+            .range(start..end)
             .into_iter()
             .map(|e| {
                 Ok(Entry {
@@ -199,7 +202,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
                     payload: decode_payload(&e.payload)?,
                 })
             })
-            .collect()
+            .collect();
+        // Readers move forward (applying, replicating): the pages of what lies before this
+        // read need not stay resident (a lagging reader faults them back in from the page
+        // cache). Without this a lone server kept every page read since the last purge.
+        log.release_before(start);
+        entries
     }
 
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
@@ -427,10 +435,11 @@ impl StateMachine {
     }
 
     async fn restore(&self, path: &Path) -> io::Result<SnapshotMetaOf<TypeConfig>> {
+        // The store copies what it needs out of the archive; the file's mapping goes when
+        // `snap` is dropped at the end of this function.
         let snap = SnapshotFile::<StateImage>::open(path).map_err(io_err)?;
-        let backing = snap.archive_bytes();
         let shards = self.shards();
-        let kv = ShardedKv::from_archived(snap.state(), &backing, shards.cores());
+        let kv = ShardedKv::from_archived(snap.state(), shards.cores());
         let catalog = Catalog::decode_image(snap.state().catalog.as_slice())
             .map_err(|e| io_err(format!("snapshot {}: catalog: {e}", path.display())))?;
         let meta = decode_meta(snap.state().membership.as_slice(), snap.last_included())?;
@@ -492,7 +501,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         // The applied log id, the catalog and the membership are read, and the shards'
         // image barrier is queued, in one step (no await in between): the barrier follows
         // every KV write queued up to that log id, so the image is exactly that state.
-        let (image, last, dir, membership) = {
+        let image = {
             let (catalog, last, dir, membership, shards) = {
                 let inner = self.inner.borrow();
                 (
@@ -504,35 +513,42 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 )
             };
             let membership_meta = encode_meta(&membership);
+            // The entries themselves are shared with the shards (a handle each), not copied.
             let kv = shards.image().await;
-            let image = StateImage {
-                kv: kv.kv,
-                tombstones: kv.tombstones,
-                kv_index: kv.index,
-                sessions: kv.sessions,
-                lock_delays: kv.lock_delays,
-                catalog,
-                membership: membership_meta,
-            };
-            (image, last, dir, membership)
+            (kv, catalog, membership_meta, last, dir, membership)
         };
+        let (kv, catalog, membership_meta, last, dir, membership) = image;
         // Serializing, writing and fsyncing a large state takes long (a 25 MB state held
         // the core for ~170 ms, the p99 of every write around it): it runs on a thread of
-        // its own while the core goes on; only the image above is taken on the core.
+        // its own while the core goes on; only the image above is taken on the core. The
+        // archive is streamed into the file from the shared entries: no copy of the state
+        // is built in memory.
         let (tx, rx) = futures_channel::oneshot::channel();
         let last_store = last.as_ref().map(to_store);
         std::thread::Builder::new()
             .name("cairn-snapshot".into())
             .spawn(move || {
+                let image = StateImageOf {
+                    kv: kv.records(),
+                    tombstones: kv.tombstones.clone(),
+                    kv_index: kv.index,
+                    sessions: kv.sessions.clone(),
+                    lock_delays: kv.lock_delays.clone(),
+                    catalog,
+                    membership: membership_meta,
+                };
                 let written = write_snapshot(&dir, last_store, &image, 2)
-                    .map_err(io_err)
-                    .and_then(|path| std::fs::read(&path));
+                    .and_then(|path| map_snapshot_file(&path))
+                    .map_err(io_err);
+                drop(image);
+                drop(kv);
                 let _ = tx.send(written);
             })?;
-        let data = Bytes::from(
-            rx.await
-                .map_err(|_| io::Error::other("the snapshot thread ended without an answer"))??,
-        );
+        // openraft only keeps the metadata of a built snapshot; the data is the file,
+        // mapped (nothing of it is read unless a follower is sent it).
+        let data = rx
+            .await
+            .map_err(|_| io::Error::other("the snapshot thread ended without an answer"))??;
         Ok(SnapshotOf::<TypeConfig, SnapshotData> {
             meta: SnapshotMetaOf::<TypeConfig> {
                 last_log_id: last,
@@ -657,7 +673,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         let snap = SnapshotFile::<StateImage>::open(&newest).map_err(io_err)?;
         let meta = decode_meta(snap.state().membership.as_slice(), snap.last_included())?;
-        let data = Bytes::from(std::fs::read(&newest)?);
+        drop(snap);
+        let data = map_snapshot_file(&newest).map_err(io_err)?;
         Ok(Some(SnapshotOf::<TypeConfig, SnapshotData> {
             meta,
             snapshot: data,

@@ -733,6 +733,12 @@ impl SegmentLog {
         if removed {
             fsutil::fsync_dir(&self.dir)?;
         }
+        // What is left of the first segment before `pe` is purged too: its resident pages
+        // go (a purge follows a snapshot, so this bounds the log's resident pages to the
+        // entries kept behind the snapshot and those applied since).
+        if let Some(seg) = self.segments.first_mut() {
+            seg.release_before(pe, true);
+        }
         if self.next_index < pe {
             self.next_index = pe;
             self.last_term = Some(upto.term);
@@ -742,6 +748,19 @@ impl SegmentLog {
             self.durable_end = self.next_index;
         }
         Ok(())
+    }
+
+    /// Gives back this process's resident pages of the entries before `index`: they stay
+    /// in the page cache, and a later read of them faults them back in. For a reader that
+    /// moves forward through the log (the state machine applying it): what it passed need
+    /// not stay resident until the next purge. Changes nothing that can be read.
+    pub fn release_before(&mut self, index: u64) {
+        for seg in &mut self.segments {
+            if seg.first_index() >= index {
+                break;
+            }
+            seg.release_before(index, false);
+        }
     }
 
     /// The persisted metadata.

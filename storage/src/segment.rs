@@ -20,6 +20,10 @@ pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"CAIRNLOG";
 pub(crate) const SEGMENT_VERSION: u32 = 1;
 /// Bytes of the segment header; records start here.
 pub const SEGMENT_HEADER_LEN: usize = 64;
+/// Bytes of records read past before their pages are given back (see
+/// [`Segment::release_before`]).
+pub(crate) const RELEASE_STEP: usize = 1 << 20;
+
 /// Bytes of a record header; the payload follows it.
 pub const RECORD_HEADER_LEN: usize = 32;
 /// Sector size assumed by the torn-write analysis: a device writes a sector whole or not at
@@ -223,6 +227,10 @@ pub(crate) struct Segment {
     pub file: File,
     /// The whole file, mapped read-only; entries handed out are slices of it.
     pub map: Bytes,
+    /// The same mapping, to give its pages back once they are no longer needed.
+    mapping: sys::Mapping,
+    /// Pages before this offset were given back (see [`Segment::release_before`]).
+    released_to: usize,
     pub header: SegmentHeader,
     /// `offsets[i]` is where the record of index `first_index + i` starts.
     pub offsets: Vec<u32>,
@@ -270,11 +278,14 @@ impl Segment {
         fsutil::sync_all_or_die(&file, &tmp);
         std::fs::rename(&tmp, &path).ctx("rename segment", &path)?;
         fsutil::fsync_dir(dir)?;
-        let map = sys::map_readonly(&file, size as usize).ctx("mmap", &path)?;
+        let (map, mapping) =
+            sys::map_readonly_releasable(&file, size as usize).ctx("mmap", &path)?;
         Ok(Segment {
             path,
             file,
             map,
+            mapping,
+            released_to: 0,
             header,
             offsets: Vec::new(),
             last_term: 0,
@@ -349,11 +360,14 @@ impl Segment {
                 ),
             });
         }
-        let map = sys::map_readonly(&file, file_len as usize).ctx("mmap", path)?;
+        let (map, mapping) =
+            sys::map_readonly_releasable(&file, file_len as usize).ctx("mmap", path)?;
         let mut seg = Segment {
             path: path.to_path_buf(),
             file,
             map,
+            mapping,
+            released_to: 0,
             header,
             offsets: Vec::new(),
             last_term: min_term,
@@ -361,7 +375,33 @@ impl Segment {
             dirty: false,
         };
         let found = seg.scan(is_last, repair)?;
+        // The scan read every record through the mapping; those pages need not stay
+        // resident in this process (reads fault them back in from the page cache).
+        seg.mapping.release(0..seg.write_pos);
         Ok((seg, found))
+    }
+
+    /// Gives back this process's resident pages of the records before `index`. Slices
+    /// handed out earlier stay valid: a later read faults the page back in from the page
+    /// cache. `all` releases from the start of the segment (after a purge: pages a slower
+    /// reader faulted back in go too); otherwise only what lies beyond the last release,
+    /// and only once at least [`RELEASE_STEP`] bytes gathered, so readers moving forward
+    /// cost one `madvise` per step, not one per read.
+    pub fn release_before(&mut self, index: u64, all: bool) {
+        let end = if index >= self.end_index() {
+            self.write_pos
+        } else if index <= self.header.first_index {
+            return;
+        } else {
+            self.offsets[(index - self.header.first_index) as usize] as usize
+        };
+        if all {
+            self.mapping.release(0..end);
+            self.released_to = self.released_to.max(end);
+        } else if end >= self.released_to + RELEASE_STEP {
+            self.mapping.release(self.released_to..end);
+            self.released_to = end;
+        }
     }
 
     fn corrupt(&self, offset: usize, reason: String) -> StorageError {

@@ -6,7 +6,11 @@
 //! through in-memory indexes, and it is small next to the KV store). The file format
 //! around them is described in [`crate::snapshot`].
 
-use rkyv::{Archive, Deserialize, Serialize};
+use rkyv::munge::munge;
+use rkyv::rancor::Fallible;
+use rkyv::ser::{Allocator, Writer};
+use rkyv::vec::{ArchivedVec, VecResolver};
+use rkyv::{Archive, Deserialize, Place, Serialize};
 
 /// One key of the KV store. Keys are bytes: the binary RPC carries any bytes, the HTTP
 /// API carries UTF-8 paths.
@@ -76,5 +80,139 @@ impl ArchivedStateImage {
         kv.binary_search_by(|r| r.key.as_slice().cmp(key))
             .ok()
             .map(|i| &kv[i])
+    }
+}
+
+/// A KV record borrowed from wherever its owner keeps it, archived exactly as a
+/// [`KvRecord`]: a snapshot of a large store is written without first copying every key
+/// and value into a `KvRecord`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvRecordRef<'a> {
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+    pub create_index: u64,
+    pub modify_index: u64,
+    pub lock_index: u64,
+    pub flags: u64,
+    /// Owned: few keys are held by a session.
+    pub session: Option<String>,
+}
+
+/// What serializing a [`KvRecordRef`] leaves for its resolution.
+pub struct KvRecordRefResolver {
+    key: VecResolver,
+    value: VecResolver,
+    session: <Option<String> as Archive>::Resolver,
+}
+
+impl Archive for KvRecordRef<'_> {
+    type Archived = ArchivedKvRecord;
+    type Resolver = KvRecordRefResolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
+        munge!(let ArchivedKvRecord { key, value, create_index, modify_index, lock_index, flags, session } = out);
+        ArchivedVec::<u8>::resolve_from_len(self.key.len(), resolver.key, key);
+        ArchivedVec::<u8>::resolve_from_len(self.value.len(), resolver.value, value);
+        self.create_index.resolve((), create_index);
+        self.modify_index.resolve((), modify_index);
+        self.lock_index.resolve((), lock_index);
+        self.flags.resolve((), flags);
+        self.session.resolve(resolver.session, session);
+    }
+}
+
+impl<S> Serialize<S> for KvRecordRef<'_>
+where
+    S: Fallible + Allocator + Writer + ?Sized,
+    Option<String>: Serialize<S>,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        Ok(KvRecordRefResolver {
+            key: ArchivedVec::<u8>::serialize_from_slice(self.key, serializer)?,
+            value: ArchivedVec::<u8>::serialize_from_slice(self.value, serializer)?,
+            session: self.session.serialize(serializer)?,
+        })
+    }
+}
+
+impl<'a> From<&'a KvRecord> for KvRecordRef<'a> {
+    fn from(r: &'a KvRecord) -> KvRecordRef<'a> {
+        KvRecordRef {
+            key: &r.key,
+            value: &r.value,
+            create_index: r.create_index,
+            modify_index: r.modify_index,
+            lock_index: r.lock_index,
+            flags: r.flags,
+            session: r.session.clone(),
+        }
+    }
+}
+
+/// A [`StateImage`] whose KV records come from an iterator (sorted by key, as
+/// `StateImage::kv`), archived exactly as a `StateImage`. The iterator is walked twice
+/// (records' bytes, then the record array), so it must be cheap to clone.
+#[derive(Debug, Clone)]
+pub struct StateImageOf<I> {
+    pub kv: I,
+    pub tombstones: Vec<TombstoneRecord>,
+    pub kv_index: u64,
+    pub sessions: Vec<SessionRecord>,
+    pub lock_delays: Vec<LockDelayRecord>,
+    pub catalog: Vec<u8>,
+    pub membership: Vec<u8>,
+}
+
+/// What serializing a [`StateImageOf`] leaves for its resolution.
+pub struct StateImageOfResolver {
+    kv: VecResolver,
+    tombstones: VecResolver,
+    sessions: VecResolver,
+    lock_delays: VecResolver,
+    catalog: VecResolver,
+    membership: VecResolver,
+}
+
+impl<'a, I> Archive for StateImageOf<I>
+where
+    I: ExactSizeIterator<Item = KvRecordRef<'a>> + Clone,
+{
+    type Archived = ArchivedStateImage;
+    type Resolver = StateImageOfResolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
+        munge!(let ArchivedStateImage { kv, tombstones, kv_index, sessions, lock_delays, catalog, membership } = out);
+        ArchivedVec::<ArchivedKvRecord>::resolve_from_len(self.kv.len(), resolver.kv, kv);
+        self.tombstones.resolve(resolver.tombstones, tombstones);
+        self.kv_index.resolve((), kv_index);
+        self.sessions.resolve(resolver.sessions, sessions);
+        self.lock_delays.resolve(resolver.lock_delays, lock_delays);
+        self.catalog.resolve(resolver.catalog, catalog);
+        self.membership.resolve(resolver.membership, membership);
+    }
+}
+
+impl<'a, I, S> Serialize<S> for StateImageOf<I>
+where
+    I: ExactSizeIterator<Item = KvRecordRef<'a>> + Clone,
+    S: Fallible + Allocator + Writer + ?Sized,
+    Option<String>: Serialize<S>,
+    Vec<TombstoneRecord>: Serialize<S, Resolver = VecResolver>,
+    Vec<SessionRecord>: Serialize<S, Resolver = VecResolver>,
+    Vec<LockDelayRecord>: Serialize<S, Resolver = VecResolver>,
+    Vec<u8>: Serialize<S, Resolver = VecResolver>,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        Ok(StateImageOfResolver {
+            kv: ArchivedVec::<ArchivedKvRecord>::serialize_from_iter::<KvRecordRef<'a>, _, _>(
+                self.kv.clone(),
+                serializer,
+            )?,
+            tombstones: self.tombstones.serialize(serializer)?,
+            sessions: self.sessions.serialize(serializer)?,
+            lock_delays: self.lock_delays.serialize(serializer)?,
+            catalog: self.catalog.serialize(serializer)?,
+            membership: self.membership.serialize(serializer)?,
+        })
     }
 }

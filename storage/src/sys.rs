@@ -5,9 +5,11 @@
 use std::fs::File;
 use std::io;
 use std::marker::PhantomData;
+use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use memmap2::{Mmap, MmapOptions};
+use memmap2::{Mmap, MmapOptions, UncheckedAdvice};
 use rkyv::api::high::HighValidator;
 use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor;
@@ -30,6 +32,55 @@ pub(crate) fn map_readonly(file: &File, len: usize) -> io::Result<Bytes> {
     // is at most the file's length, checked by every caller.
     let map: Mmap = unsafe { MmapOptions::new().len(len).map(file)? };
     Ok(Bytes::from_owner(map))
+}
+
+/// A read-only mapping (see [`map_readonly`]) whose resident pages can be given back.
+#[derive(Debug, Clone)]
+pub(crate) struct Mapping(Arc<Mmap>);
+
+impl AsRef<[u8]> for Mapping {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// [`map_readonly`], also returning a handle to release the mapping's pages with.
+pub(crate) fn map_readonly_releasable(file: &File, len: usize) -> io::Result<(Bytes, Mapping)> {
+    if len == 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"));
+    }
+    // SAFETY: as in `map_readonly`.
+    let map: Mmap = unsafe { MmapOptions::new().len(len).map(file)? };
+    let mapping = Mapping(Arc::new(map));
+    Ok((Bytes::from_owner(mapping.clone()), mapping))
+}
+
+impl Mapping {
+    /// Drops this process's page-table entries for the whole pages inside `range`, so they
+    /// stop counting in its resident memory; the pages stay in the page cache. Advisory:
+    /// a failure is ignored.
+    pub(crate) fn release(&self, range: Range<usize>) {
+        let page = page_size();
+        let start = range.start.div_ceil(page) * page;
+        let end = (range.end.min(self.0.len()) / page) * page;
+        if start >= end {
+            return;
+        }
+        // SAFETY: MADV_DONTNEED on a shared, read-only file mapping discards only this
+        // process's page-table entries: the next access faults the same bytes back in from
+        // the page cache (or the file), so slices of the mapping still handed out read the
+        // same contents afterwards. Nothing is ever written through the mapping, so no
+        // private or dirty data can be lost, and the file is never shrunk while mapped (see
+        // `map_readonly`), so no access can fault beyond its end.
+        let _ = unsafe {
+            self.0
+                .unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start)
+        };
+    }
+}
+
+fn page_size() -> usize {
+    rustix::param::page_size()
 }
 
 /// Bytes that were validated once as an rkyv archive of `T` and are read in place from then

@@ -257,3 +257,41 @@ fn a_chunk_damaged_in_flight_is_caught_when_the_installed_file_is_opened() {
     let installed = rx.finish().unwrap();
     assert!(Snapshot::<StateImage>::open(&installed).is_err());
 }
+
+#[test]
+fn an_image_of_borrowed_records_writes_the_same_file_as_the_owned_image() {
+    use cairn_storage::state::{KvRecordRef, StateImageOf, TombstoneRecord};
+    let mut owned = image(500);
+    owned.kv[7].session = Some("sess-7".into());
+    owned.kv[9].value.clear();
+    owned.tombstones.push(TombstoneRecord {
+        key: b"zz/gone".to_vec(),
+        delete_index: 77,
+    });
+    owned.catalog = vec![1, 2, 3];
+    owned.membership = vec![9];
+    let borrowed = StateImageOf {
+        kv: owned.kv.iter().map(KvRecordRef::from),
+        tombstones: owned.tombstones.clone(),
+        kv_index: owned.kv_index,
+        sessions: owned.sessions.clone(),
+        lock_delays: owned.lock_delays.clone(),
+        catalog: owned.catalog.clone(),
+        membership: owned.membership.clone(),
+    };
+    let last = LogId { term: 2, index: 40 };
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let pa = write_snapshot(a.path(), Some(last), &owned, 2).unwrap();
+    let pb = write_snapshot(b.path(), Some(last), &borrowed, 2).unwrap();
+    assert_eq!(std::fs::read(&pa).unwrap(), std::fs::read(&pb).unwrap());
+    // And the streamed file is the one a whole in-memory archive makes.
+    let body = rkyv::to_bytes::<rkyv::rancor::Error>(&owned).unwrap();
+    let c = tempfile::tempdir().unwrap();
+    let pc = cairn_storage::snapshot::write_snapshot_bytes(c.path(), Some(last), &body, 2).unwrap();
+    assert_eq!(std::fs::read(&pa).unwrap(), std::fs::read(&pc).unwrap());
+    let snap = Snapshot::<StateImage>::open(&pb).unwrap();
+    let r = snap.state().get(&owned.kv[7].key).unwrap();
+    assert_eq!(r.session.as_ref().map(|s| s.as_str()), Some("sess-7"));
+    assert_eq!(snap.state().kv.len(), 500);
+}
