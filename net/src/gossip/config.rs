@@ -64,6 +64,18 @@ pub struct Config {
     /// Every `sync_reconnect_every`-th digest goes to a dead member instead of a live
     /// one, so that both sides of a healed partition find each other again.
     pub sync_reconnect_every: u32,
+    /// Each dead member is sent a reconnect ping by some member about once per this
+    /// interval, cluster-wide: every probe period a node sends one with probability
+    /// `probe_interval * dead / (reconnect_interval * live)`. The ping carries the
+    /// sender's view that the target is dead, so a target that is in fact running (a
+    /// healed partition, a node that woke from a stall) refutes at once and its ack
+    /// carries the refutation back. 0 turns it off.
+    pub reconnect_interval_ms: u64,
+    /// A node that refutes its own death asks one random member for its full state this
+    /// long afterwards, at most once per `sync_interval_ms`: whoever declared it dead was
+    /// cut off from it, so news spread while others held it dead never reached it. 0
+    /// turns it off.
+    pub resync_delay_ms: u64,
     /// How long dead and left members are remembered (so old news about them is
     /// recognised as old) before they are dropped.
     pub tombstone_timeout_ms: u64,
@@ -150,6 +162,24 @@ impl Config {
             sync_digest_buckets: 64,
             sync_max_buckets: 4,
             sync_reconnect_every: 4,
+            // A healed partition must reconverge without waiting for anti-entropy: each
+            // side holds the other dead, and nobody probes dead members. A reconnect ping
+            // to a member held dead makes a running one refute, and every member revived
+            // this way becomes a bridge that revives the rest by probing (see `core`).
+            // The rate is per dead member, not per node (Serf's reconnect scales the same
+            // way): each dead member costs the whole cluster one datagram per 10 s
+            // whatever N is, e.g. 10 datagrams/s over 10,000 nodes for 100 crashed
+            // members kept as tombstones for an hour; a 20% partition of 300 nodes gets
+            // about 30 reconnect attempts per second across the cut.
+            reconnect_interval_ms: 10_000,
+            // After a healed partition every member refutes its death within seconds, and
+            // those refutations spread while many members still hold many others dead,
+            // i.e. do not gossip to them: a scattered few views stay stale (dead at an
+            // old incarnation) and nothing repairs them but a rare digest. A full state
+            // from one member, once the refutations have spread (a few seconds), repairs
+            // them. At 10,000 members it is ~215 datagrams, paid only by a node that was
+            // declared dead, at most once per sync interval.
+            resync_delay_ms: 3_000,
             // An hour: long enough for a partition to heal and for slow news of a dead
             // member to be recognised as old; tombstones cost ~100 bytes each.
             tombstone_timeout_ms: 3_600_000,
@@ -257,6 +287,8 @@ impl Config {
             "sync_digest_buckets" => self.sync_digest_buckets = p(name, value)?,
             "sync_max_buckets" => self.sync_max_buckets = p(name, value)?,
             "sync_reconnect_every" => self.sync_reconnect_every = p(name, value)?,
+            "reconnect_interval_ms" => self.reconnect_interval_ms = p(name, value)?,
+            "resync_delay_ms" => self.resync_delay_ms = p(name, value)?,
             "tombstone_timeout_ms" => self.tombstone_timeout_ms = p(name, value)?,
             "reclaim_interval_ms" => self.reclaim_interval_ms = p(name, value)?,
             _ => return Err(format!("no gossip parameter named {name:?}")),

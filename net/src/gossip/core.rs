@@ -89,6 +89,32 @@ pub struct Stats {
     pub digests_refused: u64,
 }
 
+/// See [`Gossip::footprint`]: entry counts, not bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Footprint {
+    pub members: usize,
+    pub tombstones: usize,
+    pub suspicions: usize,
+    pub broadcasts: usize,
+    pub probe_list: usize,
+    pub probe_list_capacity: usize,
+    pub indirect: usize,
+    pub outputs_capacity: usize,
+}
+
+impl std::ops::AddAssign for Footprint {
+    fn add_assign(&mut self, o: Footprint) {
+        self.members += o.members;
+        self.tombstones += o.tombstones;
+        self.suspicions += o.suspicions;
+        self.broadcasts += o.broadcasts;
+        self.probe_list += o.probe_list;
+        self.probe_list_capacity += o.probe_list_capacity;
+        self.indirect += o.indirect;
+        self.outputs_capacity += o.outputs_capacity;
+    }
+}
+
 /// A member as this node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberView {
@@ -135,11 +161,22 @@ pub struct Gossip {
     /// change so a digest costs nothing to produce.
     digest: Vec<u64>,
     suspicions: BTreeMap<SocketAddr, Suspicion>,
+    /// Suspicions this node started and that are still pending: their suspects are told
+    /// again every probe period (see `retell_suspects`).
+    own_suspicions: Vec<SocketAddr>,
+    next_retell_ms: Millis,
     /// Randomized round-robin order (SWIM §4.3): reshuffled each pass, new members
     /// inserted at a random place still ahead. Ids, not addresses (4 bytes, not 32): an
     /// id freed by a reclaim and reused by a new member until the next reshuffle only
     /// means that member may be probed twice in this pass.
     probe_list: Vec<MemberId>,
+    /// One bit per member id: set while the id is still ahead in this pass of
+    /// `probe_list`. A member that dies and comes back is put back only if it is not
+    /// already ahead: without this, every flap of a member added it once more, and under
+    /// sustained flapping (members stalling again and again) the list grew faster than
+    /// probing consumed it, so a pass never ended, the list grew without bound, and the
+    /// flapping members crowded out everyone else's probes.
+    probe_ahead: Vec<u64>,
     probe_index: usize,
     probe: Option<Probe>,
     next_probe_ms: Millis,
@@ -152,6 +189,9 @@ pub struct Gossip {
     started: bool,
     leaving: bool,
     sync_round: u32,
+    /// A `Timer::Resync` is set; and when the last one fired.
+    resync_pending: bool,
+    last_resync_ms: Option<Millis>,
     /// Seeds of the last `join`, asked again every probe period until some member is
     /// known: a lost join datagram must not leave a node alone forever.
     join_seeds: Vec<SocketAddr>,
@@ -183,7 +223,10 @@ impl Gossip {
             members: MemberTable::default(),
             live: 0,
             suspicions: BTreeMap::new(),
+            own_suspicions: Vec::new(),
+            next_retell_ms: 0,
             probe_list: Vec::new(),
+            probe_ahead: Vec::new(),
             probe_index: 0,
             probe: None,
             next_probe_ms: 0,
@@ -193,6 +236,8 @@ impl Gossip {
             started: false,
             leaving: false,
             sync_round: 0,
+            resync_pending: false,
+            last_resync_ms: None,
             join_seeds: Vec::new(),
             outputs: VecDeque::new(),
             stats: Stats::default(),
@@ -231,6 +276,21 @@ impl Gossip {
     /// Broadcasts waiting to be piggybacked.
     pub fn pending_broadcasts(&self) -> usize {
         self.broadcasts.len()
+    }
+
+    /// Sizes of the core's growing structures, to check that they stay bounded (the
+    /// simulator's long runs report them).
+    pub fn footprint(&self) -> Footprint {
+        Footprint {
+            members: self.members.len(),
+            tombstones: self.members.tombstone_count(),
+            suspicions: self.suspicions.len(),
+            broadcasts: self.broadcasts.len(),
+            probe_list: self.probe_list.len(),
+            probe_list_capacity: self.probe_list.capacity(),
+            indirect: self.indirect.len(),
+            outputs_capacity: self.outputs.capacity(),
+        }
     }
 
     /// How this node sees `addr`, without decoding its metadata.
@@ -349,6 +409,7 @@ impl Gossip {
         // (SWIM §4.3), or they would all probe the same member at the same time.
         self.probe_list.shuffle(&mut self.rng);
         self.probe_index = 0;
+        self.mark_all_ahead();
         Ok(())
     }
 
@@ -425,8 +486,28 @@ impl Gossip {
         };
         self.stats.packets_received += 1;
         self.stats.bytes_received += packet.len() as u64;
+        let mut pinged = false;
         for m in messages {
+            pinged |= matches!(m, Message::Ping { .. });
             self.handle_message(now, from, m);
+        }
+        // A member we still hold dead after all it said is talking to us: it does not
+        // know (a healed partition, a stale view of ours that no broadcast will fix any
+        // more). Tell it, so it refutes or tells us who it is now. A ping's ack already
+        // says it.
+        if !pinged {
+            if let Some(m) = self
+                .members
+                .get(&from)
+                .filter(|m| m.status() == Status::Dead)
+            {
+                let notice = Message::Dead {
+                    addr: from,
+                    incarnation: m.incarnation,
+                    from: self.local,
+                };
+                self.send_with_news(from, &[notice], None);
+            }
         }
         Ok(())
     }
@@ -454,10 +535,12 @@ impl Gossip {
             Timer::Gossip => {
                 self.set_timer(now + self.config.gossip_interval_ms, Timer::Gossip);
                 self.gossip_round(now);
+                self.retell_suspects(now);
             }
             Timer::Suspicion { addr } => self.on_suspicion_timer(now, addr),
             Timer::Sync => self.on_sync_timer(now),
             Timer::Reclaim => self.on_reclaim_timer(now),
+            Timer::Resync => self.on_resync_timer(now),
         }
     }
 
@@ -533,6 +616,74 @@ impl Gossip {
         self.set_timer(now + timeout, Timer::ProbeTimeout { seq });
         self.set_timer(now + interval, Timer::ProbeDeadline { seq });
         self.set_timer(now + interval, Timer::Probe);
+        self.maybe_reconnect(interval);
+    }
+
+    /// Sends each suspicion we started and that still runs to its suspect again. The
+    /// first telling can be lost, or cut off by a partition: a suspicion started on one
+    /// side shortly before a heal is held by that side, whose gossip of it is spent, and
+    /// the suspect (alive, and held alive at the same incarnation by everyone else) never
+    /// hears of it; when it runs out the death is news to the whole pool. One datagram
+    /// per probe period per pending suspicion we started (a handful at most), on the
+    /// gossip timer so that it keeps the unscaled period: a partition raises the local
+    /// health multiplier of everyone on the small side (their helpers' nacks are lost
+    /// too), which would stretch it up to 4 s.
+    fn retell_suspects(&mut self, now: Millis) {
+        if self.own_suspicions.is_empty() || now < self.next_retell_ms {
+            return;
+        }
+        self.next_retell_ms = now + self.config.probe_interval_ms;
+        let mut own = std::mem::take(&mut self.own_suspicions);
+        let local = self.local;
+        own.retain(|a| {
+            self.suspicions
+                .get(a)
+                .is_some_and(|s| s.suspecters.first() == Some(&local))
+        });
+        for a in &own {
+            self.send_with_news(*a, &[], Some(*a));
+        }
+        self.own_suspicions = own;
+    }
+
+    /// With probability `interval * dead / (reconnect_interval * live)`, pings one random
+    /// dead member, telling it we hold it dead: cluster-wide, each dead member gets one
+    /// such ping per `reconnect_interval_ms` on average, whatever N is. A crashed member
+    /// costs one lost datagram. A running one (the other side of a healed partition, a
+    /// node back from a long stall) refutes before it answers, so its ack brings its
+    /// refutation back; and if it holds us dead its ack says so too (see the `Ping`
+    /// handler), so we refute as well. Each side then gossips the other's refutation,
+    /// and every member revived this way becomes a bridge: members on the other side
+    /// now probe it, and it answers each one it holds dead with that news.
+    fn maybe_reconnect(&mut self, interval: u64) {
+        let reconnect = self.config.reconnect_interval_ms;
+        let tombstones = self.members.tombstone_count();
+        if reconnect == 0 || tombstones == 0 {
+            return;
+        }
+        let p = (interval as f64 * tombstones as f64) / (reconnect as f64 * self.num_live() as f64);
+        if p < 1.0 && self.rng.random::<f64>() >= p {
+            return;
+        }
+        let k = self.rng.random_range(0..tombstones);
+        let Some(m) = self
+            .members
+            .tombstone_at(k)
+            .and_then(|id| self.members.at(id))
+            .filter(|m| m.status() == Status::Dead)
+        else {
+            // A left member is not pinged: it said it was going.
+            return;
+        };
+        let (addr, incarnation) = (m.addr(), m.incarnation);
+        let seq = self.next_seq();
+        let notice = Message::Dead {
+            addr,
+            incarnation,
+            from: self.local,
+        };
+        // The notice first, so the target refutes before it builds its ack.
+        self.send_with_news(addr, &[notice, Message::Ping { seq }], None);
     }
 
     fn next_probe_target(&mut self) -> Option<SocketAddr> {
@@ -540,6 +691,7 @@ impl Gossip {
             while self.probe_index < self.probe_list.len() {
                 let id = self.probe_list[self.probe_index];
                 self.probe_index += 1;
+                self.set_ahead(id, false);
                 if let Some(m) = self.members.at(id).filter(|m| m.status().is_live()) {
                     return Some(m.addr());
                 }
@@ -556,6 +708,7 @@ impl Gossip {
                 );
                 self.probe_list.shuffle(&mut self.rng);
                 self.probe_index = 0;
+                self.mark_all_ahead();
             }
         }
         None
@@ -607,6 +760,14 @@ impl Gossip {
         // Tell the suspect at once, so a live one refutes without waiting to be gossiped
         // to (part of the buddy system).
         self.send_with_news(p.target, &[], Some(p.target));
+        if self
+            .suspicions
+            .get(&p.target)
+            .is_some_and(|s| s.suspecters.first() == Some(&self.local))
+            && !self.own_suspicions.contains(&p.target)
+        {
+            self.own_suspicions.push(p.target);
+        }
     }
 
     // ---- messages -------------------------------------------------------------------
@@ -662,7 +823,19 @@ impl Gossip {
                 addr,
                 incarnation,
                 from: declarer,
-            } => self.on_dead(now, addr, incarnation, declarer),
+            } => {
+                if addr == self.local && declarer == from && incarnation < self.incarnation {
+                    // The sender itself holds us dead at an incarnation we already
+                    // outbid, and the news that we did never reached it (a healed
+                    // partition: a reconnect ping, or the answer to our ping). Nothing to
+                    // refute; tell it directly who we are now.
+                    let alive = self.self_alive();
+                    self.send_with_news(from, &[alive], None);
+                    self.schedule_resync(now);
+                    return;
+                }
+                self.on_dead(now, addr, incarnation, declarer)
+            }
             Message::Left { addr, incarnation } => self.on_left(now, addr, incarnation),
             Message::Join => self.send_state(from, None),
             Message::Digest { reply, buckets } => self.on_digest(from, reply, &buckets),
@@ -702,7 +875,7 @@ impl Gossip {
             if incarnation > self.incarnation
                 || (incarnation == self.incarnation && meta != &self.meta[..])
             {
-                self.refute(incarnation);
+                self.refute(now, incarnation);
             }
             return;
         }
@@ -768,9 +941,11 @@ impl Gossip {
     ) {
         if addr == self.local {
             if incarnation >= self.incarnation {
-                self.refute(incarnation);
+                self.refute(now, incarnation);
                 // Lifeguard §4.1: being suspected is a hint that we are the slow one.
                 self.health_add(1);
+            } else {
+                self.reannounce();
             }
             return;
         }
@@ -866,7 +1041,9 @@ impl Gossip {
     fn on_dead(&mut self, now: Millis, addr: SocketAddr, incarnation: u32, from: SocketAddr) {
         if addr == self.local {
             if incarnation >= self.incarnation {
-                self.refute(incarnation);
+                self.refute(now, incarnation);
+            } else {
+                self.reannounce();
             }
             return;
         }
@@ -891,7 +1068,7 @@ impl Gossip {
         if addr == self.local {
             // A left message about us while we are not leaving is from a previous life.
             if !self.leaving && incarnation >= self.incarnation {
-                self.refute(incarnation);
+                self.refute(now, incarnation);
             }
             return;
         }
@@ -911,10 +1088,25 @@ impl Gossip {
     }
 
     /// Outbids news about us at `incarnation` (SWIM §4.2).
-    fn refute(&mut self, incarnation: u32) {
+    /// Being suspected or declared dead means some members could not reach us for a
+    /// while, so we may have missed news too: a resync follows.
+    fn refute(&mut self, now: Millis, incarnation: u32) {
         self.incarnation = self.incarnation.max(incarnation).saturating_add(1);
         self.stats.refutations += 1;
         self.queue_self_news();
+        self.schedule_resync(now);
+    }
+
+    /// News that we are suspect or dead at an incarnation we already outbid is still
+    /// going round: some members never got our refutation (it spread while they were cut
+    /// off from those who had it) and will declare us dead at the old incarnation, which
+    /// we would ignore. Announce our current incarnation again (no new refutation), unless
+    /// it is still queued: the members holding the old one take it, the others ignore it
+    /// without passing it on, so it costs little.
+    fn reannounce(&mut self) {
+        if !self.leaving && !self.broadcasts.contains(&self.local) {
+            self.queue_self_news();
+        }
     }
 
     fn queue_self_news(&mut self) {
@@ -1112,6 +1304,39 @@ impl Gossip {
         d
     }
 
+    /// Asks for a `Timer::Resync` in `resync_delay_ms`, unless one is set or the last
+    /// fired less than `sync_interval_ms` ago.
+    fn schedule_resync(&mut self, now: Millis) {
+        let delay = self.config.resync_delay_ms;
+        if delay == 0 || self.resync_pending || self.leaving {
+            return;
+        }
+        if self
+            .last_resync_ms
+            .is_some_and(|t| now < t + self.config.sync_interval_ms)
+        {
+            return;
+        }
+        self.resync_pending = true;
+        self.set_timer(now + delay, Timer::Resync);
+    }
+
+    /// Asks one random live member for its whole state (as a joiner does), announcing
+    /// ourselves first.
+    fn on_resync_timer(&mut self, now: Millis) {
+        self.resync_pending = false;
+        if self.leaving {
+            return;
+        }
+        self.last_resync_ms = Some(now);
+        if let Some(peer) = self.random_members(1, None, false).first().copied() {
+            let mut p = PacketBuilder::new(self.config.max_packet_bytes);
+            p.push(&self.self_alive());
+            p.push(&Message::Join);
+            self.send(peer, p.finish());
+        }
+    }
+
     fn on_reclaim_timer(&mut self, now: Millis) {
         self.set_timer(now + self.config.reclaim_interval_ms, Timer::Reclaim);
         let nb = self.digest.len();
@@ -1157,13 +1382,46 @@ impl Gossip {
         let Some(id) = self.members.id(&addr) else {
             return;
         };
+        if self.is_ahead(id) {
+            return;
+        }
         // Somewhere still ahead in this pass (SWIM §4.3: new members are probed within
         // one pass).
+        self.set_ahead(id, true);
         self.probe_list.push(id);
         let last = self.probe_list.len() - 1;
         let lo = self.probe_index.min(last);
         let j = self.rng.random_range(lo..=last);
         self.probe_list.swap(j, last);
+    }
+
+    fn is_ahead(&self, id: MemberId) -> bool {
+        let (w, b) = (id as usize / 64, id % 64);
+        self.probe_ahead.get(w).is_some_and(|x| x & (1 << b) != 0)
+    }
+
+    fn set_ahead(&mut self, id: MemberId, on: bool) {
+        let (w, b) = (id as usize / 64, id % 64);
+        if w >= self.probe_ahead.len() {
+            if !on {
+                return;
+            }
+            self.probe_ahead.resize(w + 1, 0);
+        }
+        if on {
+            self.probe_ahead[w] |= 1 << b;
+        } else {
+            self.probe_ahead[w] &= !(1 << b);
+        }
+    }
+
+    /// After a reshuffle: every id in the list is ahead.
+    fn mark_all_ahead(&mut self) {
+        self.probe_ahead.iter_mut().for_each(|w| *w = 0);
+        for i in self.probe_index..self.probe_list.len() {
+            let id = self.probe_list[i];
+            self.set_ahead(id, true);
+        }
     }
 
     /// Up to `n` distinct random live members other than `except`; suspects only if

@@ -14,7 +14,7 @@
 //!   crashed, never left and were never stalled ([`SimCounters`]);
 //! - traffic: datagrams and payload bytes sent per node per second ([`Sim::traffic`]).
 
-use super::core::{Gossip, GossipError};
+use super::core::{Footprint, Gossip, GossipError};
 use super::wire::{NodeMeta, Role};
 use super::{Config, MemberEvent, Millis, Output, Timer};
 use bytes::Bytes;
@@ -737,6 +737,18 @@ impl Sim {
             max_packets_per_node_per_s: maxp as f64 / secs,
             max_bytes_per_node_per_s: maxb as f64 / secs,
         }
+    }
+
+    /// Sum of every running core's [`Footprint`], and the event queue's (events queued,
+    /// slots allocated in the wheel's buckets): what a long run checks stays flat.
+    pub fn footprint(&self) -> (Footprint, usize, usize) {
+        let mut f = Footprint::default();
+        for c in self.nodes.iter().filter_map(|n| n.core.as_ref()) {
+            f += c.footprint();
+        }
+        let q = &self.queue;
+        let slots = q.buckets.iter().map(VecDeque::capacity).sum();
+        (f, q.in_wheel + q.far.len(), slots)
     }
 
     /// Whether every running node counts as many live members as there are running
