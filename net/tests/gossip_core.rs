@@ -94,6 +94,10 @@ fn swim_3_1_probe_timeout_sends_ping_reqs_and_lifeguard_nacks_set_the_suspicion(
         out[1..],
         [
             Output::SetTimer {
+                at: probe_at + timeout_ms / 2,
+                timer: Timer::ProbeRetry { seq: 1 }
+            },
+            Output::SetTimer {
                 at: probe_at + timeout_ms,
                 timer: Timer::ProbeTimeout { seq: 1 }
             },
@@ -108,7 +112,14 @@ fn swim_3_1_probe_timeout_sends_ping_reqs_and_lifeguard_nacks_set_the_suspicion(
         ]
     );
 
-    // No ack in time: the ping is retried and k = 3 others are asked to ping it.
+    // No ack halfway to the timeout: the ping is sent once more.
+    g.handle_timer(probe_at + timeout_ms / 2, Timer::ProbeRetry { seq: 1 });
+    assert_eq!(
+        outputs(&mut g),
+        vec![send(target, &[Message::Ping { seq: 1 }])]
+    );
+
+    // No ack in time: a third ping, and k = 3 others are asked to ping it.
     g.handle_timer(probe_at + timeout_ms, Timer::ProbeTimeout { seq: 1 });
     let out = outputs(&mut g);
     assert_eq!(out.len(), 4);
@@ -720,4 +731,49 @@ fn a_resync_asks_one_member_for_its_whole_state() {
         outputs(&mut g),
         vec![send(addr(2), &[alive, Message::Join])]
     );
+}
+
+#[test]
+fn ring_probes_go_to_one_successor_until_it_dies_then_to_the_next() {
+    let cfg = Config {
+        ring_probe_every: 1,
+        ..Config::lan()
+    };
+    let mut g = Gossip::new(cfg, addr(1), &meta(1), 0, 42).unwrap();
+    g.restore(0, (2..=6).map(|i| (addr(i), 0, meta(i))))
+        .unwrap();
+    // Each probe is acked, so nobody becomes suspect.
+    let probe = |g: &mut Gossip, at: u64| -> SocketAddr {
+        g.handle_timer(at, Timer::Probe);
+        let (to, msgs) = outputs(g)
+            .iter()
+            .filter(|o| matches!(o, Output::Send { .. }))
+            .map(decode)
+            .next()
+            .expect("a probe");
+        let Message::Ping { seq } = msgs[0] else {
+            panic!("not a ping: {msgs:?}")
+        };
+        g.handle_packet(at + 1, to, &packet(&[Message::Ack { seq }]))
+            .unwrap();
+        outputs(g);
+        to
+    };
+    let succ = probe(&mut g, 1_000);
+    for k in 1..5 {
+        assert_eq!(probe(&mut g, 1_000 + k * 500), succ);
+    }
+    g.handle_packet(4_000, addr(99), &packet(&[dead_notice_of(succ)]))
+        .unwrap();
+    let next = probe(&mut g, 5_000);
+    assert_ne!(next, succ);
+    assert_eq!(probe(&mut g, 5_500), next);
+}
+
+fn dead_notice_of(a: SocketAddr) -> Message {
+    Message::Dead {
+        addr: a,
+        incarnation: 0,
+        from: addr(99),
+    }
 }

@@ -21,6 +21,10 @@ pub struct Config {
     /// what makes a nack strong evidence: at 5% loss one ping round trip fails 9.75% of
     /// the time, two 0.95%, so three nacks about a live member become 1,000 times rarer.
     pub probe_retry: bool,
+    /// Every `ring_probe_every`-th probe goes to this node's successor on a ring of
+    /// members ordered by a hash of their address, instead of the next member of the
+    /// shuffled round-robin list; 0 never.
+    pub ring_probe_every: u32,
     /// Upper bound of Lifeguard's local health multiplier: a node that misses acks and
     /// nacks stretches its probe interval and timeouts by up to this factor.
     pub awareness_max_multiplier: u32,
@@ -102,7 +106,24 @@ impl Config {
             // SWIM's and memberlist's k = 3: with 5% loss a helper path (4 datagrams)
             // fails 18.5% of the time, three of them 0.6%.
             indirect_checks: 3,
+            // The retries now come in two steps: a second ping halfway to the timeout
+            // (at 5% loss it alone saves 90% of the first pings that fail), then at the
+            // timeout a third ping with the ping-reqs. Sending the ping-reqs with the
+            // first retry, as before, cost 13 datagrams for each of the 9.75% of probes
+            // whose first round trip failed: 2.5 of the 10.1 datagrams/s per node in
+            // steady state at 5% loss. The third direct ping is one datagram for 1% of
+            // probes and makes a probe of a live member ten times less likely to fail.
             probe_retry: true,
+            // SWIM's shuffled round-robin gives every member about one probe per probe
+            // period from somewhere, but as a Poisson count: a crashed member waits an
+            // exponential time (mean a quarter period here) for its first probe, and in a
+            // wave of 100 crashes the unluckiest waits 2.3 s. Half the probes go instead to
+            // the ring successor (each member is then probed by its predecessor every
+            // second period, plus the random half), which bounds that wait by one
+            // second whatever N. The successor is cached and recomputed (one pass over
+            // the table) only when it stops being live, so it costs nothing per probe.
+            // Same packet count: it only changes whom the probes go to.
+            ring_probe_every: 2,
             // memberlist's: up to 8x slower probing when this node is the sick one.
             awareness_max_multiplier: 8,
             // Half memberlist's 200 ms, with its 3 members per round: news reaches 10,000
@@ -269,6 +290,7 @@ impl Config {
             "probe_timeout_ms" => self.probe_timeout_ms = p(name, value)?,
             "indirect_checks" => self.indirect_checks = p(name, value)?,
             "probe_retry" => self.probe_retry = p(name, value)?,
+            "ring_probe_every" => self.ring_probe_every = p(name, value)?,
             "awareness_max_multiplier" => self.awareness_max_multiplier = p(name, value)?,
             "gossip_interval_ms" => self.gossip_interval_ms = p(name, value)?,
             "gossip_fanout" => self.gossip_fanout = p(name, value)?,

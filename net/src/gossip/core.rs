@@ -177,6 +177,13 @@ pub struct Gossip {
     /// probing consumed it, so a pass never ended, the list grew without bound, and the
     /// flapping members crowded out everyone else's probes.
     probe_ahead: Vec<u64>,
+    /// Probes started, for `ring_probe_every`.
+    probe_count: u64,
+    /// Our successor on the ring of live members ordered by `ring_pos` (id and
+    /// distance from us), valid while `ring_valid`: updated as members come alive, and
+    /// recomputed by one pass over the table only after it stops being live.
+    ring: Option<(MemberId, u64)>,
+    ring_valid: bool,
     probe_index: usize,
     probe: Option<Probe>,
     next_probe_ms: Millis,
@@ -227,6 +234,9 @@ impl Gossip {
             next_retell_ms: 0,
             probe_list: Vec::new(),
             probe_ahead: Vec::new(),
+            probe_count: 0,
+            ring: None,
+            ring_valid: false,
             probe_index: 0,
             probe: None,
             next_probe_ms: 0,
@@ -516,6 +526,16 @@ impl Gossip {
     pub fn handle_timer(&mut self, now: Millis, timer: Timer) {
         match timer {
             Timer::Probe => self.on_probe_timer(now),
+            Timer::ProbeRetry { seq } => {
+                if let Some(p) = self
+                    .probe
+                    .as_ref()
+                    .filter(|p| p.seq == seq && !p.acked && !p.indirect_sent)
+                {
+                    let target = p.target;
+                    self.send_with_news(target, &[Message::Ping { seq }], Some(target));
+                }
+            }
             Timer::ProbeTimeout { seq } => self.on_probe_timeout(now, seq),
             Timer::ProbeDeadline { seq } => {
                 if self.probe.as_ref().is_some_and(|p| p.seq == seq) {
@@ -597,7 +617,14 @@ impl Gossip {
                 self.join_seeds.clear();
             }
         }
-        let Some(target) = self.next_probe_target() else {
+        self.probe_count += 1;
+        let every = self.config.ring_probe_every as u64;
+        let ring = if every > 0 && self.probe_count % every == 0 {
+            self.ring_successor()
+        } else {
+            None
+        };
+        let Some(target) = ring.or_else(|| self.next_probe_target()) else {
             self.set_timer(now + interval, Timer::Probe);
             return;
         };
@@ -613,6 +640,9 @@ impl Gossip {
         });
         self.send_with_news(target, &[Message::Ping { seq }], Some(target));
         let timeout = self.scaled(self.config.probe_timeout_ms);
+        if self.config.probe_retry {
+            self.set_timer(now + timeout / 2, Timer::ProbeRetry { seq });
+        }
         self.set_timer(now + timeout, Timer::ProbeTimeout { seq });
         self.set_timer(now + interval, Timer::ProbeDeadline { seq });
         self.set_timer(now + interval, Timer::Probe);
@@ -1341,6 +1371,9 @@ impl Gossip {
         self.set_timer(now + self.config.reclaim_interval_ms, Timer::Reclaim);
         let nb = self.digest.len();
         for id in self.members.expired(now, self.config.tombstone_timeout_ms) {
+            if self.ring.is_some_and(|(r, _)| r == id) {
+                self.ring_valid = false;
+            }
             let m = self.members.remove(id);
             let a = m.addr();
             let b = bucket_of(&a, nb);
@@ -1375,7 +1408,43 @@ impl Gossip {
         if status.is_live() {
             self.live += 1;
         }
+        if self.ring_valid {
+            if status.is_live() {
+                let d = self.ring_distance(&addr);
+                if self.ring.is_none_or(|(_, best)| d < best) {
+                    self.ring = Some((id, d));
+                }
+            } else if self.ring.is_some_and(|(r, _)| r == id) {
+                self.ring_valid = false;
+            }
+        }
         id
+    }
+
+    /// How far clockwise `a` is from us on the ring of members (0 only for ourselves).
+    fn ring_distance(&self, a: &SocketAddr) -> u64 {
+        ring_pos(a).wrapping_sub(ring_pos(&self.local))
+    }
+
+    /// The first live member after us on the ring, if any.
+    fn ring_successor(&mut self) -> Option<SocketAddr> {
+        if !self.ring_valid {
+            let mut best: Option<(MemberId, u64)> = None;
+            for (id, m) in self.members.iter() {
+                if !m.status().is_live() {
+                    continue;
+                }
+                let d = self.ring_distance(&m.addr());
+                if best.is_none_or(|(_, b)| d < b) {
+                    best = Some((id, d));
+                }
+            }
+            self.ring = best;
+            self.ring_valid = true;
+        }
+        self.ring
+            .and_then(|(id, _)| self.members.at(id))
+            .map(|m| m.addr())
     }
 
     fn add_to_probe_list(&mut self, addr: SocketAddr) {
@@ -1510,6 +1579,11 @@ fn mix(mut x: u64) -> u64 {
     x ^= x >> 27;
     x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
+}
+
+/// A member's place on the probe ring: the same for every node, spread by the hash.
+fn ring_pos(a: &SocketAddr) -> u64 {
+    mix(addr_hash(a) ^ 0x7269_6e67)
 }
 
 fn bucket_of(a: &SocketAddr, buckets: usize) -> usize {

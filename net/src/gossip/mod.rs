@@ -87,6 +87,9 @@ pub enum Output {
 pub enum Timer {
     /// Start the next probe (one per `probe_interval_ms`, scaled by local health).
     Probe,
+    /// The direct ping of probe `seq` went unanswered for half of `probe_timeout_ms`:
+    /// ping once more (with [`Config::probe_retry`]).
+    ProbeRetry { seq: u32 },
     /// The direct ping of probe `seq` went unanswered for `probe_timeout_ms`: try
     /// indirectly.
     ProbeTimeout { seq: u32 },
