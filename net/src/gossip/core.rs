@@ -172,10 +172,8 @@ pub struct Gossip {
     probe_list: Vec<MemberId>,
     /// One bit per member id: set while the id is still ahead in this pass of
     /// `probe_list`. A member that dies and comes back is put back only if it is not
-    /// already ahead: without this, every flap of a member added it once more, and under
-    /// sustained flapping (members stalling again and again) the list grew faster than
-    /// probing consumed it, so a pass never ended, the list grew without bound, and the
-    /// flapping members crowded out everyone else's probes.
+    /// already ahead: otherwise every flap of a member added it once more, and a member
+    /// flapping often was probed several times per pass (and the list grew with it).
     probe_ahead: Vec<u64>,
     /// Probes started, for `ring_probe_every`.
     probe_count: u64,
