@@ -2,9 +2,12 @@
 //!
 //! # Probing (SWIM §3, §4.3; Lifeguard §4.1, §4.3)
 //! Every `probe_interval_ms` (times the local health multiplier) the next member in a
-//! shuffled round-robin list is pinged. No ack within `probe_timeout_ms`: the ping is
-//! resent once ([`Config::probe_retry`]) and `indirect_checks` random members are asked to
-//! ping it (ping-req); each answers with the target's ack or, if it too hears nothing, a
+//! shuffled round-robin list is pinged, except every `ring_probe_every`-th probe, which
+//! goes to our successor on a ring of members ordered by address hash (so every member
+//! is probed by its predecessor at a fixed rate: a crashed member's wait for its first
+//! probe is bounded). No ack within half of `probe_timeout_ms`: the ping is resent
+//! ([`Config::probe_retry`]); none within `probe_timeout_ms`: it is sent a third time and
+//! `indirect_checks` random members are asked to ping it (ping-req); each answers with the target's ack or, if it too hears nothing, a
 //! nack. No ack by the end of the period: the target becomes suspect, and the helpers
 //! that nacked are named in the suspicion as independent confirmations — four vantage
 //! points failed to reach it, so Lifeguard's timeout can start near its minimum. Missing
@@ -32,8 +35,29 @@
 //! push-pull moves the whole member list, which is what made 10,000-node clusters burn
 //! bandwidth). A death learned this way is re-checked as a suspicion (as memberlist's
 //! push-pull merge does), so a stale digest cannot kill a live member without giving it
-//! the chance to refute. Every `sync_reconnect_every`-th digest goes to a dead member, so
-//! the two sides of a healed partition find each other again.
+//! the chance to refute. Every `sync_reconnect_every`-th digest goes to a dead member.
+//!
+//! # Healing (after a partition, a long stall)
+//! Each side of a healed partition holds the other dead, and nobody probes or gossips to
+//! dead members, so by itself nothing crosses the cut but a rare digest. Five cheap
+//! pieces close it, none of which costs anything in a pool where nobody is held dead:
+//! - reconnect pings: every probe period a node pings one random dead member with
+//!   probability `probe_interval * dead / (reconnect_interval * live)`, so cluster-wide
+//!   each dead member is pinged about once per `reconnect_interval_ms` whatever N is.
+//!   The ping carries the sender's "you are dead" first, so a running target refutes and
+//!   its ack carries the refutation back;
+//! - dead notices: a member we hold dead that talks to us is told so (a ping's ack says
+//!   it, any other datagram gets a notice); it refutes, or if it already outbid that
+//!   incarnation, answers with its current alive message. Every member revived on the
+//!   other side is then probed by that side, and tells each prober it holds dead: the
+//!   revival spreads as an epidemic (bridges grow exponentially);
+//! - retold suspicions: a suspicion we started is sent to its suspect again every probe
+//!   period until it ends, so one raised just before the heal reaches its suspect;
+//! - re-announcement: news that we are suspect or dead at an incarnation we already
+//!   outbid means some members missed our refutation; we queue our alive message again;
+//! - resync: `resync_delay_ms` after refuting, a node asks one member for its whole
+//!   state (at most once per `sync_interval_ms`): whoever could not reach us, we could
+//!   not hear from, and news spread in that time never reached us.
 
 use super::broadcast::BroadcastQueue;
 use super::config::{Config, ConfigError};
@@ -165,6 +189,8 @@ pub struct Gossip {
     /// again every probe period (see `retell_suspects`).
     own_suspicions: Vec<SocketAddr>,
     next_retell_ms: Millis,
+    /// When a member we held dead last came back alive.
+    revived_ms: Option<Millis>,
     /// Randomized round-robin order (SWIM §4.3): reshuffled each pass, new members
     /// inserted at a random place still ahead. Ids, not addresses (4 bytes, not 32): an
     /// id freed by a reclaim and reused by a new member until the next reshuffle only
@@ -230,6 +256,7 @@ impl Gossip {
             suspicions: BTreeMap::new(),
             own_suspicions: Vec::new(),
             next_retell_ms: 0,
+            revived_ms: None,
             probe_list: Vec::new(),
             probe_ahead: Vec::new(),
             probe_count: 0,
@@ -644,7 +671,7 @@ impl Gossip {
         self.set_timer(now + timeout, Timer::ProbeTimeout { seq });
         self.set_timer(now + interval, Timer::ProbeDeadline { seq });
         self.set_timer(now + interval, Timer::Probe);
-        self.maybe_reconnect(interval);
+        self.maybe_reconnect(now, interval);
     }
 
     /// Sends each suspicion we started and that still runs to its suspect again. The
@@ -683,13 +710,25 @@ impl Gossip {
     /// handler), so we refute as well. Each side then gossips the other's refutation,
     /// and every member revived this way becomes a bridge: members on the other side
     /// now probe it, and it answers each one it holds dead with that news.
-    fn maybe_reconnect(&mut self, interval: u64) {
+    ///
+    /// That rate assumes every member holds the same dead. Right after a member we held
+    /// dead came back (a heal in progress), our other dead may be stale views of ours
+    /// alone, which the shared rate would reach once an hour; so for a sync interval after
+    /// such a revival we also ping one at least every `reconnect_interval_ms / 4` (2.5 s).
+    fn maybe_reconnect(&mut self, now: Millis, interval: u64) {
         let reconnect = self.config.reconnect_interval_ms;
         let tombstones = self.members.tombstone_count();
         if reconnect == 0 || tombstones == 0 {
             return;
         }
-        let p = (interval as f64 * tombstones as f64) / (reconnect as f64 * self.num_live() as f64);
+        let mut p =
+            (interval as f64 * tombstones as f64) / (reconnect as f64 * self.num_live() as f64);
+        if self
+            .revived_ms
+            .is_some_and(|t| now < t + self.config.sync_interval_ms)
+        {
+            p = p.max(interval as f64 * 4.0 / reconnect as f64);
+        }
         if p < 1.0 && self.rng.random::<f64>() >= p {
             return;
         }
@@ -925,6 +964,9 @@ impl Gossip {
         let decoded = || NodeMeta::decode(meta).expect("metadata is validated on receipt");
         match previous {
             None | Some((Status::Dead | Status::Left, _)) => {
+                if matches!(previous, Some((Status::Dead, _))) {
+                    self.revived_ms = Some(now);
+                }
                 self.add_to_probe_list(addr);
                 self.event(MemberEvent::Joined {
                     addr,
