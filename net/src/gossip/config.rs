@@ -75,10 +75,10 @@ pub struct Config {
     /// healed partition, a node that woke from a stall) refutes at once and its ack
     /// carries the refutation back. 0 turns it off.
     pub reconnect_interval_ms: u64,
-    /// A node that refutes its own death asks one random member for its full state this
-    /// long afterwards, at most once per `sync_interval_ms`: whoever declared it dead was
-    /// cut off from it, so news spread while others held it dead never reached it. 0
-    /// turns it off.
+    /// A node that refutes a suspicion or death of itself asks one random member for its
+    /// full state this long afterwards, at most once per `sync_interval_ms`: whoever
+    /// suspected it could not reach it, so news spread while others held it suspect or
+    /// dead may never have reached it. 0 turns it off.
     pub resync_delay_ms: u64,
     /// How long dead and left members are remembered (so old news about them is
     /// recognised as old) before they are dropped.
@@ -96,8 +96,9 @@ impl Config {
             // interval), and it is the one part of detection no tuning of suspicion can
             // shorten: at 1 s a crash was first probed up to 2-3 s late in the simulator.
             // Two probes per second cost 4 datagrams/s per node in steady state (a ping and
-            // the ack for someone else's, twice), under the 5/s budget: 4.57 packets/s and
-            // 63 B/s at 10,000 nodes and 1% loss (`loadgen gossip-sim --scenario steady`).
+            // the ack for someone else's, twice), under the 5/s budget: 4.10 packets/s and
+            // 58 B/s at 10,000 nodes and 1% loss, 4.58 and 63 B/s at 5% loss (`loadgen
+            // gossip-sim --scenario steady`; retries as under `probe_retry`).
             probe_interval_ms: 500,
             // A LAN round trip is under 1 ms: 200 ms only expires on loss or a stalled
             // peer, and leaves 300 ms of the period for the retry and the helpers. A GC
