@@ -175,8 +175,13 @@ fn secs(ms: Option<u64>) -> Option<f64> {
 }
 
 fn peak_rss_mib() -> Option<f64> {
+    rss_mib("VmHWM:")
+}
+
+/// A `/proc/self/status` memory line (`VmRSS:` now, `VmHWM:` the peak) in MiB.
+fn rss_mib(key: &str) -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = s.lines().find(|l| l.starts_with(key))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
@@ -241,7 +246,20 @@ pub fn run(a: &GossipSimArgs) -> Result<bool, String> {
     let c = config(a)?;
     println!("{}", command_line(a, &c));
     println!("gossip: {:?}", c.sim.gossip);
-    let r = scenario::run(&c, &mut |line| println!("{line}")).map_err(|e| e.to_string())?;
+    let t0 = std::time::Instant::now();
+    let r = scenario::run(&c, &mut |line| {
+        // Progress lines of long runs get the wall time and RSS beside them.
+        if line.starts_with("  at ") {
+            println!(
+                "{line}; wall {:.0} s, RSS {} MiB",
+                t0.elapsed().as_secs_f64(),
+                rss_mib("VmRSS:").map_or("?".into(), |m| format!("{m:.0}"))
+            );
+        } else {
+            println!("{line}");
+        }
+    })
+    .map_err(|e| e.to_string())?;
     let j = json(&c, &r);
     let f = |k: &str| j[k].as_f64().map_or("-".into(), |v| format!("{v:.2}"));
     if !r.detect_ms.is_empty() {

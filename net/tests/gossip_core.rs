@@ -94,6 +94,10 @@ fn swim_3_1_probe_timeout_sends_ping_reqs_and_lifeguard_nacks_set_the_suspicion(
         out[1..],
         [
             Output::SetTimer {
+                at: probe_at + timeout_ms / 2,
+                timer: Timer::ProbeRetry { seq: 1 }
+            },
+            Output::SetTimer {
                 at: probe_at + timeout_ms,
                 timer: Timer::ProbeTimeout { seq: 1 }
             },
@@ -108,7 +112,14 @@ fn swim_3_1_probe_timeout_sends_ping_reqs_and_lifeguard_nacks_set_the_suspicion(
         ]
     );
 
-    // No ack in time: the ping is retried and k = 3 others are asked to ping it.
+    // No ack halfway to the timeout: the ping is sent once more.
+    g.handle_timer(probe_at + timeout_ms / 2, Timer::ProbeRetry { seq: 1 });
+    assert_eq!(
+        outputs(&mut g),
+        vec![send(target, &[Message::Ping { seq: 1 }])]
+    );
+
+    // No ack in time: a third ping, and k = 3 others are asked to ping it.
     g.handle_timer(probe_at + timeout_ms, Timer::ProbeTimeout { seq: 1 });
     let out = outputs(&mut g);
     assert_eq!(out.len(), 4);
@@ -185,7 +196,14 @@ fn swim_4_2_a_suspicion_about_us_is_refuted_with_a_higher_incarnation() {
         suspecters: vec![addr(2)],
     };
     g.handle_packet(0, addr(2), &packet(&[suspicion])).unwrap();
-    assert_eq!(outputs(&mut g), vec![]);
+    // Being suspected means some could not reach us: we ask for a resync a little later.
+    assert_eq!(
+        outputs(&mut g),
+        vec![Output::SetTimer {
+            at: Config::lan().resync_delay_ms,
+            timer: Timer::Resync
+        }]
+    );
     assert_eq!(g.incarnation(), 1);
     // The refutation rides on the next datagram we send.
     g.handle_packet(1, addr(3), &packet(&[Message::Ping { seq: 9 }]))
@@ -592,4 +610,170 @@ fn force_leave_turns_a_failed_member_left_and_refuses_live_or_unknown_ones() {
     // Forcing it again changes nothing.
     g.force_leave(2, addr(2)).unwrap();
     assert_eq!(outputs(&mut g), vec![]);
+}
+
+fn dead_notice(about: u8, incarnation: u32, from: u8) -> Message {
+    Message::Dead {
+        addr: addr(about),
+        incarnation,
+        from: addr(from),
+    }
+}
+
+/// Node 1 knowing nodes 2..=n, holding node `dead` dead at incarnation 0.
+fn node_holding_dead(n: u8, dead: u8, cfg: Config) -> Gossip {
+    let mut g = Gossip::new(cfg, addr(1), &meta(1), 0, 42).unwrap();
+    g.restore(0, (2..=n).map(|i| (addr(i), 0, meta(i))))
+        .unwrap();
+    g.handle_packet(0, addr(2), &packet(&[dead_notice(dead, 0, 2)]))
+        .unwrap();
+    assert_eq!(g.status_of(&addr(dead)), Some((Status::Dead, 0)));
+    outputs(&mut g);
+    g
+}
+
+#[test]
+fn a_reconnect_ping_to_a_member_held_dead_tells_it_so_first() {
+    // A reconnect interval this short makes the reconnect certain at every probe.
+    let cfg = Config {
+        reconnect_interval_ms: 1,
+        ..Config::lan()
+    };
+    let mut g = node_holding_dead(3, 3, cfg);
+    g.handle_timer(1_000, Timer::Probe);
+    let sends: Vec<(SocketAddr, Vec<Message>)> = outputs(&mut g)
+        .iter()
+        .filter(|o| matches!(o, Output::Send { .. }))
+        .map(decode)
+        .collect();
+    // The probe goes to the only live member; the reconnect ping to the dead one.
+    assert_eq!(sends.len(), 2);
+    assert_eq!(sends[0].0, addr(2));
+    assert_eq!(sends[0].1[0], Message::Ping { seq: 1 });
+    assert_eq!(sends[1].0, addr(3));
+    assert_eq!(
+        sends[1].1[..2],
+        [dead_notice(3, 0, 1), Message::Ping { seq: 2 }]
+    );
+}
+
+#[test]
+fn a_member_told_it_is_dead_refutes_before_it_acks_and_says_whom_it_holds_dead() {
+    // Node 1 holds node 3 dead; node 3 (alive) sends it a reconnect ping saying that it
+    // holds node 1 dead.
+    let mut g = node_holding_dead(3, 3, Config::lan());
+    g.handle_packet(
+        5,
+        addr(3),
+        &packet(&[dead_notice(1, 0, 3), Message::Ping { seq: 7 }]),
+    )
+    .unwrap();
+    assert_eq!(g.incarnation(), 1);
+    let out = outputs(&mut g);
+    assert_eq!(
+        out[0],
+        Output::SetTimer {
+            at: 5 + Config::lan().resync_delay_ms,
+            timer: Timer::Resync
+        }
+    );
+    let (to, msgs) = decode(&out[1]);
+    assert_eq!(to, addr(3));
+    let alive = Message::Alive {
+        addr: addr(1),
+        incarnation: 1,
+        meta: Bytes::from(meta(1).encode().unwrap()),
+    };
+    // The ack, what we hold about the pinger, and our refutation as the freshest news.
+    assert_eq!(
+        msgs[..3],
+        [Message::Ack { seq: 7 }, dead_notice(3, 0, 1), alive]
+    );
+}
+
+#[test]
+fn a_member_held_dead_that_talks_to_us_is_told_and_answers_with_who_it_is_now() {
+    let mut g = node_holding_dead(3, 3, Config::lan());
+    // Gossip from node 3 that does not revive it: it is told we hold it dead.
+    g.handle_packet(5, addr(3), &packet(&[dead_notice(9, 0, 3)]))
+        .unwrap();
+    let out = outputs(&mut g);
+    let (to, msgs) = decode(&out[0]);
+    assert_eq!((to, &msgs[0]), (addr(3), &dead_notice(3, 0, 1)));
+
+    // The other way round: we are at incarnation 2, and node 2 itself tells us it holds
+    // us dead at 1 (our refutation never reached it): we answer it directly.
+    let mut g = Gossip::new(Config::lan(), addr(1), &meta(1), 2, 42).unwrap();
+    g.restore(0, [(addr(2), 0, meta(2))]).unwrap();
+    g.handle_packet(5, addr(2), &packet(&[dead_notice(1, 1, 2)]))
+        .unwrap();
+    assert_eq!(g.incarnation(), 2, "nothing to refute");
+    let out = outputs(&mut g);
+    let (to, msgs) = decode(&out[0]);
+    let alive = Message::Alive {
+        addr: addr(1),
+        incarnation: 2,
+        meta: Bytes::from(meta(1).encode().unwrap()),
+    };
+    assert_eq!((to, &msgs[0]), (addr(2), &alive));
+}
+
+#[test]
+fn a_resync_asks_one_member_for_its_whole_state() {
+    let mut g = node_with_members(2);
+    g.handle_timer(10, Timer::Resync);
+    let alive = Message::Alive {
+        addr: addr(1),
+        incarnation: 0,
+        meta: Bytes::from(meta(1).encode().unwrap()),
+    };
+    assert_eq!(
+        outputs(&mut g),
+        vec![send(addr(2), &[alive, Message::Join])]
+    );
+}
+
+#[test]
+fn ring_probes_go_to_one_successor_until_it_dies_then_to_the_next() {
+    let cfg = Config {
+        ring_probe_every: 1,
+        ..Config::lan()
+    };
+    let mut g = Gossip::new(cfg, addr(1), &meta(1), 0, 42).unwrap();
+    g.restore(0, (2..=6).map(|i| (addr(i), 0, meta(i))))
+        .unwrap();
+    // Each probe is acked, so nobody becomes suspect.
+    let probe = |g: &mut Gossip, at: u64| -> SocketAddr {
+        g.handle_timer(at, Timer::Probe);
+        let (to, msgs) = outputs(g)
+            .iter()
+            .filter(|o| matches!(o, Output::Send { .. }))
+            .map(decode)
+            .next()
+            .expect("a probe");
+        let Message::Ping { seq } = msgs[0] else {
+            panic!("not a ping: {msgs:?}")
+        };
+        g.handle_packet(at + 1, to, &packet(&[Message::Ack { seq }]))
+            .unwrap();
+        outputs(g);
+        to
+    };
+    let succ = probe(&mut g, 1_000);
+    for k in 1..5 {
+        assert_eq!(probe(&mut g, 1_000 + k * 500), succ);
+    }
+    g.handle_packet(4_000, addr(99), &packet(&[dead_notice_of(succ)]))
+        .unwrap();
+    let next = probe(&mut g, 5_000);
+    assert_ne!(next, succ);
+    assert_eq!(probe(&mut g, 5_500), next);
+}
+
+fn dead_notice_of(a: SocketAddr) -> Message {
+    Message::Dead {
+        addr: a,
+        incarnation: 0,
+        from: addr(99),
+    }
 }

@@ -66,6 +66,11 @@ impl BroadcastQueue {
         self.by_subject.insert(subject, key);
     }
 
+    /// Whether news about `subject` is queued.
+    pub(crate) fn contains(&self, subject: &SocketAddr) -> bool {
+        self.by_subject.contains_key(subject)
+    }
+
     /// The framed news queued about `subject`, if any.
     #[cfg(test)]
     pub(crate) fn get(&self, subject: &SocketAddr) -> Option<&Bytes> {

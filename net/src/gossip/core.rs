@@ -2,9 +2,12 @@
 //!
 //! # Probing (SWIM §3, §4.3; Lifeguard §4.1, §4.3)
 //! Every `probe_interval_ms` (times the local health multiplier) the next member in a
-//! shuffled round-robin list is pinged. No ack within `probe_timeout_ms`: the ping is
-//! resent once ([`Config::probe_retry`]) and `indirect_checks` random members are asked to
-//! ping it (ping-req); each answers with the target's ack or, if it too hears nothing, a
+//! shuffled round-robin list is pinged, except every `ring_probe_every`-th probe, which
+//! goes to our successor on a ring of members ordered by address hash (so every member
+//! is probed by its predecessor at a fixed rate: a crashed member's wait for its first
+//! probe is bounded). No ack within half of `probe_timeout_ms`: the ping is resent
+//! ([`Config::probe_retry`]); none within `probe_timeout_ms`: it is sent a third time and
+//! `indirect_checks` random members are asked to ping it (ping-req); each answers with the target's ack or, if it too hears nothing, a
 //! nack. No ack by the end of the period: the target becomes suspect, and the helpers
 //! that nacked are named in the suspicion as independent confirmations — four vantage
 //! points failed to reach it, so Lifeguard's timeout can start near its minimum. Missing
@@ -32,8 +35,29 @@
 //! push-pull moves the whole member list, which is what made 10,000-node clusters burn
 //! bandwidth). A death learned this way is re-checked as a suspicion (as memberlist's
 //! push-pull merge does), so a stale digest cannot kill a live member without giving it
-//! the chance to refute. Every `sync_reconnect_every`-th digest goes to a dead member, so
-//! the two sides of a healed partition find each other again.
+//! the chance to refute. Every `sync_reconnect_every`-th digest goes to a dead member.
+//!
+//! # Healing (after a partition, a long stall)
+//! Each side of a healed partition holds the other dead, and nobody probes or gossips to
+//! dead members, so by itself nothing crosses the cut but a rare digest. Five cheap
+//! pieces close it, none of which costs anything in a pool where nobody is held dead:
+//! - reconnect pings: every probe period a node pings one random dead member with
+//!   probability `probe_interval * dead / (reconnect_interval * live)`, so cluster-wide
+//!   each dead member is pinged about once per `reconnect_interval_ms` whatever N is.
+//!   The ping carries the sender's "you are dead" first, so a running target refutes and
+//!   its ack carries the refutation back;
+//! - dead notices: a member we hold dead that talks to us is told so (a ping's ack says
+//!   it, any other datagram gets a notice); it refutes, or if it already outbid that
+//!   incarnation, answers with its current alive message. Every member revived on the
+//!   other side is then probed by that side, and tells each prober it holds dead: the
+//!   revival spreads as an epidemic (bridges grow exponentially);
+//! - retold suspicions: a suspicion we started is sent to its suspect again every probe
+//!   period until it ends, so one raised just before the heal reaches its suspect;
+//! - re-announcement: news that we are suspect or dead at an incarnation we already
+//!   outbid means some members missed our refutation; we queue our alive message again;
+//! - resync: `resync_delay_ms` after refuting, a node asks one member for its whole
+//!   state (at most once per `sync_interval_ms`): whoever could not reach us, we could
+//!   not hear from, and news spread in that time never reached us.
 
 use super::broadcast::BroadcastQueue;
 use super::config::{Config, ConfigError};
@@ -89,6 +113,32 @@ pub struct Stats {
     pub digests_refused: u64,
 }
 
+/// See [`Gossip::footprint`]: entry counts, not bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Footprint {
+    pub members: usize,
+    pub tombstones: usize,
+    pub suspicions: usize,
+    pub broadcasts: usize,
+    pub probe_list: usize,
+    pub probe_list_capacity: usize,
+    pub indirect: usize,
+    pub outputs_capacity: usize,
+}
+
+impl std::ops::AddAssign for Footprint {
+    fn add_assign(&mut self, o: Footprint) {
+        self.members += o.members;
+        self.tombstones += o.tombstones;
+        self.suspicions += o.suspicions;
+        self.broadcasts += o.broadcasts;
+        self.probe_list += o.probe_list;
+        self.probe_list_capacity += o.probe_list_capacity;
+        self.indirect += o.indirect;
+        self.outputs_capacity += o.outputs_capacity;
+    }
+}
+
 /// A member as this node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberView {
@@ -135,11 +185,29 @@ pub struct Gossip {
     /// change so a digest costs nothing to produce.
     digest: Vec<u64>,
     suspicions: BTreeMap<SocketAddr, Suspicion>,
+    /// Suspicions this node started and that are still pending: their suspects are told
+    /// again every probe period (see `retell_suspects`).
+    own_suspicions: Vec<SocketAddr>,
+    next_retell_ms: Millis,
+    /// When a member we held dead last came back alive.
+    revived_ms: Option<Millis>,
     /// Randomized round-robin order (SWIM §4.3): reshuffled each pass, new members
     /// inserted at a random place still ahead. Ids, not addresses (4 bytes, not 32): an
     /// id freed by a reclaim and reused by a new member until the next reshuffle only
     /// means that member may be probed twice in this pass.
     probe_list: Vec<MemberId>,
+    /// One bit per member id: set while the id is still ahead in this pass of
+    /// `probe_list`. A member that dies and comes back is put back only if it is not
+    /// already ahead: otherwise every flap of a member added it once more, and a member
+    /// flapping often was probed several times per pass (and the list grew with it).
+    probe_ahead: Vec<u64>,
+    /// Probes started, for `ring_probe_every`.
+    probe_count: u64,
+    /// Our successor on the ring of live members ordered by `ring_pos` (id and
+    /// distance from us), valid while `ring_valid`: updated as members come alive, and
+    /// recomputed by one pass over the table only after it stops being live.
+    ring: Option<(MemberId, u64)>,
+    ring_valid: bool,
     probe_index: usize,
     probe: Option<Probe>,
     next_probe_ms: Millis,
@@ -152,6 +220,9 @@ pub struct Gossip {
     started: bool,
     leaving: bool,
     sync_round: u32,
+    /// A `Timer::Resync` is set; and when the last one fired.
+    resync_pending: bool,
+    last_resync_ms: Option<Millis>,
     /// Seeds of the last `join`, asked again every probe period until some member is
     /// known: a lost join datagram must not leave a node alone forever.
     join_seeds: Vec<SocketAddr>,
@@ -183,7 +254,14 @@ impl Gossip {
             members: MemberTable::default(),
             live: 0,
             suspicions: BTreeMap::new(),
+            own_suspicions: Vec::new(),
+            next_retell_ms: 0,
+            revived_ms: None,
             probe_list: Vec::new(),
+            probe_ahead: Vec::new(),
+            probe_count: 0,
+            ring: None,
+            ring_valid: false,
             probe_index: 0,
             probe: None,
             next_probe_ms: 0,
@@ -193,6 +271,8 @@ impl Gossip {
             started: false,
             leaving: false,
             sync_round: 0,
+            resync_pending: false,
+            last_resync_ms: None,
             join_seeds: Vec::new(),
             outputs: VecDeque::new(),
             stats: Stats::default(),
@@ -231,6 +311,21 @@ impl Gossip {
     /// Broadcasts waiting to be piggybacked.
     pub fn pending_broadcasts(&self) -> usize {
         self.broadcasts.len()
+    }
+
+    /// Sizes of the core's growing structures, to check that they stay bounded (the
+    /// simulator's long runs report them).
+    pub fn footprint(&self) -> Footprint {
+        Footprint {
+            members: self.members.len(),
+            tombstones: self.members.tombstone_count(),
+            suspicions: self.suspicions.len(),
+            broadcasts: self.broadcasts.len(),
+            probe_list: self.probe_list.len(),
+            probe_list_capacity: self.probe_list.capacity(),
+            indirect: self.indirect.len(),
+            outputs_capacity: self.outputs.capacity(),
+        }
     }
 
     /// How this node sees `addr`, without decoding its metadata.
@@ -349,6 +444,7 @@ impl Gossip {
         // (SWIM §4.3), or they would all probe the same member at the same time.
         self.probe_list.shuffle(&mut self.rng);
         self.probe_index = 0;
+        self.mark_all_ahead();
         Ok(())
     }
 
@@ -425,8 +521,28 @@ impl Gossip {
         };
         self.stats.packets_received += 1;
         self.stats.bytes_received += packet.len() as u64;
+        let mut pinged = false;
         for m in messages {
+            pinged |= matches!(m, Message::Ping { .. });
             self.handle_message(now, from, m);
+        }
+        // A member we still hold dead after all it said is talking to us: it does not
+        // know (a healed partition, a stale view of ours that no broadcast will fix any
+        // more). Tell it, so it refutes or tells us who it is now. A ping's ack already
+        // says it.
+        if !pinged {
+            if let Some(m) = self
+                .members
+                .get(&from)
+                .filter(|m| m.status() == Status::Dead)
+            {
+                let notice = Message::Dead {
+                    addr: from,
+                    incarnation: m.incarnation,
+                    from: self.local,
+                };
+                self.send_with_news(from, &[notice], None);
+            }
         }
         Ok(())
     }
@@ -435,6 +551,16 @@ impl Gossip {
     pub fn handle_timer(&mut self, now: Millis, timer: Timer) {
         match timer {
             Timer::Probe => self.on_probe_timer(now),
+            Timer::ProbeRetry { seq } => {
+                if let Some(p) = self
+                    .probe
+                    .as_ref()
+                    .filter(|p| p.seq == seq && !p.acked && !p.indirect_sent)
+                {
+                    let target = p.target;
+                    self.send_with_news(target, &[Message::Ping { seq }], Some(target));
+                }
+            }
             Timer::ProbeTimeout { seq } => self.on_probe_timeout(now, seq),
             Timer::ProbeDeadline { seq } => {
                 if self.probe.as_ref().is_some_and(|p| p.seq == seq) {
@@ -454,10 +580,12 @@ impl Gossip {
             Timer::Gossip => {
                 self.set_timer(now + self.config.gossip_interval_ms, Timer::Gossip);
                 self.gossip_round(now);
+                self.retell_suspects(now);
             }
             Timer::Suspicion { addr } => self.on_suspicion_timer(now, addr),
             Timer::Sync => self.on_sync_timer(now),
             Timer::Reclaim => self.on_reclaim_timer(now),
+            Timer::Resync => self.on_resync_timer(now),
         }
     }
 
@@ -514,7 +642,14 @@ impl Gossip {
                 self.join_seeds.clear();
             }
         }
-        let Some(target) = self.next_probe_target() else {
+        self.probe_count += 1;
+        let every = self.config.ring_probe_every as u64;
+        let ring = if every > 0 && self.probe_count % every == 0 {
+            self.ring_successor()
+        } else {
+            None
+        };
+        let Some(target) = ring.or_else(|| self.next_probe_target()) else {
             self.set_timer(now + interval, Timer::Probe);
             return;
         };
@@ -530,9 +665,92 @@ impl Gossip {
         });
         self.send_with_news(target, &[Message::Ping { seq }], Some(target));
         let timeout = self.scaled(self.config.probe_timeout_ms);
+        if self.config.probe_retry {
+            self.set_timer(now + timeout / 2, Timer::ProbeRetry { seq });
+        }
         self.set_timer(now + timeout, Timer::ProbeTimeout { seq });
         self.set_timer(now + interval, Timer::ProbeDeadline { seq });
         self.set_timer(now + interval, Timer::Probe);
+        self.maybe_reconnect(now, interval);
+    }
+
+    /// Sends each suspicion we started and that still runs to its suspect again. The
+    /// first telling can be lost, or cut off by a partition: a suspicion started on one
+    /// side shortly before a heal is held by that side, whose gossip of it is spent, and
+    /// the suspect (alive, and held alive at the same incarnation by everyone else) never
+    /// hears of it; when it runs out the death is news to the whole pool. One datagram
+    /// per probe period per pending suspicion we started (a handful at most), on the
+    /// gossip timer so that it keeps the unscaled period: a partition raises the local
+    /// health multiplier of everyone on the small side (their helpers' nacks are lost
+    /// too), which would stretch it up to 4 s.
+    fn retell_suspects(&mut self, now: Millis) {
+        if self.own_suspicions.is_empty() || now < self.next_retell_ms {
+            return;
+        }
+        self.next_retell_ms = now + self.config.probe_interval_ms;
+        let mut own = std::mem::take(&mut self.own_suspicions);
+        let local = self.local;
+        own.retain(|a| {
+            self.suspicions
+                .get(a)
+                .is_some_and(|s| s.suspecters.first() == Some(&local))
+        });
+        for a in &own {
+            self.send_with_news(*a, &[], Some(*a));
+        }
+        self.own_suspicions = own;
+    }
+
+    /// With probability `interval * dead / (reconnect_interval * live)`, pings one random
+    /// dead member, telling it we hold it dead: cluster-wide, each dead member gets one
+    /// such ping per `reconnect_interval_ms` on average, whatever N is. A crashed member
+    /// costs one lost datagram. A running one (the other side of a healed partition, a
+    /// node back from a long stall) refutes before it answers, so its ack brings its
+    /// refutation back; and if it holds us dead its ack says so too (see the `Ping`
+    /// handler), so we refute as well. Each side then gossips the other's refutation,
+    /// and every member revived this way becomes a bridge: members on the other side
+    /// now probe it, and it answers each one it holds dead with that news.
+    ///
+    /// That rate assumes every member holds the same dead. Right after a member we held
+    /// dead came back (a heal in progress), our other dead may be stale views of ours
+    /// alone, which the shared rate would reach once an hour; so for a sync interval after
+    /// such a revival we also ping one at least every `reconnect_interval_ms / 4` (2.5 s).
+    fn maybe_reconnect(&mut self, now: Millis, interval: u64) {
+        let reconnect = self.config.reconnect_interval_ms;
+        let tombstones = self.members.tombstone_count();
+        if reconnect == 0 || tombstones == 0 {
+            return;
+        }
+        let mut p =
+            (interval as f64 * tombstones as f64) / (reconnect as f64 * self.num_live() as f64);
+        if self
+            .revived_ms
+            .is_some_and(|t| now < t + self.config.sync_interval_ms)
+        {
+            p = p.max(interval as f64 * 4.0 / reconnect as f64);
+        }
+        if p < 1.0 && self.rng.random::<f64>() >= p {
+            return;
+        }
+        let k = self.rng.random_range(0..tombstones);
+        let Some(m) = self
+            .members
+            .tombstone_at(k)
+            .and_then(|id| self.members.at(id))
+            .filter(|m| m.status() == Status::Dead)
+        else {
+            // A left member is not pinged: it said it was going.
+            return;
+        };
+        let (addr, incarnation) = (m.addr(), m.incarnation);
+        let seq = self.next_seq();
+        let notice = Message::Dead {
+            addr,
+            incarnation,
+            from: self.local,
+        };
+        // The notice first, so the target refutes before it builds its ack.
+        self.send_with_news(addr, &[notice, Message::Ping { seq }], None);
     }
 
     fn next_probe_target(&mut self) -> Option<SocketAddr> {
@@ -540,6 +758,7 @@ impl Gossip {
             while self.probe_index < self.probe_list.len() {
                 let id = self.probe_list[self.probe_index];
                 self.probe_index += 1;
+                self.set_ahead(id, false);
                 if let Some(m) = self.members.at(id).filter(|m| m.status().is_live()) {
                     return Some(m.addr());
                 }
@@ -556,6 +775,7 @@ impl Gossip {
                 );
                 self.probe_list.shuffle(&mut self.rng);
                 self.probe_index = 0;
+                self.mark_all_ahead();
             }
         }
         None
@@ -607,6 +827,14 @@ impl Gossip {
         // Tell the suspect at once, so a live one refutes without waiting to be gossiped
         // to (part of the buddy system).
         self.send_with_news(p.target, &[], Some(p.target));
+        if self
+            .suspicions
+            .get(&p.target)
+            .is_some_and(|s| s.suspecters.first() == Some(&self.local))
+            && !self.own_suspicions.contains(&p.target)
+        {
+            self.own_suspicions.push(p.target);
+        }
     }
 
     // ---- messages -------------------------------------------------------------------
@@ -662,7 +890,19 @@ impl Gossip {
                 addr,
                 incarnation,
                 from: declarer,
-            } => self.on_dead(now, addr, incarnation, declarer),
+            } => {
+                if addr == self.local && declarer == from && incarnation < self.incarnation {
+                    // The sender itself holds us dead at an incarnation we already
+                    // outbid, and the news that we did never reached it (a healed
+                    // partition: a reconnect ping, or the answer to our ping). Nothing to
+                    // refute; tell it directly who we are now.
+                    let alive = self.self_alive();
+                    self.send_with_news(from, &[alive], None);
+                    self.schedule_resync(now);
+                    return;
+                }
+                self.on_dead(now, addr, incarnation, declarer)
+            }
             Message::Left { addr, incarnation } => self.on_left(now, addr, incarnation),
             Message::Join => self.send_state(from, None),
             Message::Digest { reply, buckets } => self.on_digest(from, reply, &buckets),
@@ -702,7 +942,7 @@ impl Gossip {
             if incarnation > self.incarnation
                 || (incarnation == self.incarnation && meta != &self.meta[..])
             {
-                self.refute(incarnation);
+                self.refute(now, incarnation);
             }
             return;
         }
@@ -724,6 +964,9 @@ impl Gossip {
         let decoded = || NodeMeta::decode(meta).expect("metadata is validated on receipt");
         match previous {
             None | Some((Status::Dead | Status::Left, _)) => {
+                if matches!(previous, Some((Status::Dead, _))) {
+                    self.revived_ms = Some(now);
+                }
                 self.add_to_probe_list(addr);
                 self.event(MemberEvent::Joined {
                     addr,
@@ -768,9 +1011,11 @@ impl Gossip {
     ) {
         if addr == self.local {
             if incarnation >= self.incarnation {
-                self.refute(incarnation);
+                self.refute(now, incarnation);
                 // Lifeguard §4.1: being suspected is a hint that we are the slow one.
                 self.health_add(1);
+            } else {
+                self.reannounce();
             }
             return;
         }
@@ -866,7 +1111,9 @@ impl Gossip {
     fn on_dead(&mut self, now: Millis, addr: SocketAddr, incarnation: u32, from: SocketAddr) {
         if addr == self.local {
             if incarnation >= self.incarnation {
-                self.refute(incarnation);
+                self.refute(now, incarnation);
+            } else {
+                self.reannounce();
             }
             return;
         }
@@ -891,7 +1138,7 @@ impl Gossip {
         if addr == self.local {
             // A left message about us while we are not leaving is from a previous life.
             if !self.leaving && incarnation >= self.incarnation {
-                self.refute(incarnation);
+                self.refute(now, incarnation);
             }
             return;
         }
@@ -911,10 +1158,25 @@ impl Gossip {
     }
 
     /// Outbids news about us at `incarnation` (SWIM §4.2).
-    fn refute(&mut self, incarnation: u32) {
+    /// Being suspected or declared dead means some members could not reach us for a
+    /// while, so we may have missed news too: a resync follows.
+    fn refute(&mut self, now: Millis, incarnation: u32) {
         self.incarnation = self.incarnation.max(incarnation).saturating_add(1);
         self.stats.refutations += 1;
         self.queue_self_news();
+        self.schedule_resync(now);
+    }
+
+    /// News that we are suspect or dead at an incarnation we already outbid is still
+    /// going round: some members never got our refutation (it spread while they were cut
+    /// off from those who had it) and will declare us dead at the old incarnation, which
+    /// we would ignore. Announce our current incarnation again (no new refutation), unless
+    /// it is still queued: the members holding the old one take it, the others ignore it
+    /// without passing it on, so it costs little.
+    fn reannounce(&mut self) {
+        if !self.leaving && !self.broadcasts.contains(&self.local) {
+            self.queue_self_news();
+        }
     }
 
     fn queue_self_news(&mut self) {
@@ -1112,10 +1374,46 @@ impl Gossip {
         d
     }
 
+    /// Asks for a `Timer::Resync` in `resync_delay_ms`, unless one is set or the last
+    /// fired less than `sync_interval_ms` ago.
+    fn schedule_resync(&mut self, now: Millis) {
+        let delay = self.config.resync_delay_ms;
+        if delay == 0 || self.resync_pending || self.leaving {
+            return;
+        }
+        if self
+            .last_resync_ms
+            .is_some_and(|t| now < t + self.config.sync_interval_ms)
+        {
+            return;
+        }
+        self.resync_pending = true;
+        self.set_timer(now + delay, Timer::Resync);
+    }
+
+    /// Asks one random live member for its whole state (as a joiner does), announcing
+    /// ourselves first.
+    fn on_resync_timer(&mut self, now: Millis) {
+        self.resync_pending = false;
+        if self.leaving {
+            return;
+        }
+        self.last_resync_ms = Some(now);
+        if let Some(peer) = self.random_members(1, None, false).first().copied() {
+            let mut p = PacketBuilder::new(self.config.max_packet_bytes);
+            p.push(&self.self_alive());
+            p.push(&Message::Join);
+            self.send(peer, p.finish());
+        }
+    }
+
     fn on_reclaim_timer(&mut self, now: Millis) {
         self.set_timer(now + self.config.reclaim_interval_ms, Timer::Reclaim);
         let nb = self.digest.len();
         for id in self.members.expired(now, self.config.tombstone_timeout_ms) {
+            if self.ring.is_some_and(|(r, _)| r == id) {
+                self.ring_valid = false;
+            }
             let m = self.members.remove(id);
             let a = m.addr();
             let b = bucket_of(&a, nb);
@@ -1150,20 +1448,89 @@ impl Gossip {
         if status.is_live() {
             self.live += 1;
         }
+        if self.ring_valid {
+            if status.is_live() {
+                let d = self.ring_distance(&addr);
+                if self.ring.is_none_or(|(_, best)| d < best) {
+                    self.ring = Some((id, d));
+                }
+            } else if self.ring.is_some_and(|(r, _)| r == id) {
+                self.ring_valid = false;
+            }
+        }
         id
+    }
+
+    /// How far clockwise `a` is from us on the ring of members (0 only for ourselves).
+    fn ring_distance(&self, a: &SocketAddr) -> u64 {
+        ring_pos(a).wrapping_sub(ring_pos(&self.local))
+    }
+
+    /// The first live member after us on the ring, if any.
+    fn ring_successor(&mut self) -> Option<SocketAddr> {
+        if !self.ring_valid {
+            let mut best: Option<(MemberId, u64)> = None;
+            for (id, m) in self.members.iter() {
+                if !m.status().is_live() {
+                    continue;
+                }
+                let d = self.ring_distance(&m.addr());
+                if best.is_none_or(|(_, b)| d < b) {
+                    best = Some((id, d));
+                }
+            }
+            self.ring = best;
+            self.ring_valid = true;
+        }
+        self.ring
+            .and_then(|(id, _)| self.members.at(id))
+            .map(|m| m.addr())
     }
 
     fn add_to_probe_list(&mut self, addr: SocketAddr) {
         let Some(id) = self.members.id(&addr) else {
             return;
         };
+        if self.is_ahead(id) {
+            return;
+        }
         // Somewhere still ahead in this pass (SWIM §4.3: new members are probed within
         // one pass).
+        self.set_ahead(id, true);
         self.probe_list.push(id);
         let last = self.probe_list.len() - 1;
         let lo = self.probe_index.min(last);
         let j = self.rng.random_range(lo..=last);
         self.probe_list.swap(j, last);
+    }
+
+    fn is_ahead(&self, id: MemberId) -> bool {
+        let (w, b) = (id as usize / 64, id % 64);
+        self.probe_ahead.get(w).is_some_and(|x| x & (1 << b) != 0)
+    }
+
+    fn set_ahead(&mut self, id: MemberId, on: bool) {
+        let (w, b) = (id as usize / 64, id % 64);
+        if w >= self.probe_ahead.len() {
+            if !on {
+                return;
+            }
+            self.probe_ahead.resize(w + 1, 0);
+        }
+        if on {
+            self.probe_ahead[w] |= 1 << b;
+        } else {
+            self.probe_ahead[w] &= !(1 << b);
+        }
+    }
+
+    /// After a reshuffle: every id in the list is ahead.
+    fn mark_all_ahead(&mut self) {
+        self.probe_ahead.iter_mut().for_each(|w| *w = 0);
+        for i in self.probe_index..self.probe_list.len() {
+            let id = self.probe_list[i];
+            self.set_ahead(id, true);
+        }
     }
 
     /// Up to `n` distinct random live members other than `except`; suspects only if
@@ -1252,6 +1619,11 @@ fn mix(mut x: u64) -> u64 {
     x ^= x >> 27;
     x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
+}
+
+/// A member's place on the probe ring: the same for every node, spread by the hash.
+fn ring_pos(a: &SocketAddr) -> u64 {
+    mix(addr_hash(a) ^ 0x7269_6e67)
 }
 
 fn bucket_of(a: &SocketAddr, buckets: usize) -> usize {

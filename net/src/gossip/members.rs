@@ -326,6 +326,16 @@ impl MemberTable {
             .collect()
     }
 
+    /// Dead and left members held.
+    pub(crate) fn tombstone_count(&self) -> usize {
+        self.tombstones.len()
+    }
+
+    /// The `k`-th tombstone in id order (O(k): only used for rare random picks).
+    pub(crate) fn tombstone_at(&self, k: usize) -> Option<MemberId> {
+        self.tombstones.keys().nth(k).copied()
+    }
+
     /// Drops the entry at `id`, returning it.
     pub(crate) fn remove(&mut self, id: MemberId) -> Member {
         let m = self.slots[id as usize];

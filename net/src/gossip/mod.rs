@@ -39,7 +39,7 @@ mod broadcast;
 mod members;
 
 pub use self::config::{Config, ConfigError};
-pub use self::core::{Gossip, GossipError, MemberView, Stats};
+pub use self::core::{Footprint, Gossip, GossipError, MemberView, Stats};
 pub use self::wire::{NodeMeta, Role, WireError};
 
 use bytes::Bytes;
@@ -87,6 +87,9 @@ pub enum Output {
 pub enum Timer {
     /// Start the next probe (one per `probe_interval_ms`, scaled by local health).
     Probe,
+    /// The direct ping of probe `seq` went unanswered for half of `probe_timeout_ms`:
+    /// ping once more (with [`Config::probe_retry`]).
+    ProbeRetry { seq: u32 },
     /// The direct ping of probe `seq` went unanswered for `probe_timeout_ms`: try
     /// indirectly.
     ProbeTimeout { seq: u32 },
@@ -105,6 +108,9 @@ pub enum Timer {
     Sync,
     /// Drop tombstones older than `tombstone_timeout_ms`.
     Reclaim,
+    /// We refuted our own death a little while ago: we were cut off from the members
+    /// that declared it, so we likely missed news too. Ask one member for its state.
+    Resync,
 }
 
 /// A membership change, as this node sees it.

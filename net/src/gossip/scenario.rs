@@ -168,10 +168,35 @@ pub fn run(cfg: &ScenarioConfig, log: &mut dyn FnMut(String)) -> Result<Report, 
             stalls.nodes.len(),
             cfg.stall_max_ms
         ));
+        let mut next_report = sim.now() + 60_000;
         while sim.now() < steady_end {
             stalls.step(&mut sim, &mut rng);
             let next = (sim.now() + 100).min(steady_end);
             sim.run_until(next);
+            if sim.now() >= next_report {
+                // A long run must stay flat: what every core holds, summed.
+                next_report += 60_000;
+                let (f, queued, slots) = sim.footprint();
+                let c = sim.counters();
+                log(format!(
+                    "  at {:.0} s: {} false deaths, {} deaths of stalled members; held \
+                     over all nodes: {} members ({} tombstones), {} suspicions, {} \
+                     broadcasts, probe lists {} (capacity {}), {} ping-reqs; {} events \
+                     queued in {} slots",
+                    sim.now() as f64 / 1000.0,
+                    c.false_deaths,
+                    c.stalled_deaths,
+                    f.members,
+                    f.tombstones,
+                    f.suspicions,
+                    f.broadcasts,
+                    f.probe_list,
+                    f.probe_list_capacity,
+                    f.indirect,
+                    queued,
+                    slots
+                ));
+            }
         }
     } else {
         sim.run_until(steady_end);
@@ -308,6 +333,14 @@ pub fn run(cfg: &ScenarioConfig, log: &mut dyn FnMut(String)) -> Result<Report, 
         }
     }
     let phase = sim.traffic();
+    if let Some((t, observer, subject)) = sim.false_death_log().first() {
+        log(format!(
+            "first false death: node {observer} declared node {subject} dead at {:.1} s \
+             (replay with --seed {} to look closer)",
+            *t as f64 / 1000.0,
+            cfg.sim.seed
+        ));
+    }
     detect_ms.sort_unstable();
     Ok(Report {
         detect_ms,

@@ -14,7 +14,7 @@
 //!   crashed, never left and were never stalled ([`SimCounters`]);
 //! - traffic: datagrams and payload bytes sent per node per second ([`Sim::traffic`]).
 
-use super::core::{Gossip, GossipError};
+use super::core::{Footprint, Gossip, GossipError};
 use super::wire::{NodeMeta, Role};
 use super::{Config, MemberEvent, Millis, Output, Timer};
 use bytes::Bytes;
@@ -150,7 +150,19 @@ impl Ord for Item {
 }
 
 /// Span of [`EventQueue`]'s wheel: one bucket per millisecond for this long ahead.
-const WHEEL_MS: u64 = 1 << 16;
+/// Nearly every event lands within it (deliveries within milliseconds, probe, gossip
+/// and most suspicion timers within 4 s); sync, reclaim and lone-suspicion timers go to
+/// the heap. It was 65 s: a bucket keeps the capacity of the most events it ever held at
+/// once, so 65,536 buckets each sized for a millisecond's peak (90 events at 2,000 nodes
+/// under flapping, more in bursts) held 8 million slots (≈340 MiB) from the start and
+/// kept growing as rarer peaks came by: 14 million slots after 600 virtual s of the
+/// `slow` scenario at 2,000 nodes, the growth seen in the hour-long run. 4,096 buckets
+/// hold 16 times less, and [`EventQueue::pop_until`] trims a bucket that a burst left
+/// oversized.
+const WHEEL_MS: u64 = 1 << 12;
+
+/// A drained bucket keeps at most this capacity (slots): more is a burst's leftover.
+const BUCKET_KEEP: usize = 1 << 10;
 
 /// The simulator's event queue: a timer wheel of one FIFO bucket per virtual
 /// millisecond for the next [`WHEEL_MS`], and a heap for anything later (sync and reclaim
@@ -204,6 +216,10 @@ impl EventQueue {
             }
             if self.time >= until {
                 return None;
+            }
+            let drained = &mut self.buckets[(self.time % WHEEL_MS) as usize];
+            if drained.capacity() > BUCKET_KEEP {
+                drained.shrink_to(BUCKET_KEEP / 4);
             }
             let next = if self.in_wheel > 0 {
                 self.time + 1
@@ -737,6 +753,18 @@ impl Sim {
             max_packets_per_node_per_s: maxp as f64 / secs,
             max_bytes_per_node_per_s: maxb as f64 / secs,
         }
+    }
+
+    /// Sum of every running core's [`Footprint`], and the event queue's (events queued,
+    /// slots allocated in the wheel's buckets): what a long run checks stays flat.
+    pub fn footprint(&self) -> (Footprint, usize, usize) {
+        let mut f = Footprint::default();
+        for c in self.nodes.iter().filter_map(|n| n.core.as_ref()) {
+            f += c.footprint();
+        }
+        let q = &self.queue;
+        let slots = q.buckets.iter().map(VecDeque::capacity).sum();
+        (f, q.in_wheel + q.far.len(), slots)
     }
 
     /// Whether every running node counts as many live members as there are running
