@@ -169,14 +169,12 @@ impl Server {
 
     async fn catalog_read(&self, query: &CatalogQuery, opts: ReadOpts) -> Result<Response, Local> {
         self.read_barrier(opts.consistency).await?;
-        // A parked read looks again after every applied entry, most of them about
-        // something else: compare the cheap index first and take the answer only when it
-        // moved (measured: 1,000 parked watchers of a 100-instance service, each building
-        // its answer on every entry, cut a 3-server cluster's KV writes from 5,300/s to
-        // 50/s; README "Catalog figures").
-        // Woken only by changes to what the query reads: the watchers of a service by
-        // that service's changes, other catalog reads by any catalog change; a KV write
-        // load never wakes them.
+        // A parked read is woken only by changes to what it reads: the watchers of a
+        // service by that service's changes, other catalog reads by any catalog change;
+        // KV writes never wake them. Woken, it compares the cheap index first and takes
+        // the (shared) answer only when the index moved (measured: 1,000 parked watchers
+        // of a 100-instance service, each building its answer on every entry, cut a
+        // 3-server cluster's KV writes from 5,300/s to 50/s; README "Catalog figures").
         let changes = || match query {
             CatalogQuery::Service { name, .. } => self.sm.service_applied(name),
             _ => self.sm.catalog_applied(),
