@@ -131,22 +131,13 @@ pub fn write_snapshot<T>(dir: &Path, last: Option<LogId>, state: &T, keep: usize
 where
     T: for<'a> rkyv::Serialize<SnapshotSerializer<'a>>,
 {
-    fs::create_dir_all(dir).ctx("create directory", dir)?;
-    let path = dir.join(snapshot_file_name(last));
-    let tmp = fsutil::tmp_path(&path);
-    {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .ctx("create snapshot", &tmp)?;
+    publish(dir, last, keep, |f, tmp| {
         // The archive starts after the header; the header is filled in once the body's
         // length and crc are known.
         f.write_all(&[0u8; SNAPSHOT_HEADER_LEN])
-            .ctx("write snapshot", &tmp)?;
+            .ctx("write snapshot", tmp)?;
         let body = BodyWriter {
-            file: BufWriter::with_capacity(WRITE_BUFFER, f),
+            file: BufWriter::with_capacity(WRITE_BUFFER, f.try_clone().ctx("write snapshot", tmp)?),
             crc: crc32fast::Hasher::new(),
             len: 0,
         };
@@ -163,12 +154,34 @@ where
         .map_err(|e| StorageError::Invalid(format!("serializing the snapshot: {e}")))?
         .into_inner();
         let BodyWriter { file, crc, len } = body;
-        let f = file
-            .into_inner()
+        file.into_inner()
             .map_err(|e| e.into_error())
-            .ctx("write snapshot", &tmp)?;
+            .ctx("write snapshot", tmp)?;
         f.write_all_at(&encode_header(last, len, crc.finalize()), 0)
-            .ctx("write snapshot", &tmp)?;
+            .ctx("write snapshot", tmp)
+    })
+}
+
+/// Writes a snapshot file the way both writers do: `write` fills a temporary file, which
+/// is then synced, renamed into place (the directory synced too), and the snapshots beyond
+/// the newest `keep` are deleted.
+fn publish(
+    dir: &Path,
+    last: Option<LogId>,
+    keep: usize,
+    write: impl FnOnce(&mut File, &Path) -> Result<()>,
+) -> Result<PathBuf> {
+    fs::create_dir_all(dir).ctx("create directory", dir)?;
+    let path = dir.join(snapshot_file_name(last));
+    let tmp = fsutil::tmp_path(&path);
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .ctx("create snapshot", &tmp)?;
+        write(&mut f, &tmp)?;
         fsutil::sync_all_or_die(&f, &tmp);
     }
     fs::rename(&tmp, &path).ctx("rename snapshot", &path)?;
@@ -193,29 +206,15 @@ pub fn write_snapshot_bytes(
     body: &[u8],
     keep: usize,
 ) -> Result<PathBuf> {
-    fs::create_dir_all(dir).ctx("create directory", dir)?;
-    let path = dir.join(snapshot_file_name(last));
-    let tmp = fsutil::tmp_path(&path);
-    {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .ctx("create snapshot", &tmp)?;
+    publish(dir, last, keep, |f, tmp| {
         f.write_all(&encode_header(
             last,
             body.len() as u64,
             crc32fast::hash(body),
         ))
-        .ctx("write snapshot", &tmp)?;
-        f.write_all(body).ctx("write snapshot", &tmp)?;
-        fsutil::sync_all_or_die(&f, &tmp);
-    }
-    fs::rename(&tmp, &path).ctx("rename snapshot", &path)?;
-    fsutil::fsync_dir(dir)?;
-    prune_snapshots(dir, keep.max(1))?;
-    Ok(path)
+        .ctx("write snapshot", tmp)?;
+        f.write_all(body).ctx("write snapshot", tmp)
+    })
 }
 
 /// Snapshot files in `dir`, newest first.
