@@ -71,6 +71,19 @@ fn start(args: &[&str], port: u16) -> Agent {
     }
 }
 
+/// Sessions need the node's serfHealth check, which the leader registers soon after it
+/// starts (as Consul's, a session cannot be made before): waits for it (at most 20 s).
+fn wait_for_serf_health(agent: &Agent, node: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cli(agent, &["health", "node", node])
+        .1
+        .contains("serfHealth")
+    {
+        assert!(Instant::now() < deadline, "serfHealth never registered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn cli(agent: &Agent, args: &[&str]) -> (i32, String, String) {
     let mut all: Vec<&str> = args.to_vec();
     all.extend_from_slice(&["--rpc-addr", &agent.addr, "--timeout-ms", "5000"]);
@@ -432,16 +445,7 @@ fn a_dev_agent_removes_the_state_that_killed_dev_agents_left_behind() {
 fn cairn_lock_runs_commands_one_at_a_time_and_passes_their_exit_status() {
     let port = free_port();
     let a = start(&["--dev", "--node", "locker"], port);
-    // Sessions need the node's serfHealth check, which the leader registers soon after
-    // it starts (as Consul's, a session cannot be made before).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cli(&a, &["health", "node", "locker"])
-        .1
-        .contains("serfHealth")
-    {
-        assert!(Instant::now() < deadline, "serfHealth never registered");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_serf_health(&a, "locker");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let script = format!(
@@ -490,14 +494,7 @@ fn cairn_lock_runs_commands_one_at_a_time_and_passes_their_exit_status() {
 fn the_cli_creates_sessions_and_acquires_and_releases_locks_with_them() {
     let port = free_port();
     let a = start(&["--dev", "--node", "cli-node"], port);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cli(&a, &["health", "node", "cli-node"])
-        .1
-        .contains("serfHealth")
-    {
-        assert!(Instant::now() < deadline, "serfHealth never registered");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_serf_health(&a, "cli-node");
     let (code, s1, err) = cli(&a, &["session", "create", "--name", "one"]);
     assert_eq!(code, 0, "{err}");
     let s1 = s1.trim().to_string();
