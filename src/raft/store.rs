@@ -317,18 +317,17 @@ struct SmInner {
     /// The KV store, one shard per core; this handle is core 0's (the sequencer).
     shards: Shards,
     catalog: Catalog,
-    /// Bumped whenever the catalog may have changed (a catalog command applied, a
-    /// snapshot restored), and whenever it was replaced by a restore: answers built from
-    /// the catalog stay valid while these hold still ([`StateMachine::catalog_version`]).
-    catalog_changes: u64,
+    /// Bumped whenever a snapshot replaced the catalog: answers built from the catalog
+    /// stay valid while this and the catalog's indexes hold still
+    /// ([`StateMachine::catalog_restores`]).
     catalog_restores: u64,
     last_applied: Option<RaftLogId>,
     membership: StoredMembershipOf<TypeConfig>,
     dir: PathBuf,
     /// The index of the last applied entry, for blocking reads to wait on.
     applied: tokio::sync::watch::Sender<u64>,
-    /// `catalog_changes` after every applied batch that held a catalog command (and
-    /// after a restore): blocking catalog reads wait on this, so KV writes, however
+    /// The catalog's index ([`Catalog::index`]), sent whenever it moved (after an applied
+    /// batch or a restore): blocking catalog reads wait on this, so KV writes, however
     /// many, never wake them.
     catalog_applied: tokio::sync::watch::Sender<u64>,
     /// Per watched service name, its instances' index: blocking reads of a service wait
@@ -368,10 +367,11 @@ impl StateMachine {
     /// After the catalog changed: signal the catalog's waiters and those of every
     /// watched service whose index moved.
     fn catalog_changed(inner: &mut SmInner) {
-        if *inner.catalog_applied.borrow() == inner.catalog_changes {
+        let index = inner.catalog.index();
+        if *inner.catalog_applied.borrow() == index {
             return;
         }
-        inner.catalog_applied.send_replace(inner.catalog_changes);
+        inner.catalog_applied.send_replace(index);
         let catalog = &inner.catalog;
         inner.service_applied.retain(|name, tx| {
             if tx.receiver_count() == 0 {
@@ -400,12 +400,11 @@ impl StateMachine {
         f(&self.inner.borrow().catalog)
     }
 
-    /// Where the catalog is in its history, for caching answers built from it: the
-    /// first number changes only when a snapshot replaces the catalog (so a catalog
-    /// index names the same state while it holds), the second on every catalog change.
-    pub fn catalog_version(&self) -> (u64, u64) {
-        let inner = self.inner.borrow();
-        (inner.catalog_restores, inner.catalog_changes)
+    /// How many times a snapshot replaced the catalog: with a catalog index, what an
+    /// answer built from the catalog was built from (an index names one state within one
+    /// history of the catalog).
+    pub fn catalog_restores(&self) -> u64 {
+        self.inner.borrow().catalog_restores
     }
 
     /// A state machine whose snapshots live in `dir`, its KV store in `shards` (emptied
@@ -418,7 +417,6 @@ impl StateMachine {
             inner: Rc::new(RefCell::new(SmInner {
                 shards,
                 catalog: Catalog::default(),
-                catalog_changes: 0,
                 catalog_restores: 0,
                 last_applied: None,
                 membership: StoredMembership::default(),
@@ -446,7 +444,6 @@ impl StateMachine {
         shards.replace(kv.into_shards()).await;
         let mut inner = self.inner.borrow_mut();
         inner.catalog = catalog;
-        inner.catalog_changes += 1;
         inner.catalog_restores += 1;
         Self::catalog_changed(&mut inner);
         inner.last_applied = meta.last_log_id;
@@ -593,12 +590,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Normal(Command::Kv(cmd)) => {
                         Pending::Kv(inner.shards.apply_enqueue(entry.log_id.index, cmd))
                     }
-                    EntryPayload::Normal(Command::Catalog(cmd)) => {
-                        inner.catalog_changes += 1;
-                        Pending::Ready(Outcome::Catalog(
-                            inner.catalog.apply(entry.log_id.index, &cmd),
-                        ))
-                    }
+                    EntryPayload::Normal(Command::Catalog(cmd)) => Pending::Ready(
+                        Outcome::Catalog(inner.catalog.apply(entry.log_id.index, &cmd)),
+                    ),
                     EntryPayload::Membership(m) => {
                         inner.membership = StoredMembership::new(Some(entry.log_id), m);
                         Pending::Ready(Outcome::None)

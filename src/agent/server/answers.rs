@@ -13,10 +13,9 @@ use std::sync::Arc;
 
 use cairn_net::rpc::catalog::{CatalogQuery, CatalogResult, SharedResult};
 
-/// What an answer was built from. The server takes it from the state machine
-/// (`StateMachine::catalog_version`) and the catalog: (snapshot restores, the query's
-/// own index) where the catalog tracks one (a service's instances), otherwise
-/// (snapshot restores, catalog changes).
+/// What an answer was built from: (snapshot restores, from
+/// `StateMachine::catalog_restores`; the query's own index where the catalog tracks one,
+/// a service's instances, otherwise the catalog's index, `Catalog::index`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Stamp(pub u64, pub u64);
 

@@ -205,8 +205,10 @@ impl Server {
     /// already built for this catalog state if there is one (every watcher a change
     /// wakes gets the same answer, built and encoded once), else built now and kept.
     fn shared_answer(&self, c: &Catalog, query: &CatalogQuery) -> (Arc<SharedResult>, u64) {
-        let (restores, changes) = self.sm.catalog_version();
-        let stamp = Stamp(restores, c.query_index(query).unwrap_or(changes));
+        let stamp = Stamp(
+            self.sm.catalog_restores(),
+            c.query_index(query).unwrap_or_else(|| c.index()),
+        );
         if let Some(hit) = self.answers.borrow_mut().get(query, stamp) {
             return hit;
         }
