@@ -50,7 +50,8 @@ pub struct AgentArgs {
     /// heartbeat interval.
     #[arg(long, default_value_t = RaftTuning::default().election_timeout_ms, value_parser = clap::value_parser!(u64).range(50..=60_000))]
     pub raft_election_timeout_ms: u64,
-    /// Snapshot after this many applied entries (Consul's raft_snapshot_threshold).
+    /// Snapshot after at least this many applied entries (Consul's raft_snapshot_threshold),
+    /// and once the log written since the last snapshot is as large as that snapshot.
     #[arg(long, default_value_t = RaftTuning::default().snapshot_threshold, value_parser = clap::value_parser!(u64).range(1..))]
     pub raft_snapshot_threshold: u64,
     /// Entries kept behind a snapshot for lagging followers (Consul's raft_trailing_logs).

@@ -103,7 +103,8 @@ pub struct RaftTuning {
     pub heartbeat_ms: u64,
     /// A follower that hears nothing for between this and twice this starts an election.
     pub election_timeout_ms: u64,
-    /// Take a snapshot after this many entries were applied since the last one.
+    /// Take a snapshot after at least this many entries were applied since the last one
+    /// (and as many log bytes as the last snapshot had: `raft::store::SnapshotPace`).
     pub snapshot_threshold: u64,
     /// Entries kept in the log behind a snapshot, so a briefly lagging follower catches
     /// up from the log instead of receiving the whole snapshot.

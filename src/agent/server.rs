@@ -30,7 +30,7 @@ use super::{AgentConfig, AgentError};
 use crate::kv::{KvCommand, KvEntry, KvOutcome};
 use crate::raft::network::Network;
 use crate::raft::store::{Flush, LogStore, SnapshotData, StateMachine};
-use crate::raft::types::{Command, Outcome, TypeConfig};
+use crate::raft::types::{Command, Outcome, Proposal, TypeConfig};
 use crate::raft::wire::{self, Kind};
 
 mod answers;
@@ -60,6 +60,9 @@ pub(super) const FORWARD_ATTEMPTS: usize = 8;
 /// Longest a forwarded write waits for the leader's answer.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest snapshot a follower accepts from a leader.
+/// How often the server checks whether a snapshot is due.
+const SNAPSHOT_CHECK: Duration = Duration::from_millis(100);
+
 const MAX_SNAPSHOT_BYTES: u64 = cairn_storage::transfer::DEFAULT_MAX_SNAPSHOT_BYTES;
 
 fn io(what: &str) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
@@ -228,7 +231,8 @@ async fn run(
         heartbeat_interval: cfg.raft.heartbeat_ms,
         election_timeout_min: cfg.raft.election_timeout_ms,
         election_timeout_max: cfg.raft.election_timeout_ms * 2,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.raft.snapshot_threshold),
+        // Snapshots are paced by the state machine (`SnapshotPace`), triggered below.
+        snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: cfg.raft.trailing_logs,
         enable_pre_vote: Some(true),
         ..Config::default()
@@ -289,6 +293,9 @@ async fn run(
     {
         let s = server.clone();
         glommio::spawn_local(async move { s.leader_loop().await }).detach();
+        let s = server.clone();
+        let threshold = cfg.raft.snapshot_threshold;
+        glommio::spawn_local(async move { s.snapshot_loop(threshold).await }).detach();
         let s = server.clone();
         glommio::spawn_local(async move {
             let pool = s.clone();
@@ -746,9 +753,22 @@ impl Server {
         }
     }
 
+    /// Takes a snapshot whenever the state machine's pacing says one is due
+    /// ([`crate::raft::store::SnapshotPace`]); openraft ignores a trigger while one builds.
+    /// Runs until the server stops.
+    async fn snapshot_loop(&self, threshold: u64) {
+        loop {
+            glommio::timer::sleep(SNAPSHOT_CHECK).await;
+            if self.sm.snapshot_due(threshold) && self.raft.trigger().snapshot().await.is_err() {
+                // Raft stopped (shutting down, or a fatal storage error it reports).
+                return;
+            }
+        }
+    }
+
     /// Proposes a command to Raft and waits until it is committed and applied here.
     async fn propose(&self, cmd: Command) -> Result<Outcome, Local> {
-        match self.raft.client_write(cmd).await {
+        match self.raft.client_write(Proposal::new(cmd)).await {
             Ok(resp) => Ok(resp.data),
             Err(e) => Err(self.write_failed(e)),
         }

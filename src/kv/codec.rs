@@ -47,13 +47,38 @@ fn put_bytes(buf: &mut BytesMut, b: &[u8]) {
 impl KvCommand {
     /// Encodes the command for the Raft log.
     pub fn encode(&self) -> Bytes {
-        let mut buf = BytesMut::with_capacity(64);
+        let mut buf = BytesMut::with_capacity(self.encoded_len_hint());
+        self.encode_into(&mut buf);
+        buf.freeze()
+    }
+
+    /// About the size of [`KvCommand::encode`]'s bytes (at least that for single-key
+    /// writes), so the buffer is allocated once instead of grown.
+    pub fn encoded_len_hint(&self) -> usize {
+        let data = match self {
+            KvCommand::Set { key, value, .. }
+            | KvCommand::Cas { key, value, .. }
+            | KvCommand::Acquire { key, value, .. }
+            | KvCommand::Release { key, value, .. } => key.len() + value.len(),
+            KvCommand::Delete { key } | KvCommand::DeleteCas { key, .. } => key.len(),
+            KvCommand::DeleteTree { prefix } => prefix.len(),
+            KvCommand::Txn { ops } => ops.len() * 64,
+            KvCommand::ReapTombstones { .. }
+            | KvCommand::SessionCreate { .. }
+            | KvCommand::SessionDestroy { .. } => 0,
+        };
+        // Tags, lengths, flags, indexes and session ids.
+        96 + data
+    }
+
+    /// Appends the encoding of [`KvCommand::encode`] to `buf`.
+    pub fn encode_into(&self, buf: &mut BytesMut) {
         buf.put_u8(VERSION);
         match self {
             KvCommand::Set { key, value, flags } => {
                 buf.put_u8(1);
-                put_bytes(&mut buf, key);
-                put_bytes(&mut buf, value);
+                put_bytes(buf, key);
+                put_bytes(buf, value);
                 buf.put_u64_le(*flags);
             }
             KvCommand::Cas {
@@ -63,29 +88,29 @@ impl KvCommand {
                 index,
             } => {
                 buf.put_u8(2);
-                put_bytes(&mut buf, key);
-                put_bytes(&mut buf, value);
+                put_bytes(buf, key);
+                put_bytes(buf, value);
                 buf.put_u64_le(*flags);
                 buf.put_u64_le(*index);
             }
             KvCommand::Delete { key } => {
                 buf.put_u8(3);
-                put_bytes(&mut buf, key);
+                put_bytes(buf, key);
             }
             KvCommand::DeleteCas { key, index } => {
                 buf.put_u8(4);
-                put_bytes(&mut buf, key);
+                put_bytes(buf, key);
                 buf.put_u64_le(*index);
             }
             KvCommand::DeleteTree { prefix } => {
                 buf.put_u8(5);
-                put_bytes(&mut buf, prefix);
+                put_bytes(buf, prefix);
             }
             KvCommand::Txn { ops } => {
                 buf.put_u8(6);
                 buf.put_u32_le(ops.len() as u32);
                 for op in ops {
-                    encode_op(&mut buf, op);
+                    encode_op(buf, op);
                 }
             }
             KvCommand::ReapTombstones { up_to } => {
@@ -95,9 +120,9 @@ impl KvCommand {
             KvCommand::SessionCreate { session } => {
                 // Tag 12: tag 8's fields, then the bound checks (tag 8 had none).
                 buf.put_u8(12);
-                put_bytes(&mut buf, session.id.as_bytes());
-                put_bytes(&mut buf, session.name.as_bytes());
-                put_bytes(&mut buf, session.node.as_bytes());
+                put_bytes(buf, session.id.as_bytes());
+                put_bytes(buf, session.name.as_bytes());
+                put_bytes(buf, session.node.as_bytes());
                 buf.put_u8(match session.behavior {
                     Behavior::Release => 0,
                     Behavior::Delete => 1,
@@ -108,13 +133,13 @@ impl KvCommand {
                 for list in [&session.node_checks, &session.service_checks] {
                     buf.put_u32_le(list.len() as u32);
                     for c in list {
-                        put_bytes(&mut buf, c.as_bytes());
+                        put_bytes(buf, c.as_bytes());
                     }
                 }
             }
             KvCommand::SessionDestroy { id, now_ms } => {
                 buf.put_u8(9);
-                put_bytes(&mut buf, id.as_bytes());
+                put_bytes(buf, id.as_bytes());
                 buf.put_u64_le(*now_ms);
             }
             KvCommand::Acquire {
@@ -125,10 +150,10 @@ impl KvCommand {
                 now_ms,
             } => {
                 buf.put_u8(10);
-                put_bytes(&mut buf, key);
-                put_bytes(&mut buf, value);
+                put_bytes(buf, key);
+                put_bytes(buf, value);
                 buf.put_u64_le(*flags);
-                put_bytes(&mut buf, session.as_bytes());
+                put_bytes(buf, session.as_bytes());
                 buf.put_u64_le(*now_ms);
             }
             KvCommand::Release {
@@ -138,13 +163,12 @@ impl KvCommand {
                 session,
             } => {
                 buf.put_u8(11);
-                put_bytes(&mut buf, key);
-                put_bytes(&mut buf, value);
+                put_bytes(buf, key);
+                put_bytes(buf, value);
                 buf.put_u64_le(*flags);
-                put_bytes(&mut buf, session.as_bytes());
+                put_bytes(buf, session.as_bytes());
             }
         }
-        buf.freeze()
     }
 
     /// Decodes a command; keys and values are slices of `data`.

@@ -58,6 +58,16 @@ impl EntrySet {
         find(chunk, key).ok().map(|i| &chunk[i])
     }
 
+    /// The entry with `key`, to replace in place (its key must stay the same).
+    pub(crate) fn get_mut(&mut self, key: &[u8]) -> Option<&mut Stored> {
+        let (_, chunk) = self
+            .chunks
+            .range_mut::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
+            .next_back()?;
+        let i = find(chunk, key).ok()?;
+        Some(&mut chunk[i])
+    }
+
     /// Inserts `entry`, or replaces the entry with its key and returns that.
     pub(crate) fn replace(&mut self, entry: Stored) -> Option<Stored> {
         let key = entry.key();
@@ -329,6 +339,7 @@ mod tests {
             check(&set, &model);
             for p in probes {
                 prop_assert_eq!(set.get(&p).map(|e| e.entry().modify_index), model.get(&p).copied());
+                prop_assert_eq!(set.get_mut(&p).map(|e| e.entry().modify_index), model.get(&p).copied());
                 let got: Vec<Vec<u8>> = set.range_from(&p).map(|e| e.key().to_vec()).collect();
                 let want: Vec<Vec<u8>> = model.range(p.clone()..).map(|(k, _)| k.clone()).collect();
                 prop_assert_eq!(got, want);

@@ -234,24 +234,32 @@ impl KvShard {
         flags: u64,
         woken: &mut Vec<WatchId>,
     ) -> Stored {
-        let stored = match self.entries.get(key) {
-            Some(old) => old.with(|f| {
-                f.value = value;
-                f.flags = flags;
-                f.modify_index = index;
-            }),
-            None => Stored::new(Fields {
-                key,
-                value,
-                flags,
-                create_index: index,
-                modify_index: index,
-                lock_index: 0,
-                session: None,
-            }),
+        // One search for an existing key: it is replaced where it lies.
+        let stored = match self.entries.get_mut(key) {
+            Some(slot) => {
+                let new = slot.with(|f| {
+                    f.value = value;
+                    f.flags = flags;
+                    f.modify_index = index;
+                });
+                *slot = new.clone();
+                new
+            }
+            None => {
+                let new = Stored::new(Fields {
+                    key,
+                    value,
+                    flags,
+                    create_index: index,
+                    modify_index: index,
+                    lock_index: 0,
+                    session: None,
+                });
+                self.entries.replace(new.clone());
+                new
+            }
         };
         self.tombstones.remove(key);
-        self.entries.replace(stored.clone());
         self.touch(index, key, woken);
         stored
     }

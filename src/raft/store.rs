@@ -334,6 +334,39 @@ struct SmInner {
     /// on their service's signal, so a change wakes only that service's watchers.
     /// Entries nobody listens to any more are dropped after the next catalog change.
     service_applied: HashMap<String, tokio::sync::watch::Sender<u64>>,
+    /// What was applied since the state the newest snapshot holds (see
+    /// [`StateMachine::snapshot_due`]).
+    pace: SnapshotPace,
+}
+
+/// When to take the next snapshot: after at least `threshold` entries (Consul's
+/// `raft_snapshot_threshold`), and only once the log written since the last snapshot is
+/// as large as that snapshot. A snapshot rewrites the whole state, so taking one every
+/// `threshold` entries costs more per write the larger the state: 100,000 keys of 256 bytes
+/// were rewritten (≈ 30 MB, on all three servers) about once a second under 18k writes/s,
+/// 14 % of this 2-core machine's CPU and the p99 of every write around it. Pacing by size
+/// bounds the work to about one byte of snapshot per byte logged, and the log on disk to
+/// about the state's size plus the trailing entries.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotPace {
+    /// Entries applied since the newest snapshot's state.
+    pub entries: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
+    /// The newest snapshot's size (0 before the first).
+    pub snapshot_bytes: u64,
+}
+
+impl SnapshotPace {
+    pub fn due(&self, threshold: u64) -> bool {
+        self.entries >= threshold && self.bytes >= self.snapshot_bytes
+    }
+
+    /// A snapshot of the state applied so far was started (its size is not known yet).
+    fn restart(&mut self) {
+        self.entries = 0;
+        self.bytes = 0;
+    }
 }
 
 /// The snapshot data handed to openraft: the whole snapshot file.
@@ -424,6 +457,7 @@ impl StateMachine {
                 applied: tokio::sync::watch::channel(0).0,
                 catalog_applied: tokio::sync::watch::channel(0).0,
                 service_applied: HashMap::new(),
+                pace: SnapshotPace::default(),
             })),
         };
         if let Some(newest) = list_snapshots(dir).map_err(io_err)?.into_iter().next() {
@@ -448,7 +482,22 @@ impl StateMachine {
         Self::catalog_changed(&mut inner);
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
+        inner.pace = SnapshotPace {
+            snapshot_bytes: std::fs::metadata(path).map_or(0, |m| m.len()),
+            ..SnapshotPace::default()
+        };
         Ok(meta)
+    }
+
+    /// Whether enough was applied since the newest snapshot to take the next one
+    /// ([`SnapshotPace`]).
+    pub fn snapshot_due(&self, threshold: u64) -> bool {
+        self.inner.borrow().pace.due(threshold)
+    }
+
+    /// The pacing counters, for tests and diagnostics.
+    pub fn snapshot_pace(&self) -> SnapshotPace {
+        self.inner.borrow().pace
     }
 }
 
@@ -500,7 +549,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         // every KV write queued up to that log id, so the image is exactly that state.
         let image = {
             let (catalog, last, dir, membership, shards) = {
-                let inner = self.inner.borrow();
+                let mut inner = self.inner.borrow_mut();
+                inner.pace.restart();
                 (
                     inner.catalog.encode_image(),
                     inner.last_applied,
@@ -546,6 +596,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let data = rx
             .await
             .map_err(|_| io::Error::other("the snapshot thread ended without an answer"))??;
+        self.inner.borrow_mut().pace.snapshot_bytes = data.len() as u64;
         Ok(SnapshotOf::<TypeConfig, SnapshotData> {
             meta: SnapshotMetaOf::<TypeConfig> {
                 last_log_id: last,
@@ -585,14 +636,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let pending = {
                 let mut inner = self.inner.borrow_mut();
                 inner.last_applied = Some(entry.log_id);
+                inner.pace.entries += 1;
                 match entry.payload {
                     EntryPayload::Blank => Pending::Ready(Outcome::None),
-                    EntryPayload::Normal(Command::Kv(cmd)) => {
-                        Pending::Kv(inner.shards.apply_enqueue(entry.log_id.index, cmd))
+                    EntryPayload::Normal(p) => {
+                        inner.pace.bytes += p.encoded_len() as u64;
+                        match p.into_command() {
+                            Command::Kv(cmd) => {
+                                Pending::Kv(inner.shards.apply_enqueue(entry.log_id.index, cmd))
+                            }
+                            Command::Catalog(cmd) => Pending::Ready(Outcome::Catalog(
+                                inner.catalog.apply(entry.log_id.index, &cmd),
+                            )),
+                        }
                     }
-                    EntryPayload::Normal(Command::Catalog(cmd)) => Pending::Ready(
-                        Outcome::Catalog(inner.catalog.apply(entry.log_id.index, &cmd)),
-                    ),
                     EntryPayload::Membership(m) => {
                         inner.membership = StoredMembership::new(Some(entry.log_id), m);
                         Pending::Ready(Outcome::None)
@@ -707,6 +764,30 @@ mod tests {
                 .expect("state machine");
             Ok((dir, log, sm))
         }
+    }
+
+    #[test]
+    fn a_snapshot_is_due_after_the_threshold_and_as_many_logged_bytes_as_the_last_snapshot() {
+        let mut pace = SnapshotPace::default();
+        // Before the first snapshot, the threshold alone decides.
+        pace.entries = 99;
+        pace.bytes = 99 * 300;
+        assert!(!pace.due(100));
+        pace.entries = 100;
+        assert!(pace.due(100));
+        // A 30 MB state is rewritten only after 30 MB more of log, however many entries.
+        pace.restart();
+        assert_eq!((pace.entries, pace.bytes), (0, 0));
+        pace.snapshot_bytes = 30_000_000;
+        pace.entries = 50_000;
+        pace.bytes = 15_000_000;
+        assert!(!pace.due(16_384));
+        pace.entries = 100_000;
+        pace.bytes = 30_000_000;
+        assert!(pace.due(16_384));
+        // Enough bytes but too few entries: not yet.
+        pace.entries = 10;
+        assert!(!pace.due(16_384));
     }
 
     #[test]

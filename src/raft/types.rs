@@ -40,6 +40,65 @@ impl fmt::Display for Command {
     }
 }
 
+/// A [`Command`] with its log payload, encoded once: the leader appends the same bytes
+/// to its log and sends them to every follower, and a follower keeps the bytes it
+/// received (before, an entry was encoded again for the log and for each follower, each
+/// time into a buffer grown by reallocation).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Proposal {
+    cmd: Command,
+    /// [`encode_payload`]'s bytes for this command.
+    payload: Bytes,
+}
+
+impl Proposal {
+    pub fn new(cmd: Command) -> Proposal {
+        let payload = match &cmd {
+            Command::Kv(c) => {
+                let mut b = BytesMut::with_capacity(2 + c.encoded_len_hint());
+                b.put_u8(PAYLOAD_VERSION);
+                b.put_u8(1);
+                c.encode_into(&mut b);
+                b.freeze()
+            }
+            Command::Catalog(c) => {
+                let c = c.encode();
+                let mut b = BytesMut::with_capacity(2 + c.len());
+                b.put_u8(PAYLOAD_VERSION);
+                b.put_u8(3);
+                b.put_slice(&c);
+                b.freeze()
+            }
+        };
+        Proposal { cmd, payload }
+    }
+
+    pub fn command(&self) -> &Command {
+        &self.cmd
+    }
+
+    pub fn into_command(self) -> Command {
+        self.cmd
+    }
+
+    /// The size of the entry's payload in the log.
+    pub fn encoded_len(&self) -> usize {
+        self.payload.len()
+    }
+}
+
+impl fmt::Debug for Proposal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.cmd, f)
+    }
+}
+
+impl fmt::Display for Proposal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.cmd, f)
+    }
+}
+
 /// What applying a [`Command`] returned (blank and membership entries return `None`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Outcome {
@@ -53,7 +112,7 @@ pub enum Outcome {
 openraft::declare_raft_types!(
     /// Cairn's Raft types.
     pub TypeConfig:
-        D = Command,
+        D = Proposal,
         R = Outcome,
         NodeId = u64,
         Node = BasicNode,
@@ -69,19 +128,13 @@ pub type Vote = VoteOf<TypeConfig>;
 const PAYLOAD_VERSION: u8 = 1;
 
 /// Encodes an entry's payload for the segment log.
-pub fn encode_payload(p: &EntryPayload<Command, u64, BasicNode>) -> Bytes {
+pub fn encode_payload(p: &EntryPayload<Proposal, u64, BasicNode>) -> Bytes {
     let mut b = BytesMut::with_capacity(32);
     b.put_u8(PAYLOAD_VERSION);
     match p {
         EntryPayload::Blank => b.put_u8(0),
-        EntryPayload::Normal(Command::Kv(c)) => {
-            b.put_u8(1);
-            b.put_slice(&c.encode());
-        }
-        EntryPayload::Normal(Command::Catalog(c)) => {
-            b.put_u8(3);
-            b.put_slice(&c.encode());
-        }
+        // Encoded when it was made (no copy).
+        EntryPayload::Normal(p) => return p.payload.clone(),
         EntryPayload::Membership(m) => {
             b.put_u8(2);
             let configs = m.get_joint_config();
@@ -108,18 +161,27 @@ fn bad(why: impl Into<String>) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, why.into())
 }
 
+/// A decoded command with the bytes it came from, kept for the log (a follower stores
+/// what it received as it was).
+fn normal(cmd: Command, data: &Bytes) -> EntryPayload<Proposal, u64, BasicNode> {
+    EntryPayload::Normal(Proposal {
+        cmd,
+        payload: data.clone(),
+    })
+}
+
 /// Decodes a payload written by [`encode_payload`].
-pub fn decode_payload(data: &Bytes) -> std::io::Result<EntryPayload<Command, u64, BasicNode>> {
+pub fn decode_payload(data: &Bytes) -> std::io::Result<EntryPayload<Proposal, u64, BasicNode>> {
     if data.len() < 2 || data[0] != PAYLOAD_VERSION {
         return Err(bad("raft entry payload: unknown version or too short"));
     }
     match data[1] {
         0 => Ok(EntryPayload::Blank),
         1 => KvCommand::decode(&data.slice(2..))
-            .map(|c| EntryPayload::Normal(Command::Kv(c)))
+            .map(|c| normal(Command::Kv(c), data))
             .map_err(|e| bad(format!("raft entry payload: {e}"))),
         3 => CatalogCommand::decode(&data.slice(2..))
-            .map(|c| EntryPayload::Normal(Command::Catalog(c)))
+            .map(|c| normal(Command::Catalog(c), data))
             .map_err(|e| bad(format!("raft entry payload: {e}"))),
         2 => {
             let mut at = 2usize;

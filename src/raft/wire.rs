@@ -480,7 +480,7 @@ mod tests {
 
     use super::*;
     use crate::kv::KvCommand;
-    use crate::raft::types::Command;
+    use crate::raft::types::{Command, Proposal};
 
     fn vote() -> Vote {
         Vote {
@@ -508,11 +508,11 @@ mod tests {
             entries: vec![
                 Entry {
                     log_id: RaftLogId::new_term_index(7, 11),
-                    payload: EntryPayload::Normal(Command::Kv(KvCommand::Set {
+                    payload: EntryPayload::Normal(Proposal::new(Command::Kv(KvCommand::Set {
                         key: Bytes::from_static(b"k"),
                         value: Bytes::from_static(b"v"),
                         flags: 9,
-                    })),
+                    }))),
                 },
                 Entry {
                     log_id: RaftLogId::new_term_index(7, 12),

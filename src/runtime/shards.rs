@@ -57,9 +57,31 @@ pub enum Msg {
     Reply { id: u64, reply: Reply },
 }
 
+/// Who waits for a reply with a given id.
+enum Waiter {
+    Reply(oneshot::Sender<Reply>),
+    /// A write's caller, given its outcome directly (no task in between).
+    Applied(oneshot::Sender<KvOutcome>),
+}
+
+impl Waiter {
+    fn deliver(self, reply: Reply) {
+        match self {
+            Waiter::Reply(tx) => {
+                let _ = tx.send(reply);
+            }
+            Waiter::Applied(tx) => {
+                if let Reply::Applied(r) = reply {
+                    let _ = tx.send(outcome_of(r));
+                }
+            }
+        }
+    }
+}
+
 struct Local {
     core: ShardCore,
-    pending: HashMap<u64, oneshot::Sender<Reply>>,
+    pending: HashMap<u64, Waiter>,
     next_id: u64,
     /// Deadlines of parked blocking reads, by origin.
     deadlines: HashMap<Origin, Instant>,
@@ -218,10 +240,19 @@ impl Shards {
         let mut rxs = Vec::with_capacity(count);
         for i in 0..count as u64 {
             let (tx, rx) = oneshot::channel();
-            l.pending.insert(base + i, tx);
+            l.pending.insert(base + i, Waiter::Reply(tx));
             rxs.push(rx);
         }
         (base, rxs)
+    }
+
+    /// An id whose reply goes to `done` as a write's outcome.
+    fn new_applied_id(&self, done: oneshot::Sender<KvOutcome>) -> u64 {
+        let mut l = self.local.borrow_mut();
+        let id = l.next_id;
+        l.next_id += 1;
+        l.pending.insert(id, Waiter::Applied(done));
+        id
     }
 
     async fn send(&self, to: usize, msg: Msg) {
@@ -256,8 +287,9 @@ impl Shards {
                 Vec::new()
             }
             Msg::Reply { id, reply } => {
-                if let Some(tx) = self.local.borrow_mut().pending.remove(&id) {
-                    let _ = tx.send(reply);
+                let waiter = self.local.borrow_mut().pending.remove(&id);
+                if let Some(w) = waiter {
+                    w.deliver(reply);
                 }
                 Vec::new()
             }
@@ -270,8 +302,9 @@ impl Shards {
             match e {
                 Effect::Reply { to, reply } => {
                     if to.core == self.me {
-                        if let Some(tx) = self.local.borrow_mut().pending.remove(&to.id) {
-                            let _ = tx.send(reply);
+                        let waiter = self.local.borrow_mut().pending.remove(&to.id);
+                        if let Some(w) = waiter {
+                            w.deliver(reply);
                         }
                     } else {
                         // Most replies fit in the channel at once; only a full channel
@@ -444,7 +477,7 @@ impl Shards {
                 if let Plan::One { shard, cmd } = plan(&cmd, self.n) {
                     // Pipelined: send and move on; the shard keeps the stream's order, and
                     // the caller gets the answer when it comes.
-                    let (id, mut rx) = self.new_ids(1);
+                    let id = self.new_applied_id(done);
                     let origin = Origin { core: self.me, id };
                     let m = StreamMsg::Apply {
                         index,
@@ -452,13 +485,6 @@ impl Shards {
                         reply: Some(origin),
                     };
                     self.send(shard, Msg::Stream(m)).await;
-                    let rx = rx.pop().expect("one id");
-                    glommio::spawn_local(async move {
-                        if let Ok(Reply::Applied(r)) = rx.await {
-                            let _ = done.send(outcome_of(r));
-                        }
-                    })
-                    .detach();
                 } else {
                     let outcome = self.sequence_apply(index, cmd).await;
                     let _ = done.send(outcome);
