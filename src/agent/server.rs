@@ -1430,6 +1430,12 @@ pub(super) fn keyring_response(
 pub(crate) trait Handler: 'static {
     fn limits(&self) -> &Limits;
     fn answer(self: Rc<Self>, req: Request) -> impl std::future::Future<Output = Response>;
+    /// The answer to `req` if it can be given at once without waiting for anything (a
+    /// stale read of a local key); the connection then spawns no task for it. `None`:
+    /// use [`Handler::answer`].
+    fn answer_now(&self, _req: &Request) -> Option<Response> {
+        None
+    }
     /// The index of the last change to the catalog this agent reads stale from its own
     /// state, without a request (the DNS answer cache's validity); `None` when stale
     /// reads go elsewhere (a client agent asks a server).
@@ -1445,6 +1451,10 @@ impl Handler for Server {
 
     async fn answer(self: Rc<Self>, req: Request) -> Response {
         self.handle(req).await
+    }
+
+    fn answer_now(&self, req: &Request) -> Option<Response> {
+        kv_read::kv_get_now(&self.sm.shards(), req, &self.datacenter, |i| self.meta(i))
     }
 
     fn local_catalog_index(&self) -> Option<u64> {
@@ -1522,6 +1532,12 @@ pub(super) async fn connection<H: Handler>(h: Rc<H>, stream: TcpStream) {
                             continue;
                         }
                     };
+                    if let Some(resp) = h.answer_now(&req) {
+                        encode_with(&mut out.borrow_mut(), FrameKind::Response, frame.id, |b| {
+                            resp.encode(b)
+                        });
+                        continue; // the writer is woken after this read's frames
+                    }
                     in_flight.set(in_flight.get() + 1);
                     let (s, out, ready, slot_free, in_flight) = (
                         h.clone(),

@@ -135,6 +135,16 @@ pub struct ShardCore {
 }
 
 impl ShardCore {
+    /// A plain (non-blocking) get answered at once, as `ReadReq::Get` with no index
+    /// would be; `None` while a transaction is prepared here or reads wait behind one
+    /// (those must see its outcome first).
+    pub fn get_now(&self, key: &[u8]) -> Option<(Option<KvEntry>, u64)> {
+        if self.prepared.is_some() || !self.deferred.is_empty() {
+            return None;
+        }
+        Some(self.kv.get(key))
+    }
+
     pub fn new(kv: KvShard) -> ShardCore {
         ShardCore {
             kv,

@@ -564,6 +564,16 @@ impl Shards {
         Instant::now() + wait + Duration::from_nanos(jitter)
     }
 
+    /// A non-blocking get of a key this core owns, answered in place: no message, no
+    /// reply channel, no task. `None` when another core owns the key or the shard must
+    /// answer in order (a transaction is prepared): use [`Shards::get`] then.
+    pub fn get_now(&self, key: &[u8]) -> Option<(Option<KvEntry>, u64)> {
+        if shard_of(key, self.n) != self.me {
+            return None;
+        }
+        self.local.borrow().core.get_now(key)
+    }
+
     /// Reads one key from the core that owns it. With `min_index` > 0, waits until the
     /// key's index exceeds it or `wait` (capped at 10 minutes, plus up to wait/16 of
     /// jitter) runs out.

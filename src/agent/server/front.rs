@@ -50,6 +50,10 @@ impl Handler for Front {
         &self.limits
     }
 
+    fn answer_now(&self, req: &Request) -> Option<Response> {
+        super::kv_read::kv_get_now(&self.shards, req, &self.datacenter, |i| self.meta(i))
+    }
+
     async fn answer(self: Rc<Self>, req: Request) -> Response {
         let local_dc = req.datacenter.is_empty() || req.datacenter == self.datacenter;
         let stale = matches!(

@@ -4,10 +4,36 @@
 
 use std::time::{Duration, Instant};
 
-use cairn_net::rpc::message::{Meta, Op, Response};
+use cairn_net::rpc::message::{Consistency, Meta, Op, Request, Response};
 
 use super::{entry, MAX_WAIT};
 use crate::runtime::shards::Shards;
+
+/// Answers a stale, non-blocking `KvGet` of a key this core owns at once, without
+/// awaiting anything, so the connection needs no task for it (a spawned request carries a
+/// future of several kilobytes and a trip through the shard's message path); `None` for
+/// any other request, which takes the usual path. `datacenter` is this agent's.
+pub(crate) fn kv_get_now(
+    shards: &Shards,
+    req: &Request,
+    datacenter: &str,
+    meta: impl Fn(u64) -> Meta,
+) -> Option<Response> {
+    if !req.datacenter.is_empty() && req.datacenter != datacenter {
+        return None;
+    }
+    let Op::KvGet { key, opts } = &req.op else {
+        return None;
+    };
+    if opts.consistency != Consistency::Stale || opts.index > 0 {
+        return None;
+    }
+    let (e, index) = shards.get_now(key)?;
+    Some(Response::Entries {
+        entries: e.iter().map(entry).collect(),
+        meta: meta(index),
+    })
+}
 
 /// Answers a `KvGet` or `KvList` from the shards; `None` for any other request. `meta`
 /// turns a result's index into the query metadata.
