@@ -152,7 +152,7 @@ fn a_full_cluster_restart_keeps_every_write_and_never_bootstraps_again() {
                 .map(|s| (s.id, s.address, s.voter))
                 .collect::<Vec<_>>()
         }
-        other => panic!("no configuration: {other:?}"),
+        other => panic!("no configuration from server {i}: {other:?}\n{}", c.logs()),
     };
     let before = config(&c, leader);
     for s in &mut c.servers {
@@ -396,7 +396,7 @@ fn voters(c: &Cluster, i: usize) -> Vec<(u64, String)> {
             .filter(|s| s.voter)
             .map(|s| (s.id, s.address))
             .collect(),
-        other => panic!("no configuration: {other:?}"),
+        other => panic!("no configuration from server {i}: {other:?}\n{}", c.logs()),
     }
 }
 
@@ -595,4 +595,45 @@ fn the_gossip_key_rotates_across_a_running_cluster_without_splitting_the_pool() 
     for n in ["s0", "s1", "s2"] {
         wait_status(&c, 1, n, "alive", Duration::from_secs(10));
     }
+}
+
+#[test]
+fn a_fresh_server_on_a_dead_servers_address_refuses_the_old_id_and_joins_under_its_own() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_for_leader(Duration::from_secs(10));
+    let mut client = c.servers[leader].client(Duration::from_secs(5)).unwrap();
+    assert_eq!(put(&mut client, "before", "1"), Ok(Response::Bool(true)));
+    let i = c.other_than(leader);
+    let addr = c.servers[i].addr();
+    let old_id = voters(&c, leader)
+        .into_iter()
+        .find(|(_, a)| *a == addr)
+        .expect("the follower is a voter")
+        .0;
+    // Same address, fresh data directory (a new node id); the leader still replicates to
+    // the old id there. Taking those requests would leave the fresh server holding the
+    // leader's vote and log under an id it does not have, so it would never join.
+    c.servers[i].kill();
+    std::fs::remove_dir_all(&c.servers[i].dir).unwrap();
+    c.servers[i].restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = voters(&c, leader);
+        if v.len() == 3 && v.iter().any(|(id, a)| *a == addr && *id != old_id) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fresh server never replaced server {old_id}: {v:?}\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(voters(&c, leader).iter().all(|(id, _)| *id != old_id));
+    c.wait_stale_value(i, "before", "1", Duration::from_secs(10));
+    assert!(
+        !c.servers[i].log_text().contains("panicked"),
+        "{}",
+        c.logs()
+    );
 }

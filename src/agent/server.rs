@@ -1102,6 +1102,27 @@ impl Server {
         };
         let bad = |e: wire::WireError| error(ErrorCode::Invalid, e.to_string());
         let fatal = |e: &dyn std::fmt::Display| error(ErrorCode::Internal, format!("raft: {e}"));
+        // A Raft RPC for another node id was meant for a server that was at this address
+        // before (a leader still sending to it): refused before it reaches Raft, so it
+        // leaves no vote or log here (as hashicorp/raft's "target ID mismatch").
+        let body = if kind.is_raft() {
+            match wire::split_target(&body) {
+                Ok((target, rest)) if target == self.id => rest,
+                Ok((target, _)) => {
+                    return error(
+                        ErrorCode::WrongServer,
+                        format!(
+                            "{kind:?} for server {target} refused: the address {} now belongs \
+                             to a different server, {}",
+                            self.addr, self.id
+                        ),
+                    )
+                }
+                Err(e) => return bad(e),
+            }
+        } else {
+            body
+        };
         match kind {
             Kind::AppendEntries => {
                 let req = match wire::decode_append(&body) {
