@@ -9,7 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn::client::RpcClient;
+use cairn::raft::types::{TypeConfig, Vote as RaftVote};
+use cairn::raft::wire;
 use cairn_net::rpc::message::{Consistency, ErrorCode, Op, Response};
+use openraft::impls::leader_id_std::LeaderId;
+use openraft::raft::VoteRequest;
 use support::{b, get, put, req, Cluster};
 
 #[test]
@@ -636,4 +640,74 @@ fn a_fresh_server_on_a_dead_servers_address_refuses_the_old_id_and_joins_under_i
         "{}",
         c.logs()
     );
+}
+
+/// Waits until `s`'s log says `what` at least `times` times.
+fn wait_log(s: &support::Server, what: &str, times: usize, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while s.log_text().matches(what).count() < times {
+        assert!(
+            Instant::now() < deadline,
+            "the log never said {what:?} {times} time(s):\n{}",
+            s.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_forming_server_that_holds_only_a_vote_says_why_it_waits_even_after_a_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let mut s = support::lone_server(root.path(), 3);
+    // Its id, from its answer to a hello.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let hello = s.call(
+            Op::Internal {
+                kind: wire::Kind::Hello as u8,
+                body: bytes::Bytes::new(),
+            },
+            Duration::from_secs(2),
+        );
+        if let Some(Response::Internal(b)) = hello {
+            break wire::decode_hello(&b).unwrap().id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server never answered a hello"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // A candidate it does not know asks for its vote (properly addressed): it grants it,
+    // and so holds a vote with no log and no membership.
+    let candidate = id.wrapping_add(1);
+    let ask = VoteRequest::<TypeConfig>::new(
+        RaftVote {
+            leader_id: LeaderId {
+                term: 3,
+                voted_for: candidate,
+            },
+            committed: false,
+        },
+        None,
+    );
+    match s.call(
+        Op::Internal {
+            kind: wire::Kind::Vote as u8,
+            body: wire::address(id, &wire::encode_vote(&ask)),
+        },
+        Duration::from_secs(5),
+    ) {
+        Some(Response::Internal(b)) => {
+            assert!(wire::decode_vote_response(&b).unwrap().vote_granted)
+        }
+        other => panic!("no vote answer: {other:?}"),
+    }
+    let note = format!("holds a Raft vote (term 3, for server {candidate}) but no log");
+    wait_log(&s, &note, 1, Duration::from_secs(10));
+    // After a restart it is initialized to openraft from the start, and still says so.
+    s.kill();
+    s.restart();
+    wait_log(&s, &note, 2, Duration::from_secs(20));
+    assert!(!s.log_text().contains("bootstrapped"), "{}", s.log_text());
 }

@@ -301,13 +301,15 @@ async fn run(
     }
     // Form the cluster (or join one) in the background: requests are served meanwhile
     // (and answered "no leader" until there is one).
-    let initialized = server
-        .raft
-        .is_initialized()
+    // A server with only a vote (no log) forms too: it must say why it waits.
+    let standing = super::cluster::standing(&server)
         .await
-        .map_err(|e| AgentError::Raft(e.to_string()))?;
-    if !initialized {
-        if cfg.bootstrap_expect == 1 && cfg.retry_join.is_empty() {
+        .map_err(AgentError::Raft)?;
+    if standing != super::cluster::Standing::Member {
+        if standing == super::cluster::Standing::Fresh
+            && cfg.bootstrap_expect == 1
+            && cfg.retry_join.is_empty()
+        {
             super::cluster::bootstrap_alone(&server)
                 .await
                 .map_err(|e| AgentError::Raft(format!("bootstrap: {e}")))?;
