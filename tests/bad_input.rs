@@ -1,6 +1,7 @@
 //! Bad input on the RPC port of a real agent: damaged frames, oversize frames, limits,
-//! half-open connections. Each gets a typed error or a clean close of that connection
-//! only; the agent keeps serving everyone else and loses nothing acknowledged.
+//! half-open connections, Raft requests meant for another server. Each gets a typed error
+//! or a clean close of that connection only; the agent keeps serving everyone else and
+//! loses nothing acknowledged.
 
 mod support;
 
@@ -11,8 +12,12 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cairn::client::RpcClient;
+use cairn::raft::types::{RaftLogId, TypeConfig, Vote as RaftVote};
+use cairn::raft::wire;
 use cairn_net::rpc::frame::{encode, FrameDecoder, Kind};
 use cairn_net::rpc::message::{ErrorCode, Limits, Op, ReadOpts, Response, TxnOp};
+use openraft::impls::leader_id_std::LeaderId;
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use support::{b, free_port, req, CAIRN};
 
 struct Dev {
@@ -335,4 +340,100 @@ fn pipelined_requests_are_answered_as_they_finish_not_in_order() {
     );
     order.sort();
     assert_eq!(order, vec![1, 2, 3]);
+}
+
+/// One internal (server-to-server) request on a fresh connection.
+fn internal(d: &Dev, kind: wire::Kind, body: Bytes) -> Response {
+    let mut c = RpcClient::connect(&d.addr, Duration::from_secs(5)).unwrap();
+    c.call(&req(Op::Internal {
+        kind: kind as u8,
+        body,
+    }))
+    .unwrap()
+}
+
+/// The vote a server holds, read from its answer to a vote request that can only be
+/// refused (term 0 is below any vote an elected server holds).
+fn held_vote(d: &Dev, id: u64) -> RaftVote {
+    let probe = VoteRequest::<TypeConfig>::new(vote(0, id, false), None);
+    match internal(
+        d,
+        wire::Kind::Vote,
+        wire::address(id, &wire::encode_vote(&probe)),
+    ) {
+        Response::Internal(b) => {
+            let resp = wire::decode_vote_response(&b).unwrap();
+            assert!(!resp.vote_granted, "a vote at term 0 was granted");
+            resp.vote
+        }
+        other => panic!("no vote answer: {other:?}"),
+    }
+}
+
+fn vote(term: u64, voted_for: u64, committed: bool) -> RaftVote {
+    RaftVote {
+        leader_id: LeaderId { term, voted_for },
+        committed,
+    }
+}
+
+#[test]
+fn a_raft_request_for_another_node_id_is_refused_and_leaves_the_vote_alone() {
+    let d = dev(&[]);
+    put_acked(&d);
+    let Ok(Response::Servers(servers)) = RpcClient::connect(&d.addr, Duration::from_secs(5))
+        .unwrap()
+        .call(&req(Op::RaftConfiguration))
+    else {
+        panic!("no configuration");
+    };
+    let me = servers[0].id;
+    let before = held_vote(&d, me);
+    // A leader of another cluster, at a far higher term with a longer log: were these
+    // requests taken, this server would grant the vote and follow that leader.
+    let stranger = me.wrapping_add(0x5eed);
+    let far = Some(RaftLogId::new_term_index(999, 1_000_000));
+    let mut grantable = VoteRequest::<TypeConfig>::new(vote(1000, stranger, false), far);
+    grantable.leadership_transfer = true;
+    let append = AppendEntriesRequest::<TypeConfig> {
+        vote: vote(1000, stranger, true),
+        prev_log_id: None,
+        entries: Vec::new(),
+        leader_commit: None,
+    };
+    let transfer = TransferLeaderRequest::<TypeConfig>::new(vote(1000, stranger, true), me, far);
+    for (kind, body) in [
+        (wire::Kind::Vote, wire::encode_vote(&grantable)),
+        (wire::Kind::PreVote, wire::encode_vote(&grantable)),
+        (wire::Kind::AppendEntries, wire::encode_append(&append)),
+        (wire::Kind::TransferLeader, wire::encode_transfer(&transfer)),
+    ] {
+        let (code, message) = error_of(&internal(&d, kind, wire::address(stranger, &body)));
+        assert_eq!(code, ErrorCode::WrongServer, "{kind:?}: {message}");
+        for part in [
+            stranger.to_string(),
+            me.to_string(),
+            d.addr.clone(),
+            "now belongs to a different server".to_string(),
+        ] {
+            assert!(
+                message.contains(&part),
+                "{kind:?}: {message:?} lacks {part:?}"
+            );
+        }
+    }
+    // A body too short to name its target is a bad request, not a refusal.
+    let (code, _) = error_of(&internal(&d, wire::Kind::Vote, Bytes::from_static(&[1, 2])));
+    assert_eq!(code, ErrorCode::Invalid);
+    // Nothing reached Raft: the same vote, the same leader, every write still there.
+    assert_eq!(held_vote(&d, me), before);
+    match internal(&d, wire::Kind::Hello, Bytes::new()) {
+        Response::Internal(b) => {
+            let h = wire::decode_hello(&b).unwrap();
+            assert_eq!(h.id, me);
+            assert_eq!(h.leader.map(|(id, _)| id), Some(me));
+        }
+        other => panic!("no hello: {other:?}"),
+    }
+    still_serves(&d);
 }

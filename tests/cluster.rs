@@ -9,7 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn::client::RpcClient;
+use cairn::raft::types::{TypeConfig, Vote as RaftVote};
+use cairn::raft::wire;
 use cairn_net::rpc::message::{Consistency, ErrorCode, Op, Response};
+use openraft::impls::leader_id_std::LeaderId;
+use openraft::raft::VoteRequest;
 use support::{b, get, put, req, Cluster};
 
 #[test]
@@ -152,7 +156,7 @@ fn a_full_cluster_restart_keeps_every_write_and_never_bootstraps_again() {
                 .map(|s| (s.id, s.address, s.voter))
                 .collect::<Vec<_>>()
         }
-        other => panic!("no configuration: {other:?}"),
+        other => panic!("no configuration from server {i}: {other:?}\n{}", c.logs()),
     };
     let before = config(&c, leader);
     for s in &mut c.servers {
@@ -396,7 +400,7 @@ fn voters(c: &Cluster, i: usize) -> Vec<(u64, String)> {
             .filter(|s| s.voter)
             .map(|s| (s.id, s.address))
             .collect(),
-        other => panic!("no configuration: {other:?}"),
+        other => panic!("no configuration from server {i}: {other:?}\n{}", c.logs()),
     }
 }
 
@@ -595,4 +599,115 @@ fn the_gossip_key_rotates_across_a_running_cluster_without_splitting_the_pool() 
     for n in ["s0", "s1", "s2"] {
         wait_status(&c, 1, n, "alive", Duration::from_secs(10));
     }
+}
+
+#[test]
+fn a_fresh_server_on_a_dead_servers_address_refuses_the_old_id_and_joins_under_its_own() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_for_leader(Duration::from_secs(10));
+    let mut client = c.servers[leader].client(Duration::from_secs(5)).unwrap();
+    assert_eq!(put(&mut client, "before", "1"), Ok(Response::Bool(true)));
+    let i = c.other_than(leader);
+    let addr = c.servers[i].addr();
+    let old_id = voters(&c, leader)
+        .into_iter()
+        .find(|(_, a)| *a == addr)
+        .expect("the follower is a voter")
+        .0;
+    // Same address, fresh data directory (a new node id); the leader still replicates to
+    // the old id there. Taking those requests would leave the fresh server holding the
+    // leader's vote and log under an id it does not have, so it would never join.
+    c.servers[i].kill();
+    std::fs::remove_dir_all(&c.servers[i].dir).unwrap();
+    c.servers[i].restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = voters(&c, leader);
+        if v.len() == 3 && v.iter().any(|(id, a)| *a == addr && *id != old_id) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fresh server never replaced server {old_id}: {v:?}\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(voters(&c, leader).iter().all(|(id, _)| *id != old_id));
+    c.wait_stale_value(i, "before", "1", Duration::from_secs(10));
+    assert!(
+        !c.servers[i].log_text().contains("panicked"),
+        "{}",
+        c.logs()
+    );
+}
+
+/// Waits until `s`'s log says `what` at least `times` times.
+fn wait_log(s: &support::Server, what: &str, times: usize, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while s.log_text().matches(what).count() < times {
+        assert!(
+            Instant::now() < deadline,
+            "the log never said {what:?} {times} time(s):\n{}",
+            s.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_forming_server_that_holds_only_a_vote_says_why_it_waits_even_after_a_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let mut s = support::lone_server(root.path(), 3);
+    // Its id, from its answer to a hello.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let hello = s.call(
+            Op::Internal {
+                kind: wire::Kind::Hello as u8,
+                body: bytes::Bytes::new(),
+            },
+            Duration::from_secs(2),
+        );
+        if let Some(Response::Internal(b)) = hello {
+            break wire::decode_hello(&b).unwrap().id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server never answered a hello"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // A candidate it does not know asks for its vote (properly addressed): it grants it,
+    // and so holds a vote with no log and no membership.
+    let candidate = id.wrapping_add(1);
+    let ask = VoteRequest::<TypeConfig>::new(
+        RaftVote {
+            leader_id: LeaderId {
+                term: 3,
+                voted_for: candidate,
+            },
+            committed: false,
+        },
+        None,
+    );
+    match s.call(
+        Op::Internal {
+            kind: wire::Kind::Vote as u8,
+            body: wire::address(id, &wire::encode_vote(&ask)),
+        },
+        Duration::from_secs(5),
+    ) {
+        Some(Response::Internal(b)) => {
+            assert!(wire::decode_vote_response(&b).unwrap().vote_granted)
+        }
+        other => panic!("no vote answer: {other:?}"),
+    }
+    let note = format!("holds a Raft vote (term 3, for server {candidate}) but no log");
+    wait_log(&s, &note, 1, Duration::from_secs(10));
+    // After a restart it is initialized to openraft from the start, and still says so.
+    s.kill();
+    s.restart();
+    wait_log(&s, &note, 2, Duration::from_secs(20));
+    assert!(!s.log_text().contains("bootstrapped"), "{}", s.log_text());
 }

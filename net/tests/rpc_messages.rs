@@ -420,13 +420,14 @@ fn response() -> impl Strategy<Value = Response> {
         (catalog_result(), meta()).prop_map(|(result, meta)| Response::Catalog { result, meta }),
         (prop::collection::vec(session(), 0..3), meta())
             .prop_map(|(sessions, meta)| Response::Sessions { sessions, meta }),
-        (0..4usize, text(), prop::option::of(text())).prop_map(|(c, message, leader)| {
+        (0..5usize, text(), prop::option::of(text())).prop_map(|(c, message, leader)| {
             Response::Error(RpcError {
                 code: [
                     ErrorCode::NotLeader,
                     ErrorCode::Timeout,
                     ErrorCode::InvalidSession,
                     ErrorCode::NotFound,
+                    ErrorCode::WrongServer,
                 ][c],
                 message,
                 leader,

@@ -15,6 +15,11 @@
 //!   others receive the configuration from it through Raft. Only one server calls
 //!   `initialize`, so two servers can never bootstrap different configurations from the
 //!   same set of peers.
+//!
+//! A server that holds a Raft vote but no log and no membership (it granted a vote and
+//! then restarted before any entry reached it) is initialized to openraft, which will not
+//! bootstrap it: it keeps forming, but may only join a cluster through its leader, and
+//! says so on stderr instead of waiting silently.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -99,18 +104,71 @@ fn candidates(s: &Server, rpc_join: Option<&[String]>) -> Vec<String> {
         .collect()
 }
 
+/// Where a server stands before it belongs to a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Standing {
+    /// No Raft state at all: it may bootstrap or join.
+    Fresh,
+    /// A vote (`term`, for `voted_for`) and nothing else: no log entry, no membership.
+    /// openraft counts the vote as initialized and refuses to bootstrap it, so it can only
+    /// be added to a cluster by that cluster's leader.
+    VoteOnly { term: u64, voted_for: u64 },
+    /// It has a log (or a snapshot) or a membership: it belongs to a cluster.
+    Member,
+}
+
+pub(super) async fn standing(s: &Server) -> Result<Standing, String> {
+    s.raft
+        .with_raft_state(|st| {
+            let membership = st.membership_state.effective().membership();
+            if st.log_ids.last().is_some() || membership.nodes().next().is_some() {
+                Standing::Member
+            } else if st.vote_ref().leader_id.term != 0 {
+                Standing::VoteOnly {
+                    term: st.vote_ref().leader_id.term,
+                    voted_for: st.vote_ref().leader_id.voted_for,
+                }
+            } else {
+                Standing::Fresh
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// Runs until this server belongs to a cluster. `rpc_join`: with gossip off, the server
 /// RPC addresses to contact; with gossip on, the servers come from the pool.
 pub(super) async fn form(s: &Server, expect: u32, rpc_join: Option<&[String]>) {
     let mut last_report = Instant::now();
+    let mut told_vote_only = false;
     loop {
-        if s.raft.is_initialized().await.unwrap_or(false) {
-            return;
+        let vote_only = match standing(s).await {
+            Ok(Standing::Member) => return,
+            Ok(Standing::Fresh) => None,
+            Ok(Standing::VoteOnly { term, voted_for }) => Some((term, voted_for)),
+            Err(e) => {
+                eprintln!("cairn: cluster formation stopped: raft: {e}");
+                return;
+            }
+        };
+        let vote_only_note = vote_only.map(|(term, voted_for)| {
+            format!(
+                "this server holds a Raft vote (term {term}, for server {voted_for}) but no log \
+                 and no cluster membership: openraft counts it as initialized and will not \
+                 bootstrap it, so it waits for a cluster's leader to add it (if server \
+                 {voted_for} is in no running cluster, stop this server and empty its data \
+                 directory)"
+            )
+        });
+        if let Some(note) = vote_only_note.as_ref().filter(|_| !told_vote_only) {
+            told_vote_only = true;
+            eprintln!("cairn: {note}");
         }
         let me = wire::Hello {
             id: s.id,
             addr: s.addr.clone(),
-            initialized: false,
+            // As its answer to a hello says (openraft's `is_initialized`).
+            initialized: vote_only.is_some(),
             leader: None,
         };
         let join = candidates(s, rpc_join);
@@ -159,7 +217,7 @@ pub(super) async fn form(s: &Server, expect: u32, rpc_join: Option<&[String]>) {
                 }
                 Ok(_) | Err(_) => {}
             }
-        } else if expect > 0 {
+        } else if expect > 0 && vote_only.is_none() {
             let mut servers: Vec<(u64, String)> = view
                 .iter()
                 .filter(|(_, p)| !p.initialized)
@@ -196,9 +254,15 @@ pub(super) async fn form(s: &Server, expect: u32, rpc_join: Option<&[String]>) {
                     );
                 }
             }
+            // A peer with Raft state is not counted toward bootstrapping; one that knows no
+            // leader either leaves nothing to join, so say which.
             let known: Vec<String> = view
                 .iter()
-                .map(|(id, p)| format!("{id}@{}", p.addr))
+                .map(|(id, p)| match (&p.initialized, &p.leader) {
+                    (false, _) => format!("{id}@{}", p.addr),
+                    (true, Some((l, _))) => format!("{id}@{} (in a cluster, leader {l})", p.addr),
+                    (true, None) => format!("{id}@{} (has Raft state, knows no leader)", p.addr),
+                })
                 .collect();
             eprintln!(
                 "cairn: waiting to form a cluster: expecting {expect} servers, know of {} other(s) [{}]{}",
@@ -206,6 +270,9 @@ pub(super) async fn form(s: &Server, expect: u32, rpc_join: Option<&[String]>) {
                 known.join(", "),
                 if join.is_empty() { "; none found yet (check --retry-join), waiting to be contacted" } else { "" }
             );
+            if let Some(note) = &vote_only_note {
+                eprintln!("cairn: {note}");
+            }
         }
         glommio::timer::sleep(RETRY_INTERVAL).await;
     }

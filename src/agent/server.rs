@@ -308,13 +308,15 @@ async fn run(
     }
     // Form the cluster (or join one) in the background: requests are served meanwhile
     // (and answered "no leader" until there is one).
-    let initialized = server
-        .raft
-        .is_initialized()
+    // A server with only a vote (no log) forms too: it must say why it waits.
+    let standing = super::cluster::standing(&server)
         .await
-        .map_err(|e| AgentError::Raft(e.to_string()))?;
-    if !initialized {
-        if cfg.bootstrap_expect == 1 && cfg.retry_join.is_empty() {
+        .map_err(AgentError::Raft)?;
+    if standing != super::cluster::Standing::Member {
+        if standing == super::cluster::Standing::Fresh
+            && cfg.bootstrap_expect == 1
+            && cfg.retry_join.is_empty()
+        {
             super::cluster::bootstrap_alone(&server)
                 .await
                 .map_err(|e| AgentError::Raft(format!("bootstrap: {e}")))?;
@@ -1122,6 +1124,27 @@ impl Server {
         };
         let bad = |e: wire::WireError| error(ErrorCode::Invalid, e.to_string());
         let fatal = |e: &dyn std::fmt::Display| error(ErrorCode::Internal, format!("raft: {e}"));
+        // A Raft RPC for another node id was meant for a server that was at this address
+        // before (a leader still sending to it): refused before it reaches Raft, so it
+        // leaves no vote or log here (as hashicorp/raft's "target ID mismatch").
+        let body = if kind.is_raft() {
+            match wire::split_target(&body) {
+                Ok((target, rest)) if target == self.id => rest,
+                Ok((target, _)) => {
+                    return error(
+                        ErrorCode::WrongServer,
+                        format!(
+                            "{kind:?} for server {target} refused: the address {} now belongs \
+                             to a different server, {}",
+                            self.addr, self.id
+                        ),
+                    )
+                }
+                Err(e) => return bad(e),
+            }
+        } else {
+            body
+        };
         match kind {
             Kind::AppendEntries => {
                 let req = match wire::decode_append(&body) {

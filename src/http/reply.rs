@@ -132,9 +132,10 @@ pub(crate) fn rpc_error(e: &RpcError) -> Reply {
         ErrorCode::InvalidSession => Reply::text(500, e.message.clone()),
         // Consul's RPC rate limit answers 429.
         ErrorCode::Overloaded => Reply::text(429, e.message.clone()),
-        ErrorCode::Timeout | ErrorCode::Unavailable | ErrorCode::Internal => {
-            Reply::text(500, e.message.clone())
-        }
+        ErrorCode::Timeout
+        | ErrorCode::Unavailable
+        | ErrorCode::Internal
+        | ErrorCode::WrongServer => Reply::text(500, e.message.clone()),
     }
 }
 

@@ -5,13 +5,17 @@
 //! Frames are limited in size (2 MiB), so an append batch is split into several requests
 //! by the encoded size of its entries, each one's `prev_log_id` the last entry of the one
 //! before; a snapshot travels in 1 MiB chunks and is installed by a final message.
+//!
+//! Every request names its target's node id ([`wire::address`]); a server that finds
+//! another id refuses it ([`ErrorCode::WrongServer`]), which is reported to openraft as
+//! an unreachable target, as if nothing answered at the address.
 
 use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cairn_net::rpc::message::{Op, Request, Response};
+use cairn_net::rpc::message::{ErrorCode, Op, Request, Response};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
@@ -85,12 +89,21 @@ impl PeerClient {
         body: Bytes,
         timeout: Duration,
     ) -> Result<Bytes, RPCError<TypeConfig>> {
+        let body = wire::address(self.target, &body);
         match self
             .peers
             .call(&self.addr, &internal(kind, body), timeout)
             .await
         {
             Ok(Response::Internal(b)) => Ok(b),
+            // Another server answers at the address: to openraft, the target is not
+            // reachable there (it backs off and tries again later).
+            Ok(Response::Error(e)) if e.code == ErrorCode::WrongServer => {
+                Err(RPCError::Unreachable(Unreachable::new(&Failure(format!(
+                    "server {} is not at {}: {}",
+                    self.target, self.addr, e.message
+                )))))
+            }
             Ok(Response::Error(e)) => Err(RPCError::Network(NetworkError::new(&Failure(format!(
                 "server {} ({}) answered {:?}: {}",
                 self.target, self.addr, e.code, e.message

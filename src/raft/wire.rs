@@ -7,6 +7,12 @@
 //! before it; an entry is its log id and its payload as the segment log stores it
 //! ([`encode_payload`]). Decoding checks every length against the bytes left, so a
 //! damaged or hostile message is an error, never a panic.
+//!
+//! The body of each of openraft's RPCs (see [`Kind::is_raft`]) starts with the node id of
+//! the server it is meant for, `target u64` ([`address`], [`split_target`]): a server
+//! refuses one meant for another id, so a leader that still sends to an address now
+//! taken by a different server (say one restarted with a fresh data directory) cannot
+//! leave its vote or log there.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use openraft::impls::leader_id_std::LeaderId;
@@ -55,6 +61,19 @@ impl Kind {
             9 => Kind::Forward,
             _ => return None,
         })
+    }
+
+    /// One of openraft's RPCs, whose body names its target server ([`address`]).
+    pub fn is_raft(self) -> bool {
+        matches!(
+            self,
+            Kind::AppendEntries
+                | Kind::Vote
+                | Kind::PreVote
+                | Kind::SnapshotChunk
+                | Kind::InstallSnapshot
+                | Kind::TransferLeader
+        )
     }
 }
 
@@ -215,6 +234,21 @@ impl<'a> R<'a> {
 }
 
 // ---- messages -------------------------------------------------------------------------
+
+/// A Raft RPC's body for the server with node id `target`: the id, then the message.
+pub fn address(target: u64, message: &[u8]) -> Bytes {
+    let mut w = W(BytesMut::with_capacity(8 + message.len()));
+    w.u64(target);
+    w.0.put_slice(message);
+    w.done()
+}
+
+/// The node id a Raft RPC's body is meant for, and the message after it.
+pub fn split_target(b: &Bytes) -> Result<(u64, Bytes), WireError> {
+    let mut r = R::new(b);
+    let target = r.u64()?;
+    Ok((target, b.slice(r.at..)))
+}
 
 /// Encodes an append request whose entry payloads are already encoded (the network
 /// encodes them once, to split a batch under the frame limit by their sizes).
@@ -580,6 +614,17 @@ mod tests {
             let mut longer = m.to_vec();
             longer.push(0);
             assert!(fails(&Bytes::from(longer)), "trailing bytes were accepted");
+            // The same message addressed to a server: cut in the id or in the message.
+            let a = address(9, &m);
+            for cut in 0..a.len() {
+                match split_target(&a.slice(..cut)) {
+                    Err(_) => assert!(cut < 8, "a whole id was refused (cut at {cut})"),
+                    Ok((target, rest)) => {
+                        assert_eq!(target, 9);
+                        assert!(fails(&rest), "an addressed message cut at {cut} decoded");
+                    }
+                }
+            }
         }
     }
 
@@ -621,5 +666,31 @@ mod tests {
             data: Bytes::from_static(b"abc"),
         };
         assert_eq!(decode_chunk(&encode_chunk(&c)).expect("c"), c);
+    }
+
+    #[test]
+    fn an_addressed_message_names_its_target_before_the_message() {
+        let m = encode_vote(&VoteRequest::new(vote(), None));
+        let a = address(0x0102_0304_0506_0708, &m);
+        assert_eq!(&a[..8], &0x0102_0304_0506_0708u64.to_le_bytes());
+        let (target, rest) = split_target(&a).expect("split");
+        assert_eq!(target, 0x0102_0304_0506_0708);
+        assert_eq!(rest, m);
+        assert_eq!(decode_vote(&rest).expect("vote").vote, vote());
+        assert!(split_target(&Bytes::new()).is_err());
+        let kinds: Vec<Kind> = (0..=255).filter_map(Kind::from_u8).collect();
+        assert_eq!(kinds.len(), 9);
+        let raft: Vec<Kind> = kinds.into_iter().filter(|k| k.is_raft()).collect();
+        assert_eq!(
+            raft,
+            [
+                Kind::AppendEntries,
+                Kind::Vote,
+                Kind::SnapshotChunk,
+                Kind::InstallSnapshot,
+                Kind::TransferLeader,
+                Kind::PreVote
+            ]
+        );
     }
 }

@@ -136,6 +136,53 @@ impl Drop for Server {
     }
 }
 
+/// One server on 127.0.0.1 with gossip off that expects `expect` servers but is told of
+/// none that answers (`--retry-join` names a port nothing listens on): it stays forming.
+pub fn lone_server(root: &std::path::Path, expect: usize) -> Server {
+    let ip = "127.0.0.1".to_string();
+    let port = free_port(&ip);
+    let nobody = format!("{ip}:{}", free_port(&ip));
+    let dir = root.join("lone");
+    let log = root.join("lone.log");
+    let args: Vec<String> = [
+        "agent",
+        "--server",
+        "--node",
+        "lone",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--bind",
+        &ip,
+        "--server-port",
+        &port.to_string(),
+        "--serf-lan-port",
+        "-1",
+        "--http-port",
+        "-1",
+        "--dns-port",
+        "-1",
+        "--bootstrap-expect",
+        &expect.to_string(),
+        "--retry-join",
+        &nobody,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut s = Server {
+        ip,
+        port,
+        serf_port: 0,
+        dir,
+        log,
+        netns: None,
+        args,
+        child: None,
+    };
+    s.spawn();
+    s
+}
+
 /// A cluster of servers with their data directories under one temporary directory.
 pub struct Cluster {
     pub servers: Vec<Server>,

@@ -303,6 +303,9 @@ pub enum ErrorCode {
     Unavailable = 13,
     /// The thing the request names (a session, ...) does not exist.
     NotFound = 14,
+    /// A server-to-server request named another server than the one that answers: the
+    /// address now belongs to a different server (one restarted with a new node id, say).
+    WrongServer = 15,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1098,6 +1101,7 @@ impl Response {
                     12 => ErrorCode::Overloaded,
                     13 => ErrorCode::Unavailable,
                     14 => ErrorCode::NotFound,
+                    15 => ErrorCode::WrongServer,
                     tag => {
                         return Err(MessageError::UnknownTag {
                             what: "error code",
