@@ -768,10 +768,12 @@ mod tests {
 
     #[test]
     fn a_snapshot_is_due_after_the_threshold_and_as_many_logged_bytes_as_the_last_snapshot() {
-        let mut pace = SnapshotPace::default();
         // Before the first snapshot, the threshold alone decides.
-        pace.entries = 99;
-        pace.bytes = 99 * 300;
+        let mut pace = SnapshotPace {
+            entries: 99,
+            bytes: 99 * 300,
+            snapshot_bytes: 0,
+        };
         assert!(!pace.due(100));
         pace.entries = 100;
         assert!(pace.due(100));
