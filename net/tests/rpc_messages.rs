@@ -440,6 +440,24 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
 
     #[test]
+    fn one_borrowed_entry_encodes_as_an_entries_response(e in proptest::option::of(entry()), m in meta()) {
+        let mut want = BytesMut::new();
+        Response::Entries { entries: e.iter().cloned().collect(), meta: m }.encode(&mut want);
+        let r = e.as_ref().map(|e| EntryRef {
+            key: &e.key,
+            value: &e.value,
+            flags: e.flags,
+            create_index: e.create_index,
+            modify_index: e.modify_index,
+            lock_index: e.lock_index,
+            session: e.session.as_deref(),
+        });
+        let mut got = BytesMut::new();
+        Response::encode_one_entry(&mut got, r.as_ref(), &m);
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
     fn every_request_decodes_to_itself(op in op(), dc in text(), token in text()) {
         let req = Request { datacenter: dc, token, op };
         let mut b = BytesMut::new();

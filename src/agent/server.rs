@@ -1453,11 +1453,11 @@ pub(super) fn keyring_response(
 pub(crate) trait Handler: 'static {
     fn limits(&self) -> &Limits;
     fn answer(self: Rc<Self>, req: Request) -> impl std::future::Future<Output = Response>;
-    /// The answer to `req` if it can be given at once without waiting for anything (a
-    /// stale read of a local key); the connection then spawns no task for it. `None`:
-    /// use [`Handler::answer`].
-    fn answer_now(&self, _req: &Request) -> Option<Response> {
-        None
+    /// Encodes the answer to `req` (frame id `id`) into `out` and returns true if it can
+    /// be given at once without waiting for anything (a stale read of a local key); the
+    /// connection then spawns no task for it. False: use [`Handler::answer`].
+    fn answer_now(&self, _req: &Request, _out: &mut BytesMut, _id: u64) -> bool {
+        false
     }
     /// The index of the last change to the catalog this agent reads stale from its own
     /// state, without a request (the DNS answer cache's validity); `None` when stale
@@ -1476,8 +1476,9 @@ impl Handler for Server {
         self.handle(req).await
     }
 
-    fn answer_now(&self, req: &Request) -> Option<Response> {
-        kv_read::kv_get_now(&self.sm.shards(), req, &self.datacenter, |i| self.meta(i))
+    fn answer_now(&self, req: &Request, out: &mut BytesMut, id: u64) -> bool {
+        let shards = self.sm.shards();
+        kv_read::kv_get_now(&shards, req, &self.datacenter, |i| self.meta(i), out, id)
     }
 
     fn local_catalog_index(&self) -> Option<u64> {
@@ -1555,10 +1556,7 @@ pub(super) async fn connection<H: Handler>(h: Rc<H>, stream: TcpStream) {
                             continue;
                         }
                     };
-                    if let Some(resp) = h.answer_now(&req) {
-                        encode_with(&mut out.borrow_mut(), FrameKind::Response, frame.id, |b| {
-                            resp.encode(b)
-                        });
+                    if h.answer_now(&req, &mut out.borrow_mut(), frame.id) {
                         continue; // the writer is woken after this read's frames
                     }
                     in_flight.set(in_flight.get() + 1);

@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use bytes::Bytes;
 
 use super::{
-    KvCommand, KvEntry, KvShard, TxnError, TxnOp, TxnPart, TxnResult, WatchId, WatchTarget,
+    KvCommand, KvEntry, KvShard, Stored, TxnError, TxnOp, TxnPart, TxnResult, WatchId, WatchTarget,
 };
 
 /// Where a reply goes: the requesting core and its request id.
@@ -138,11 +138,17 @@ impl ShardCore {
     /// A plain (non-blocking) get answered at once, as `ReadReq::Get` with no index
     /// would be; `None` while a transaction is prepared here or reads wait behind one
     /// (those must see its outcome first).
-    pub fn get_now(&self, key: &[u8]) -> Option<(Option<KvEntry>, u64)> {
+    /// `f` is given the entry (borrowed) and the result's index.
+    pub(crate) fn get_now<R>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(Option<&Stored>, u64) -> R,
+    ) -> Option<R> {
         if self.prepared.is_some() || !self.deferred.is_empty() {
             return None;
         }
-        Some(self.kv.get(key))
+        let (e, index) = self.kv.get_stored(key);
+        Some(f(e, index))
     }
 
     pub fn new(kv: KvShard) -> ShardCore {

@@ -25,6 +25,7 @@ mod ordered;
 mod session;
 mod shard;
 mod stored;
+pub(crate) use stored::Stored;
 mod txn;
 
 pub use codec::DecodeError;

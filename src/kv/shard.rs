@@ -107,6 +107,16 @@ impl KvShard {
         (e.map(Stored::entry), idx.max(1))
     }
 
+    /// [`KvShard::get`], borrowing the stored entry.
+    pub(crate) fn get_stored(&self, key: &[u8]) -> (Option<&Stored>, u64) {
+        let e = self.entries.get(key);
+        let idx = match e {
+            Some(e) => e.modify_index(),
+            None => self.tombstones.get(key).copied().unwrap_or(self.index),
+        };
+        (e, idx.max(1))
+    }
+
     /// The stored entry at `key`.
     pub(crate) fn stored(&self, key: &[u8]) -> Option<&Stored> {
         self.entries.get(key)

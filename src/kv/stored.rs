@@ -204,6 +204,20 @@ impl Stored {
         }
     }
 
+    /// The entry borrowed for encoding an answer ([`cairn_net::rpc::message::EntryRef`]).
+    pub(crate) fn entry_ref(&self) -> cairn_net::rpc::message::EntryRef<'_> {
+        let l = self.layout();
+        cairn_net::rpc::message::EntryRef {
+            key: &self.0[l.key.0..l.key.1],
+            value: &self.0[l.value_start..],
+            flags: l.flags,
+            create_index: l.create_index,
+            modify_index: l.modify_index,
+            lock_index: l.lock_index,
+            session: self.session_str(&l),
+        }
+    }
+
     /// The entry as a snapshot record, borrowing key and value.
     pub(crate) fn record(&self) -> KvRecordRef<'_> {
         let l = self.layout();

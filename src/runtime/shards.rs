@@ -25,7 +25,7 @@ use super::{io_memory_per_executor, RuntimeError};
 use crate::kv::core::{plan, Effect, Origin, Plan, ReadReq, Reply, ShardCore, StreamMsg};
 use crate::kv::{
     combine_txn, merge_images, outcome_of, shard_of, KvCommand, KvEntry, KvOutcome, KvShard,
-    ListResult, ShardImage,
+    ListResult, ShardImage, Stored,
 };
 
 /// Longest blocking wait, as in Consul.
@@ -566,12 +566,17 @@ impl Shards {
 
     /// A non-blocking get of a key this core owns, answered in place: no message, no
     /// reply channel, no task. `None` when another core owns the key or the shard must
-    /// answer in order (a transaction is prepared): use [`Shards::get`] then.
-    pub fn get_now(&self, key: &[u8]) -> Option<(Option<KvEntry>, u64)> {
+    /// answer in order (a transaction is prepared): use [`Shards::get`] then. `f` is
+    /// given the entry, borrowed where it is stored, and the result's index.
+    pub(crate) fn get_now<R>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(Option<&Stored>, u64) -> R,
+    ) -> Option<R> {
         if shard_of(key, self.n) != self.me {
             return None;
         }
-        self.local.borrow().core.get_now(key)
+        self.local.borrow().core.get_now(key, f)
     }
 
     /// Reads one key from the core that owns it. With `min_index` > 0, waits until the

@@ -275,6 +275,19 @@ pub struct Entry {
     pub session: Option<String>,
 }
 
+/// One KV entry borrowed from where a server stores it: an answer is encoded from it
+/// directly ([`Response::encode_one_entry`]) without building an [`Entry`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryRef<'a> {
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+    pub flags: u64,
+    pub create_index: u64,
+    pub modify_index: u64,
+    pub lock_index: u64,
+    pub session: Option<&'a str>,
+}
+
 /// Consul's query metadata: X-Consul-Index, X-Consul-KnownLeader, X-Consul-LastContact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Meta {
@@ -465,13 +478,24 @@ impl W<'_> {
         self.u64(o.wait_ms);
     }
     pub(crate) fn entry(&mut self, e: &Entry) {
-        self.bytes(&e.key);
-        self.bytes(&e.value);
+        self.entry_ref(&EntryRef {
+            key: &e.key,
+            value: &e.value,
+            flags: e.flags,
+            create_index: e.create_index,
+            modify_index: e.modify_index,
+            lock_index: e.lock_index,
+            session: e.session.as_deref(),
+        });
+    }
+    pub(crate) fn entry_ref(&mut self, e: &EntryRef<'_>) {
+        self.bytes(e.key);
+        self.bytes(e.value);
         self.u64(e.flags);
         self.u64(e.create_index);
         self.u64(e.modify_index);
         self.u64(e.lock_index);
-        self.opt_bytes(e.session.as_deref().map(str::as_bytes));
+        self.opt_bytes(e.session.map(str::as_bytes));
     }
     pub(crate) fn meta(&mut self, m: &Meta) {
         self.u64(m.index);
@@ -851,6 +875,18 @@ impl Response {
                 meta,
             },
             other => other,
+        }
+    }
+
+    /// Encodes the same bytes as a [`Response::Entries`] holding `entry` (or nothing),
+    /// from a borrowed entry.
+    pub fn encode_one_entry(out: &mut BytesMut, entry: Option<&EntryRef<'_>>, meta: &Meta) {
+        let mut w = W(out);
+        w.u8(1);
+        w.meta(meta);
+        w.0.put_u32_le(u32::from(entry.is_some()));
+        if let Some(e) = entry {
+            w.entry_ref(e);
         }
     }
 

@@ -50,8 +50,15 @@ impl Handler for Front {
         &self.limits
     }
 
-    fn answer_now(&self, req: &Request) -> Option<Response> {
-        super::kv_read::kv_get_now(&self.shards, req, &self.datacenter, |i| self.meta(i))
+    fn answer_now(&self, req: &Request, out: &mut bytes::BytesMut, id: u64) -> bool {
+        super::kv_read::kv_get_now(
+            &self.shards,
+            req,
+            &self.datacenter,
+            |i| self.meta(i),
+            out,
+            id,
+        )
     }
 
     async fn answer(self: Rc<Self>, req: Request) -> Response {

@@ -4,35 +4,45 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
+use cairn_net::rpc::frame::{encode_with, Kind as FrameKind};
 use cairn_net::rpc::message::{Consistency, Meta, Op, Request, Response};
 
 use super::{entry, MAX_WAIT};
+use crate::kv::Stored;
 use crate::runtime::shards::Shards;
 
 /// Answers a stale, non-blocking `KvGet` of a key this core owns at once, without
-/// awaiting anything, so the connection needs no task for it (a spawned request carries a
-/// future of several kilobytes and a trip through the shard's message path); `None` for
-/// any other request, which takes the usual path. `datacenter` is this agent's.
+/// awaiting anything: the answer frame (id `id`) is encoded into `out` straight from the
+/// stored entry, so the connection needs no task for it (a spawned request carries a
+/// future of several kilobytes and a trip through the shard's message path) and nothing
+/// is built on the way (no entry handles, no response). Returns false for any other
+/// request, which takes the usual path. `datacenter` is this agent's.
 pub(crate) fn kv_get_now(
     shards: &Shards,
     req: &Request,
     datacenter: &str,
     meta: impl Fn(u64) -> Meta,
-) -> Option<Response> {
+    out: &mut BytesMut,
+    id: u64,
+) -> bool {
     if !req.datacenter.is_empty() && req.datacenter != datacenter {
-        return None;
+        return false;
     }
     let Op::KvGet { key, opts } = &req.op else {
-        return None;
+        return false;
     };
     if opts.consistency != Consistency::Stale || opts.index > 0 {
-        return None;
+        return false;
     }
-    let (e, index) = shards.get_now(key)?;
-    Some(Response::Entries {
-        entries: e.iter().map(entry).collect(),
-        meta: meta(index),
-    })
+    shards
+        .get_now(key, |e, index| {
+            let entry = e.map(Stored::entry_ref);
+            encode_with(out, FrameKind::Response, id, |b| {
+                Response::encode_one_entry(b, entry.as_ref(), &meta(index))
+            });
+        })
+        .is_some()
 }
 
 /// Answers a `KvGet` or `KvList` from the shards; `None` for any other request. `meta`
