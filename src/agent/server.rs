@@ -36,6 +36,7 @@ use crate::raft::wire::{self, Kind};
 mod answers;
 mod front;
 pub(crate) mod kv_read;
+mod read_index;
 mod state;
 
 type CairnRaft = Raft<TypeConfig, StateMachine>;
@@ -60,9 +61,6 @@ pub(super) const FORWARD_ATTEMPTS: usize = 8;
 /// Longest a forwarded write waits for the leader's answer.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest snapshot a follower accepts from a leader.
-/// How often the server checks whether a snapshot is due.
-const SNAPSHOT_CHECK: Duration = Duration::from_millis(100);
-
 const MAX_SNAPSHOT_BYTES: u64 = cairn_storage::transfer::DEFAULT_MAX_SNAPSHOT_BYTES;
 
 fn io(what: &str) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
@@ -270,6 +268,7 @@ async fn run(
         cfg.enable_script_checks,
         id,
     )?);
+    let read_index = read_index::ReadIndexBatch::new(raft.clone());
     let server = Rc::new(Server {
         local: local.clone(),
         gossip,
@@ -289,6 +288,7 @@ async fn run(
         bind_ip: cfg.bind.to_string(),
         session_timers: RefCell::new(state::SessionTimers::default()),
         answers: RefCell::new(answers::AnswerCache::default()),
+        read_index,
     });
     {
         let s = server.clone();
@@ -492,6 +492,8 @@ pub(super) struct Server {
     session_timers: RefCell<state::SessionTimers>,
     /// Catalog answers shared between readers of the same query.
     answers: RefCell<answers::AnswerCache>,
+    /// Quorum confirmations shared by concurrent consistent reads.
+    read_index: read_index::ReadIndexBatch,
     /// This agent's own services and checks.
     local: Rc<super::local::LocalAgent>,
 }
@@ -756,11 +758,12 @@ impl Server {
     }
 
     /// Takes a snapshot whenever the state machine's pacing says one is due
-    /// ([`crate::raft::store::SnapshotPace`]); openraft ignores a trigger while one builds.
-    /// Runs until the server stops.
+    /// ([`crate::raft::store::SnapshotPace`]), checked after every applied batch as
+    /// openraft's own policy is; openraft ignores a trigger while one builds. Runs until
+    /// the server stops.
     async fn snapshot_loop(&self, threshold: u64) {
-        loop {
-            glommio::timer::sleep(SNAPSHOT_CHECK).await;
+        let mut applied = self.sm.applied();
+        while applied.changed().await.is_ok() {
             if self.sm.snapshot_due(threshold) && self.raft.trigger().snapshot().await.is_err() {
                 // Raft stopped (shutting down, or a fatal storage error it reports).
                 return;
@@ -797,23 +800,19 @@ impl Server {
             Consistency::Default => true,
             Consistency::Consistent => false,
         };
-        let policy = if lease {
-            ReadPolicy::LeaseRead
-        } else {
-            ReadPolicy::ReadIndex
-        };
-        if self.raft.ensure_linearizable(policy).await.is_ok() {
-            return Ok(());
-        }
-        // A lease can run out between heartbeats while leadership still holds: confirm
-        // with a quorum before giving up.
         if lease
             && self
                 .raft
-                .ensure_linearizable(ReadPolicy::ReadIndex)
+                .ensure_linearizable(ReadPolicy::LeaseRead)
                 .await
                 .is_ok()
         {
+            return Ok(());
+        }
+        // Consistent reads, and default ones whose lease ran out between heartbeats while
+        // leadership still holds: confirm with a quorum, in a round shared with every
+        // read waiting at the same time.
+        if self.read_index.confirm().await {
             return Ok(());
         }
         Err(Local::NotLeader(
