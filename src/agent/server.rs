@@ -221,6 +221,7 @@ async fn run(
         flush,
     )
     .map_err(io("opening the raft log"))?;
+    let following = log.follower_flushes_inline();
     let sm = StateMachine::open(&raft_dir.join("snapshots"), shards)
         .await
         .map_err(io("opening the state machine"))?;
@@ -293,6 +294,18 @@ async fn run(
     {
         let s = server.clone();
         glommio::spawn_local(async move { s.leader_loop().await }).detach();
+        // A follower flushes its log inline (LogStore::follower_flushes_inline).
+        let mut metrics = server.raft.metrics();
+        glommio::spawn_local(async move {
+            loop {
+                let leading = metrics.borrow_watched().state == openraft::ServerState::Leader;
+                following.set(!leading);
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .detach();
         let s = server.clone();
         let threshold = cfg.raft.snapshot_threshold;
         glommio::spawn_local(async move { s.snapshot_loop(threshold).await }).detach();

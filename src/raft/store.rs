@@ -56,6 +56,9 @@ pub struct LogStore {
     log: Rc<RefCell<SegmentLog>>,
     /// `None`: appends fdatasync inline on the core.
     syncer: Option<Rc<Syncer>>,
+    /// Set while this server follows: its appends then fdatasync inline (see
+    /// [`LogStore::follower_flushes_inline`]).
+    following: Rc<std::cell::Cell<bool>>,
 }
 
 /// Where an append's fdatasync runs.
@@ -79,7 +82,15 @@ impl LogStore {
         Ok(LogStore {
             log: Rc::new(RefCell::new(log)),
             syncer,
+            following: Rc::new(std::cell::Cell::new(false)),
         })
+    }
+
+    /// The flag the server sets while it follows: with nothing else to do on its core
+    /// but take the leader's entries, a follower flushes inline and saves the two
+    /// thread hand-offs of the sync thread; a leader keeps flushing beside replication.
+    pub fn follower_flushes_inline(&self) -> Rc<std::cell::Cell<bool>> {
+        self.following.clone()
     }
 }
 
@@ -133,13 +144,17 @@ impl LogStore {
     /// Queues the durability of everything appended so far; `callback` is told once it
     /// is on disk.
     fn flush_later(&self, callback: IOFlushed<TypeConfig>) -> io::Result<()> {
-        let Some(syncer) = &self.syncer else {
-            let synced = self.log.borrow_mut().sync().map(|_| ()).map_err(io_err);
-            callback.io_completed(match &synced {
-                Ok(()) => Ok(()),
-                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-            });
-            return synced;
+        // Inline only when no background sync is pending: callbacks complete in order.
+        let syncer = match &self.syncer {
+            Some(s) if !(self.following.get() && s.waiting.borrow().is_empty()) => s,
+            _ => {
+                let synced = self.log.borrow_mut().sync().map(|_| ()).map_err(io_err);
+                callback.io_completed(match &synced {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                });
+                return synced;
+            }
         };
         if let Some(done) = syncer.done.borrow_mut().take() {
             let (log, syncer) = (self.log.clone(), syncer.clone());
@@ -740,7 +755,10 @@ mod tests {
 
     use super::*;
 
-    struct Builder(Flush);
+    /// The flush mode, and whether the follower flag flips while the suite runs (appends
+    /// then go inline or to the sync thread by turns, which must still complete in
+    /// order).
+    struct Builder(Flush, bool);
 
     thread_local! {
         /// The runtime's handle on the test's core (openraft's builder must be Send).
@@ -756,6 +774,20 @@ mod tests {
                 segment_size: 64 * 1024,
             };
             let log = LogStore::open(&dir.path().join("log"), opts, self.0).expect("log");
+            if self.1 {
+                let following = log.follower_flushes_inline();
+                let weak = Rc::downgrade(&following);
+                drop(following);
+                glommio::spawn_local(async move {
+                    // Until the store is dropped; every 200 µs.
+                    while let Some(f) = weak.upgrade() {
+                        f.set(!f.get());
+                        drop(f);
+                        glommio::timer::sleep(std::time::Duration::from_micros(200)).await;
+                    }
+                })
+                .detach();
+            }
             let shards = SHARDS
                 .with(|s| s.borrow().clone())
                 .expect("inside the runtime");
@@ -798,7 +830,7 @@ mod tests {
         crate::runtime::shards::run(2, false, |shards| async move {
             if shards.core() == 0 {
                 SHARDS.with(|s| *s.borrow_mut() = Some(shards));
-                Suite::test_all(Builder(Flush::Inline))
+                Suite::test_all(Builder(Flush::Inline, false))
                     .await
                     .expect("openraft storage suite, inline flush");
             }
@@ -807,10 +839,22 @@ mod tests {
     }
 
     #[test]
+    fn the_log_store_passes_openraft_storage_suite_flushing_inline_and_in_the_background_by_turns()
+    {
+        crate::runtime::shards::run(1, false, |shards| async move {
+            SHARDS.with(|s| *s.borrow_mut() = Some(shards));
+            Suite::test_all(Builder(Flush::Background, true))
+                .await
+                .expect("openraft storage suite");
+        })
+        .expect("runtime");
+    }
+
+    #[test]
     fn the_log_store_passes_openraft_storage_suite_with_background_flush() {
         crate::runtime::shards::run(1, false, |shards| async move {
             SHARDS.with(|s| *s.borrow_mut() = Some(shards));
-            Suite::test_all(Builder(Flush::Background))
+            Suite::test_all(Builder(Flush::Background, false))
                 .await
                 .expect("openraft storage suite, background flush");
         })
