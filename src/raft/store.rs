@@ -509,11 +509,6 @@ impl StateMachine {
     pub fn snapshot_due(&self, threshold: u64) -> bool {
         self.inner.borrow().pace.due(threshold)
     }
-
-    /// The pacing counters, for tests and diagnostics.
-    pub fn snapshot_pace(&self) -> SnapshotPace {
-        self.inner.borrow().pace
-    }
 }
 
 /// Snapshot metadata rides in `StateImage::membership`: the membership's log id, then the
