@@ -7,7 +7,16 @@
 //! overflows because a key was appended at its end starts a new chunk instead of splitting,
 //! so ascending writes fill chunks completely (≈17 bytes per entry); other inserts split
 //! in the middle as a B-tree does. Lookups are a `BTreeMap` search over the chunks' first
-//! keys, then a binary search inside one chunk.
+//! keys, then a search inside one chunk.
+//!
+//! The search inside a chunk does not touch the entries it passes: each entry's handle
+//! points at its own allocation, and comparing keys cost one cache miss per entry compared
+//! (`ordered::find` was 15.9 % of a dev server's core under stale reads). A chunk keeps the
+//! length of the prefix all its keys share and, per entry, the next 4 key bytes as a
+//! big-endian `u32` (zero-padded): keys in order have non-decreasing fingerprints, a
+//! strictly smaller or larger fingerprint decides a comparison, and only entries with the
+//! searched key's own fingerprint (usually one) are compared in full. About 4 more bytes
+//! per entry.
 
 use std::collections::{btree_map, BTreeMap};
 use std::ops::Bound;
@@ -22,18 +31,130 @@ pub(crate) const CHUNK: usize = 64;
 /// chunk's first key.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct EntrySet {
-    chunks: BTreeMap<Box<[u8]>, Vec<Stored>>,
+    chunks: BTreeMap<Box<[u8]>, Chunk>,
     len: usize,
 }
 
-fn new_chunk() -> Vec<Stored> {
-    // One spare slot: a full chunk takes the entry that overflows it before it is split,
-    // without growing its allocation.
-    Vec::with_capacity(CHUNK + 1)
+/// Up to [`CHUNK`] entries in key order, with their fingerprints. Invariants: every key
+/// starts with the first key's `lcp` bytes, and `fps[i]` is `fingerprint(key i, lcp)`.
+#[derive(Debug, Clone)]
+struct Chunk {
+    entries: Vec<Stored>,
+    lcp: usize,
+    fps: Vec<u32>,
 }
 
-fn find(chunk: &[Stored], key: &[u8]) -> Result<usize, usize> {
-    chunk.binary_search_by(|e| e.key().cmp(key))
+/// The 4 key bytes after `lcp`, big-endian, zero-padded.
+fn fingerprint(key: &[u8], lcp: usize) -> u32 {
+    let tail = key.get(lcp..).unwrap_or(&[]);
+    let mut b = [0u8; 4];
+    let n = tail.len().min(4);
+    b[..n].copy_from_slice(&tail[..n]);
+    u32::from_be_bytes(b)
+}
+
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+impl Chunk {
+    fn new() -> Chunk {
+        // One spare slot: a full chunk takes the entry that overflows it before it is
+        // split, without growing its allocation.
+        Chunk {
+            entries: Vec::with_capacity(CHUNK + 1),
+            lcp: 0,
+            fps: Vec::with_capacity(CHUNK + 1),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn first_key(&self) -> &[u8] {
+        self.entries[0].key()
+    }
+
+    /// Recomputes the shared prefix and every fingerprint.
+    fn reindex(&mut self) {
+        self.lcp = match (self.entries.first(), self.entries.last()) {
+            (Some(f), Some(l)) => common_prefix(f.key(), l.key()),
+            _ => 0,
+        };
+        let lcp = self.lcp;
+        self.fps.clear();
+        self.fps
+            .extend(self.entries.iter().map(|e| fingerprint(e.key(), lcp)));
+    }
+
+    /// As `binary_search_by` on the keys. `first` is the chunk's first key (the caller
+    /// usually holds it already, from the index).
+    fn find(&self, first: &[u8], key: &[u8]) -> Result<usize, usize> {
+        if self.entries.is_empty() {
+            return Err(0);
+        }
+        let lcp = self.lcp;
+        if key.len() < lcp || key[..lcp] != first[..lcp] {
+            // The key lacks the prefix every entry has: it compares with all of them as
+            // with the prefix, so it lies before or after the whole chunk.
+            return if key < first {
+                Err(0)
+            } else {
+                Err(self.entries.len())
+            };
+        }
+        let f = fingerprint(key, lcp);
+        let lo = self.fps.partition_point(|&x| x < f);
+        let hi = lo + self.fps[lo..].partition_point(|&x| x == f);
+        match self.entries[lo..hi].binary_search_by(|e| e.key().cmp(key)) {
+            Ok(i) => Ok(lo + i),
+            Err(i) => Err(lo + i),
+        }
+    }
+
+    /// Inserts `entry` at `i` (its place in key order).
+    fn insert(&mut self, i: usize, entry: Stored) {
+        let key = entry.key();
+        let ends = self.entries.is_empty() || i == 0 || i == self.entries.len();
+        let keeps_prefix = !ends || {
+            // A new first or last key may share less with the other end.
+            let other = if i == 0 {
+                self.entries.last()
+            } else {
+                self.entries.first()
+            };
+            other.is_some_and(|o| common_prefix(o.key(), key) >= self.lcp)
+        };
+        if keeps_prefix {
+            self.fps.insert(i, fingerprint(key, self.lcp));
+            self.entries.insert(i, entry);
+        } else {
+            self.entries.insert(i, entry);
+            self.reindex();
+        }
+    }
+
+    fn remove(&mut self, i: usize) -> Stored {
+        // The remaining keys still share the prefix: the fingerprints stay valid.
+        self.fps.remove(i);
+        self.entries.remove(i)
+    }
+
+    /// Splits off the entries from `at` on into a new chunk.
+    fn split_off(&mut self, at: usize) -> Chunk {
+        let mut right = Chunk::new();
+        right.entries.extend(self.entries.drain(at..));
+        right.reindex();
+        self.fps.truncate(at);
+        right
+    }
+
+    /// Appends every entry of `other` (all above this chunk's keys).
+    fn append(&mut self, other: Chunk) {
+        self.entries.extend(other.entries);
+        self.reindex();
+    }
 }
 
 impl EntrySet {
@@ -45,27 +166,27 @@ impl EntrySet {
         self.len == 0
     }
 
-    /// The chunk that holds `key` if anything does.
-    fn chunk_of(&self, key: &[u8]) -> Option<&Vec<Stored>> {
+    /// The chunk that holds `key` if anything does, and its first key.
+    fn chunk_of(&self, key: &[u8]) -> Option<(&[u8], &Chunk)> {
         self.chunks
             .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
             .next_back()
-            .map(|(_, c)| c)
+            .map(|(k, c)| (&k[..], c))
     }
 
     pub(crate) fn get(&self, key: &[u8]) -> Option<&Stored> {
-        let chunk = self.chunk_of(key)?;
-        find(chunk, key).ok().map(|i| &chunk[i])
+        let (first, chunk) = self.chunk_of(key)?;
+        chunk.find(first, key).ok().map(|i| &chunk.entries[i])
     }
 
     /// The entry with `key`, to replace in place (its key must stay the same).
     pub(crate) fn get_mut(&mut self, key: &[u8]) -> Option<&mut Stored> {
-        let (_, chunk) = self
+        let (first, chunk) = self
             .chunks
             .range_mut::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
             .next_back()?;
-        let i = find(chunk, key).ok()?;
-        Some(&mut chunk[i])
+        let i = chunk.find(first, key).ok()?;
+        Some(&mut chunk.entries[i])
     }
 
     /// Inserts `entry`, or replaces the entry with its key and returns that.
@@ -76,8 +197,8 @@ impl EntrySet {
             .range_mut::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
             .next_back();
         let right = match target {
-            Some((_, chunk)) => match find(chunk, key) {
-                Ok(i) => return Some(std::mem::replace(&mut chunk[i], entry)),
+            Some((first, chunk)) => match chunk.find(first, key) {
+                Ok(i) => return Some(std::mem::replace(&mut chunk.entries[i], entry)),
                 Err(i) => {
                     chunk.insert(i, entry);
                     self.len += 1;
@@ -87,9 +208,7 @@ impl EntrySet {
                     // Appended past the end of a full chunk: the new entry starts the next
                     // chunk and this one stays full. Otherwise split in the middle.
                     let at = if i == CHUNK { CHUNK } else { chunk.len() / 2 };
-                    let mut right = new_chunk();
-                    right.extend(chunk.drain(at..));
-                    right
+                    chunk.split_off(at)
                 }
             },
             None => {
@@ -97,24 +216,23 @@ impl EntrySet {
                 // first of the first chunk, which is re-indexed under its key.
                 self.len += 1;
                 let Some((_, mut chunk)) = self.chunks.pop_first() else {
-                    let mut chunk = new_chunk();
+                    let mut chunk = Chunk::new();
                     let first = Box::from(key);
-                    chunk.push(entry);
+                    chunk.insert(0, entry);
                     self.chunks.insert(first, chunk);
                     return None;
                 };
                 let first = Box::from(key);
                 chunk.insert(0, entry);
                 if chunk.len() > CHUNK {
-                    let mut right = new_chunk();
-                    right.extend(chunk.drain(chunk.len() / 2..));
-                    self.chunks.insert(Box::from(right[0].key()), right);
+                    let right = chunk.split_off(chunk.len() / 2);
+                    self.chunks.insert(Box::from(right.first_key()), right);
                 }
                 self.chunks.insert(first, chunk);
                 return None;
             }
         };
-        self.chunks.insert(Box::from(right[0].key()), right);
+        self.chunks.insert(Box::from(right.first_key()), right);
         None
     }
 
@@ -124,18 +242,21 @@ impl EntrySet {
             .chunks
             .range_mut::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
             .next_back()?;
-        let i = find(chunk, key).ok()?;
+        let i = chunk.find(first, key).ok()?;
         let old = chunk.remove(i);
         self.len -= 1;
         let sparse = chunk.len() <= CHUNK / 4;
         let first: Box<[u8]> = if i == 0 {
             // The chunk's first key was `key`: drop the chunk or re-index it.
             debug_assert_eq!(&first[..], key);
-            let chunk = self.chunks.remove(key).expect("indexed by its first key");
-            let Some(e) = chunk.first() else {
+            let mut chunk = self.chunks.remove(key).expect("indexed by its first key");
+            if chunk.entries.is_empty() {
                 return Some(old);
-            };
-            let first = Box::from(e.key());
+            }
+            // The new first key may share more with the last: recompute (cheap next to
+            // the index update).
+            chunk.reindex();
+            let first = Box::from(chunk.first_key());
             self.chunks.insert(Box::clone(&first), chunk);
             first
         } else if sparse {
@@ -152,8 +273,8 @@ impl EntrySet {
     /// Joins the chunk indexed by `first` with the one before or else the one after it if
     /// both fit in one, so deletes do not leave many nearly empty chunks behind.
     fn merge_around(&mut self, first: &[u8]) {
-        let len = self.chunks.get(first).map_or(usize::MAX, Vec::len);
-        let fits = |c: &Vec<Stored>| len.saturating_add(c.len()) <= CHUNK;
+        let len = self.chunks.get(first).map_or(usize::MAX, Chunk::len);
+        let fits = |c: &Chunk| len.saturating_add(c.len()) <= CHUNK;
         let before = self
             .chunks
             .range::<[u8], _>((Bound::Unbounded, Bound::Excluded(first)))
@@ -165,7 +286,7 @@ impl EntrySet {
             self.chunks
                 .get_mut(&before)
                 .expect("just seen")
-                .extend(this);
+                .append(this);
             return;
         }
         let after = self
@@ -176,7 +297,7 @@ impl EntrySet {
             .map(|(k, _)| k.clone());
         if let Some(after) = after {
             let next = self.chunks.remove(&after).expect("just seen");
-            self.chunks.get_mut(first).expect("indexed").extend(next);
+            self.chunks.get_mut(first).expect("indexed").append(next);
         }
     }
 
@@ -196,14 +317,15 @@ impl EntrySet {
                 .range::<[u8], _>((Bound::Unbounded, Bound::Unbounded)),
         };
         chunks
-            .flat_map(|(_, c)| c.iter())
+            .flat_map(|(_, c)| c.entries.iter())
             .skip_while(move |e| e.key() < from)
     }
 
     /// Every entry, in key order.
     pub(crate) fn iter(&self) -> Iter<'_> {
         Iter {
-            inner: self.chunks.values().flatten(),
+            inner: self.chunks.values(),
+            current: [].iter(),
             left: self.len,
         }
     }
@@ -214,13 +336,14 @@ impl FromIterator<Stored> for EntrySet {
     /// is inserted one by one.
     fn from_iter<T: IntoIterator<Item = Stored>>(entries: T) -> EntrySet {
         let mut set = EntrySet::default();
-        let mut chunk = new_chunk();
+        let mut chunk = Chunk::new();
         let mut late = Vec::new();
         for e in entries {
-            let ascending = match chunk
-                .last()
-                .or_else(|| set.chunks.last_key_value().and_then(|(_, c)| c.last()))
-            {
+            let ascending = match chunk.entries.last().or_else(|| {
+                set.chunks
+                    .last_key_value()
+                    .and_then(|(_, c)| c.entries.last())
+            }) {
                 Some(last) => last.key() < e.key(),
                 None => true,
             };
@@ -228,15 +351,17 @@ impl FromIterator<Stored> for EntrySet {
                 late.push(e);
                 continue;
             }
-            chunk.push(e);
+            chunk.entries.push(e);
             set.len += 1;
             if chunk.len() == CHUNK {
-                let full = std::mem::replace(&mut chunk, new_chunk());
-                set.chunks.insert(Box::from(full[0].key()), full);
+                let mut full = std::mem::replace(&mut chunk, Chunk::new());
+                full.reindex();
+                set.chunks.insert(Box::from(full.first_key()), full);
             }
         }
-        if !chunk.is_empty() {
-            set.chunks.insert(Box::from(chunk[0].key()), chunk);
+        if !chunk.entries.is_empty() {
+            chunk.reindex();
+            set.chunks.insert(Box::from(chunk.first_key()), chunk);
         }
         for e in late {
             set.replace(e);
@@ -248,7 +373,8 @@ impl FromIterator<Stored> for EntrySet {
 /// [`EntrySet::iter`].
 #[derive(Clone)]
 pub(crate) struct Iter<'a> {
-    inner: std::iter::Flatten<btree_map::Values<'a, Box<[u8]>, Vec<Stored>>>,
+    inner: btree_map::Values<'a, Box<[u8]>, Chunk>,
+    current: std::slice::Iter<'a, Stored>,
     left: usize,
 }
 
@@ -256,9 +382,13 @@ impl<'a> Iterator for Iter<'a> {
     type Item = &'a Stored;
 
     fn next(&mut self) -> Option<&'a Stored> {
-        let e = self.inner.next()?;
-        self.left -= 1;
-        Some(e)
+        loop {
+            if let Some(e) = self.current.next() {
+                self.left -= 1;
+                return Some(e);
+            }
+            self.current = self.inner.next()?.entries.iter();
+        }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -299,9 +429,15 @@ mod tests {
         assert_eq!(got, want);
         assert_eq!(set.iter().len(), model.len());
         for (first, chunk) in &set.chunks {
-            assert!(!chunk.is_empty() && chunk.len() <= CHUNK);
-            assert_eq!(&first[..], chunk[0].key());
-            assert!(chunk.capacity() <= CHUNK + 1, "chunks never grow");
+            assert!(!chunk.entries.is_empty() && chunk.len() <= CHUNK);
+            assert_eq!(&first[..], chunk.first_key());
+            assert!(chunk.entries.capacity() <= CHUNK + 1, "chunks never grow");
+            assert_eq!(chunk.fps.len(), chunk.len());
+            for (e, fp) in chunk.entries.iter().zip(&chunk.fps) {
+                assert!(e.key().len() >= chunk.lcp);
+                assert_eq!(e.key()[..chunk.lcp], first[..chunk.lcp], "shared prefix");
+                assert_eq!(*fp, fingerprint(e.key(), chunk.lcp));
+            }
         }
     }
 
@@ -312,7 +448,12 @@ mod tests {
     }
 
     fn key() -> impl Strategy<Value = Vec<u8>> {
-        prop::collection::vec(0u8..4, 0..4)
+        // Short keys over a tiny alphabet (many prefixes of each other, zero bytes that
+        // look like fingerprint padding), and longer ones sharing long prefixes.
+        prop_oneof![
+            prop::collection::vec(0u8..4, 0..4),
+            prop::collection::vec(0u8..3, 0..10),
+        ]
     }
 
     proptest! {
