@@ -78,7 +78,8 @@ pub struct Config {
     /// A node that refutes a suspicion or death of itself asks one random member for its
     /// full state this long afterwards, at most once per `sync_interval_ms`: whoever
     /// suspected it could not reach it, so news spread while others held it suspect or
-    /// dead may never have reached it. 0 turns it off.
+    /// dead may never have reached it. Also how long after a `join` its catch-up digest
+    /// rounds start (once the seeds' answers are in). 0 turns both off.
     pub resync_delay_ms: u64,
     /// How long dead and left members are remembered (so old news about them is
     /// recognised as old) before they are dropped.
