@@ -27,8 +27,9 @@
 //!
 //! # Anti-entropy
 //! A joining node asks its seeds for their whole state (push-pull on join), and from
-//! `resync_delay_ms` later exchanges digests with a random member every probe period for
-//! as long as each round teaches it members it did not know (at most a few dozen rounds):
+//! `join_catch_up_delay_ms` later exchanges digests with a random member every
+//! `join_catch_up_interval_ms` for as long as the rounds teach it members it did not know
+//! (at most 32 rounds):
 //! the members already there are news to nobody, so nothing else would repair a datagram
 //! of the seeds' answers lost on every seed (see `on_catch_up_timer`). After that,
 //! each node sends one random member a digest of `sync_digest_buckets` hashes every
@@ -413,7 +414,8 @@ impl Gossip {
             .take(self.config.max_join_seeds)
             .collect();
         self.send_joins();
-        if !self.join_seeds.is_empty() && self.config.resync_delay_ms > 0 {
+        let delay = self.config.join_catch_up_delay_ms;
+        if !self.join_seeds.is_empty() && delay > 0 {
             // Once the seeds' answers are in, check them against a member's digest (see
             // `on_catch_up_timer`).
             let buckets = self.config.sync_digest_buckets;
@@ -421,7 +423,7 @@ impl Gossip {
             self.catch_up_left = 2 * buckets.div_ceil(per_round) as u32;
             self.catch_up_mark = None;
             self.catch_up_idle = 0;
-            self.set_timer(now + self.config.resync_delay_ms, Timer::CatchUp);
+            self.set_timer(now + delay, Timer::CatchUp);
         }
         Ok(self.join_seeds.len())
     }
@@ -1444,8 +1446,8 @@ impl Gossip {
     }
 
     /// A catch-up round after a join: one digest exchange with a random live member, as
-    /// the sync timer does, repeated every probe period for as long as each round taught
-    /// us of members we did not know, at most `catch_up_left` rounds.
+    /// the sync timer does, repeated every `join_catch_up_interval_ms` for as long as the
+    /// rounds teach us of members we did not know, at most `catch_up_left` rounds.
     ///
     /// Why: the members that were there before us are news to nobody, so no broadcast
     /// will ever tell us of them; the seeds' answers to our join are the only path, and
@@ -1454,7 +1456,7 @@ impl Gossip {
     /// to us, and a digest exchange every `sync_interval_ms` repairing
     /// `sync_max_buckets` buckets takes minutes to find them all (a mass join of 1,000
     /// into 9,000 at 1% loss had not converged after 60 s). Here the repairs come every
-    /// probe period instead, while they are still teaching us something: a joiner that
+    /// 200 ms instead, while they are still teaching us something: a joiner that
     /// got everything stops after `CATCH_UP_IDLE_ROUNDS` exchanges (a digest each way,
     /// plus repairs of buckets that differ only by news in flight); one that missed a
     /// datagram's worth gets it back in a few seconds; the worst case, 2 x
@@ -1486,7 +1488,7 @@ impl Gossip {
             p.push(&msg);
             self.send(peer, p.finish());
         }
-        self.set_timer(now + self.config.probe_interval_ms, Timer::CatchUp);
+        self.set_timer(now + self.config.join_catch_up_interval_ms, Timer::CatchUp);
     }
 
     fn on_reclaim_timer(&mut self, now: Millis) {
