@@ -777,3 +777,69 @@ fn dead_notice_of(a: SocketAddr) -> Message {
         from: addr(99),
     }
 }
+
+/// After a join, the joiner checks what its seeds told it against a random member's
+/// digest every `join_catch_up_interval_ms`, and stops after three rounds in a row that
+/// taught it no member it did not know (the members already there are news to nobody:
+/// nothing else repairs a lost datagram of the seeds' answers but anti-entropy).
+#[test]
+fn a_joiner_exchanges_digests_until_three_rounds_teach_it_nothing() {
+    let cfg = Config::lan();
+    let mut g = Gossip::new(cfg.clone(), addr(1), &meta(1), 0, 42).unwrap();
+    g.join(0, &[addr(2)]).unwrap();
+    let first = cfg.join_catch_up_delay_ms;
+    assert!(outputs(&mut g).contains(&Output::SetTimer {
+        at: first,
+        timer: Timer::CatchUp
+    }));
+    let alive = |i: u8| Message::Alive {
+        addr: addr(i),
+        incarnation: 0,
+        meta: Bytes::from(meta(i).encode().unwrap()),
+    };
+    // The seed's answer.
+    g.handle_packet(1, addr(2), &packet(&[alive(2), alive(3), alive(4)]))
+        .unwrap();
+    outputs(&mut g);
+    let mut t = first;
+    let mut rounds = Vec::new();
+    for round in 0..10 {
+        g.handle_timer(t, Timer::CatchUp);
+        let out = outputs(&mut g);
+        let digest = out.iter().any(|o| {
+            matches!(o, Output::Send { .. })
+                && decode(o)
+                    .1
+                    .iter()
+                    .any(|m| matches!(m, Message::Digest { reply: true, .. }))
+        });
+        let next = out.contains(&Output::SetTimer {
+            at: t + cfg.join_catch_up_interval_ms,
+            timer: Timer::CatchUp,
+        });
+        rounds.push((digest, next));
+        if !next {
+            break;
+        }
+        if round == 0 {
+            // The first round's repair teaches us a member we did not know.
+            g.handle_packet(t + 2, addr(3), &packet(&[alive(5)]))
+                .unwrap();
+            outputs(&mut g);
+        }
+        t += cfg.join_catch_up_interval_ms;
+    }
+    // Round 0, round 1 (round 0 taught something), rounds 2 and 3 (nothing new yet),
+    // then the third round in a row that taught nothing ends it.
+    assert_eq!(
+        rounds,
+        vec![
+            (true, true),
+            (true, true),
+            (true, true),
+            (true, true),
+            (false, false)
+        ]
+    );
+    assert_eq!(g.num_live(), 5);
+}

@@ -80,6 +80,10 @@ pub struct Config {
     /// suspected it could not reach it, so news spread while others held it suspect or
     /// dead may never have reached it. 0 turns it off.
     pub resync_delay_ms: u64,
+    /// How long after a `join` the joiner starts its catch-up digest exchanges (see
+    /// `Gossip::join`), and the time between two of them. A delay of 0 turns them off.
+    pub join_catch_up_delay_ms: u64,
+    pub join_catch_up_interval_ms: u64,
     /// How long dead and left members are remembered (so old news about them is
     /// recognised as old) before they are dropped.
     pub tombstone_timeout_ms: u64,
@@ -202,6 +206,22 @@ impl Config {
             // them. At 10,000 members it is ~215 datagrams, paid only by a node that was
             // declared dead, at most once per sync interval.
             resync_delay_ms: 3_000,
+            // The members already in the pool are news to nobody, so a joiner learns them
+            // only from its seeds' answers (~N/55 datagrams each, none resent): a datagram
+            // lost from every answer, or a seed that never got the join, left ~55 members
+            // unknown to it until anti-entropy (4 buckets per 30 s) found them, and a
+            // mass join of 1,000 into 9,000 at 1% loss had not converged after 60 s.
+            // After a join the joiner exchanges digests with a random member every
+            // 200 ms for as long as the rounds teach it members it did not know. 1 s
+            // leaves the answers time to arrive (milliseconds on a LAN) and the first
+            // rounds of joiners' news to spread; 200 ms is a few round trips, so the
+            // repair of one round is in before the next compares. Measured (`loadgen
+            // gossip-sim --scenario mass-join`, 1,000 nodes, 5% loss, seeds 1, 2, 4, 5,
+            // 6, 8): converged in 1.9-3.9 s; starting at 3 s, 3.5-5.3 s; every 500 ms
+            // from 3 s, 4.1-10.7 s. About 3 rounds per joiner (a digest each way) and a
+            // few repair datagrams, against the ~3 x N/55 of the join itself.
+            join_catch_up_delay_ms: 1_000,
+            join_catch_up_interval_ms: 200,
             // An hour: long enough for a partition to heal and for slow news of a dead
             // member to be recognised as old; tombstones cost ~100 bytes each.
             tombstone_timeout_ms: 3_600_000,
@@ -312,6 +332,8 @@ impl Config {
             "sync_reconnect_every" => self.sync_reconnect_every = p(name, value)?,
             "reconnect_interval_ms" => self.reconnect_interval_ms = p(name, value)?,
             "resync_delay_ms" => self.resync_delay_ms = p(name, value)?,
+            "join_catch_up_delay_ms" => self.join_catch_up_delay_ms = p(name, value)?,
+            "join_catch_up_interval_ms" => self.join_catch_up_interval_ms = p(name, value)?,
             "tombstone_timeout_ms" => self.tombstone_timeout_ms = p(name, value)?,
             "reclaim_interval_ms" => self.reclaim_interval_ms = p(name, value)?,
             _ => return Err(format!("no gossip parameter named {name:?}")),
@@ -330,7 +352,10 @@ impl Config {
                 interval_ms: self.probe_interval_ms,
             });
         }
-        if self.gossip_interval_ms == 0 || self.sync_interval_ms == 0 {
+        if self.gossip_interval_ms == 0
+            || self.sync_interval_ms == 0
+            || (self.join_catch_up_delay_ms > 0 && self.join_catch_up_interval_ms == 0)
+        {
             return Err(ConfigError::ZeroInterval);
         }
         // A digest must fit a datagram: 8 bytes per bucket plus headers.
@@ -362,7 +387,7 @@ pub enum ConfigError {
         "probe_timeout_ms {timeout_ms} must be above 0 and below probe_interval_ms {interval_ms}"
     )]
     ProbeTimeout { timeout_ms: u64, interval_ms: u64 },
-    #[error("gossip and sync intervals must be above 0")]
+    #[error("gossip, sync and join catch-up intervals must be above 0")]
     ZeroInterval,
     #[error("a digest of {0} buckets does not fit a datagram")]
     DigestBuckets(usize),

@@ -111,6 +111,8 @@ pub enum Timer {
     /// We refuted our own death a little while ago: we were cut off from the members
     /// that declared it, so we likely missed news too. Ask one member for its state.
     Resync,
+    /// A round of the digest exchanges that follow a join (see `Gossip::join`).
+    CatchUp,
 }
 
 /// A membership change, as this node sees it.
