@@ -443,15 +443,7 @@ proptest! {
     fn one_borrowed_entry_encodes_as_an_entries_response(e in proptest::option::of(entry()), m in meta()) {
         let mut want = BytesMut::new();
         Response::Entries { entries: e.iter().cloned().collect(), meta: m }.encode(&mut want);
-        let r = e.as_ref().map(|e| EntryRef {
-            key: &e.key,
-            value: &e.value,
-            flags: e.flags,
-            create_index: e.create_index,
-            modify_index: e.modify_index,
-            lock_index: e.lock_index,
-            session: e.session.as_deref(),
-        });
+        let r = e.as_ref().map(Entry::borrowed);
         let mut got = BytesMut::new();
         Response::encode_one_entry(&mut got, r.as_ref(), &m);
         prop_assert_eq!(got, want);

@@ -40,16 +40,10 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The fields of an entry to build.
-pub(crate) struct Fields<'a> {
-    pub key: &'a [u8],
-    pub value: &'a [u8],
-    pub flags: u64,
-    pub create_index: u64,
-    pub modify_index: u64,
-    pub lock_index: u64,
-    pub session: Option<&'a str>,
-}
+/// An entry's fields, borrowed: what [`Stored::new`] builds an entry from, and what
+/// [`Stored::fields`] reads back (the RPC's borrowed entry, so an answer is encoded from
+/// them directly).
+pub(crate) use cairn_net::rpc::message::EntryRef as Fields;
 
 fn put_varint(b: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -116,16 +110,7 @@ impl Stored {
 
     /// The same entry with some fields changed (the key never changes).
     pub(crate) fn with<'a>(&'a self, change: impl FnOnce(&mut Fields<'a>)) -> Stored {
-        let l = self.layout();
-        let mut f = Fields {
-            key: &self.0[l.key.0..l.key.1],
-            value: &self.0[l.value_start..],
-            flags: l.flags,
-            create_index: l.create_index,
-            modify_index: l.modify_index,
-            lock_index: l.lock_index,
-            session: self.session_str(&l),
-        };
+        let mut f = self.fields();
         change(&mut f);
         Stored::new(f)
     }
@@ -204,10 +189,10 @@ impl Stored {
         }
     }
 
-    /// The entry borrowed for encoding an answer ([`cairn_net::rpc::message::EntryRef`]).
-    pub(crate) fn entry_ref(&self) -> cairn_net::rpc::message::EntryRef<'_> {
+    /// The entry's fields, borrowed (decoded once).
+    pub(crate) fn fields(&self) -> Fields<'_> {
         let l = self.layout();
-        cairn_net::rpc::message::EntryRef {
+        Fields {
             key: &self.0[l.key.0..l.key.1],
             value: &self.0[l.value_start..],
             flags: l.flags,
@@ -220,15 +205,15 @@ impl Stored {
 
     /// The entry as a snapshot record, borrowing key and value.
     pub(crate) fn record(&self) -> KvRecordRef<'_> {
-        let l = self.layout();
+        let f = self.fields();
         KvRecordRef {
-            key: &self.0[l.key.0..l.key.1],
-            value: &self.0[l.value_start..],
-            create_index: l.create_index,
-            modify_index: l.modify_index,
-            lock_index: l.lock_index,
-            flags: l.flags,
-            session: self.session_str(&l).map(str::to_string),
+            key: f.key,
+            value: f.value,
+            create_index: f.create_index,
+            modify_index: f.modify_index,
+            lock_index: f.lock_index,
+            flags: f.flags,
+            session: f.session.map(str::to_string),
         }
     }
 

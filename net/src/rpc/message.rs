@@ -275,6 +275,21 @@ pub struct Entry {
     pub session: Option<String>,
 }
 
+impl Entry {
+    /// The entry, borrowed.
+    pub fn borrowed(&self) -> EntryRef<'_> {
+        EntryRef {
+            key: &self.key,
+            value: &self.value,
+            flags: self.flags,
+            create_index: self.create_index,
+            modify_index: self.modify_index,
+            lock_index: self.lock_index,
+            session: self.session.as_deref(),
+        }
+    }
+}
+
 /// One KV entry borrowed from where a server stores it: an answer is encoded from it
 /// directly ([`Response::encode_one_entry`]) without building an [`Entry`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -478,15 +493,7 @@ impl W<'_> {
         self.u64(o.wait_ms);
     }
     pub(crate) fn entry(&mut self, e: &Entry) {
-        self.entry_ref(&EntryRef {
-            key: &e.key,
-            value: &e.value,
-            flags: e.flags,
-            create_index: e.create_index,
-            modify_index: e.modify_index,
-            lock_index: e.lock_index,
-            session: e.session.as_deref(),
-        });
+        self.entry_ref(&e.borrowed());
     }
     pub(crate) fn entry_ref(&mut self, e: &EntryRef<'_>) {
         self.bytes(e.key);

@@ -37,7 +37,7 @@ pub(crate) fn kv_get_now(
     }
     shards
         .get_now(key, |e, index| {
-            let entry = e.map(Stored::entry_ref);
+            let entry = e.map(Stored::fields);
             encode_with(out, FrameKind::Response, id, |b| {
                 Response::encode_one_entry(b, entry.as_ref(), &meta(index))
             });
