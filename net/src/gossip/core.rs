@@ -1305,14 +1305,19 @@ impl Gossip {
         };
         let peer = peer.or_else(|| self.random_members(1, None, false).first().copied());
         if let Some(peer) = peer {
-            let msg = Message::Digest {
-                reply: true,
-                buckets: self.current_digest(),
-            };
-            let mut p = PacketBuilder::new(self.config.max_packet_bytes);
-            p.push(&msg);
-            self.send(peer, p.finish());
+            self.send_digest(peer);
         }
+    }
+
+    /// Sends `peer` our digest and asks for its own back (an anti-entropy exchange).
+    fn send_digest(&mut self, peer: SocketAddr) {
+        let msg = Message::Digest {
+            reply: true,
+            buckets: self.current_digest(),
+        };
+        let mut p = PacketBuilder::new(self.config.max_packet_bytes);
+        p.push(&msg);
+        self.send(peer, p.finish());
     }
 
     fn on_digest(&mut self, from: SocketAddr, reply: bool, theirs: &[u64]) {
@@ -1480,13 +1485,7 @@ impl Gossip {
         self.catch_up_left -= 1;
         self.catch_up_mark = Some(self.learned);
         if let Some(peer) = self.random_members(1, None, false).first().copied() {
-            let msg = Message::Digest {
-                reply: true,
-                buckets: self.current_digest(),
-            };
-            let mut p = PacketBuilder::new(self.config.max_packet_bytes);
-            p.push(&msg);
-            self.send(peer, p.finish());
+            self.send_digest(peer);
         }
         self.set_timer(now + self.config.join_catch_up_interval_ms, Timer::CatchUp);
     }
