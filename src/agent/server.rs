@@ -294,8 +294,9 @@ async fn run(
     {
         let s = server.clone();
         glommio::spawn_local(async move { s.leader_loop().await }).detach();
-        // A follower flushes its log inline (LogStore::follower_flushes_inline).
-        let mut metrics = server.raft.metrics();
+        // A follower flushes its log inline (LogStore::follower_flushes_inline). The
+        // server metrics change with the role, not with every applied entry.
+        let mut metrics = server.raft.server_metrics();
         glommio::spawn_local(async move {
             loop {
                 let leading = metrics.borrow_watched().state == openraft::ServerState::Leader;
@@ -1489,8 +1490,9 @@ impl Handler for Server {
     }
 
     fn answer_now(&self, req: &Request, out: &mut BytesMut, id: u64) -> bool {
-        let shards = self.sm.shards();
-        kv_read::kv_get_now(&shards, req, &self.datacenter, |i| self.meta(i), out, id)
+        self.sm.with_shards(|shards| {
+            kv_read::kv_get_now(shards, req, &self.datacenter, |i| self.meta(i), out, id)
+        })
     }
 
     fn local_catalog_index(&self) -> Option<u64> {

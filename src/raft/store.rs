@@ -438,6 +438,12 @@ impl StateMachine {
         self.inner.borrow().shards.clone()
     }
 
+    /// Runs `f` with the KV store's shards, without cloning the handle (for a hot path;
+    /// `f` must not reach back into the state machine).
+    pub fn with_shards<R>(&self, f: impl FnOnce(&Shards) -> R) -> R {
+        f(&self.inner.borrow().shards)
+    }
+
     /// The index of the last applied entry.
     pub fn applied_index(&self) -> u64 {
         *self.inner.borrow().applied.borrow()
