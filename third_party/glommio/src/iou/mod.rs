@@ -92,6 +92,12 @@ bitflags::bitflags! {
         const CQSIZE    = 1 << 3;
         const CLAMP     = 1 << 4;
         const ATTACH_WQ = 1 << 5;
+        /// Completions are posted when the task next enters the kernel instead of
+        /// interrupting it with an IPI (Linux 5.19).
+        const COOP_TASKRUN = 1 << 8;
+        /// With `COOP_TASKRUN`: the kernel sets `IORING_SQ_TASKRUN` in the SQ flags
+        /// while completions wait for the task to enter the kernel.
+        const TASKRUN_FLAG = 1 << 9;
     }
 }
 

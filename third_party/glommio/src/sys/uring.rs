@@ -693,7 +693,11 @@ pub(crate) trait UringCommon {
         self.consume_sqe_queue(&mut queue.submissions, true)
     }
 
+    /// Makes completions the kernel holds back visible (see `SleepableRing`).
+    fn flush_task_work(&mut self) {}
+
     fn consume_completion_queue(&mut self, woke: &mut usize) -> usize {
+        self.flush_task_work();
         let mut completed = 0;
         loop {
             match self.consume_one_event() {
@@ -903,8 +907,26 @@ impl SleepableRing {
         source_map: Rc<RefCell<SourceMap>>,
     ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
+        // The main ring carries socket and file IO: ask the kernel not to interrupt a
+        // running executor for each completion (COOP_TASKRUN); completions are picked up
+        // at its next system call, and `flush_task_work` enters the kernel before the
+        // ring is read when TASKRUN_FLAG says some wait (Cairn patch, see
+        // third_party/README.md). The latency ring keeps interrupts: its timers preempt
+        // tasks.
+        let ring = if name == "main" {
+            match iou::IoUring::new_with_flags(
+                size as _,
+                iou::SetupFlags::COOP_TASKRUN | iou::SetupFlags::TASKRUN_FLAG,
+                iou::SetupFeatures::empty(),
+            ) {
+                Ok(ring) => ring,
+                Err(_) => iou::IoUring::new(size as _)?,
+            }
+        } else {
+            iou::IoUring::new(size as _)?
+        };
         Ok(SleepableRing {
-            ring: iou::IoUring::new(size as _)?,
+            ring,
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
             name,
@@ -1108,6 +1130,28 @@ impl SleepableRing {
 }
 
 impl UringCommon for SleepableRing {
+    /// Runs completions the kernel holds back for this task (`IORING_SQ_TASKRUN`, set
+    /// only on rings made with COOP_TASKRUN | TASKRUN_FLAG).
+    fn flush_task_work(&mut self) {
+        const IORING_SQ_TASKRUN: libc::c_uint = 1 << 2;
+        let raw = self.ring.raw();
+        // SAFETY: kflags points into the SQ ring mapping, alive as long as the ring; the
+        // kernel updates it concurrently, hence the volatile read.
+        let flags = unsafe { std::ptr::read_volatile(raw.sq.kflags) };
+        if flags & IORING_SQ_TASKRUN != 0 {
+            // SAFETY: a plain io_uring_enter on our own ring fd, submitting nothing.
+            unsafe {
+                uring_sys::syscalls::io_uring_enter(
+                    raw.ring_fd,
+                    0,
+                    0,
+                    uring_sys::IORING_ENTER_GETEVENTS,
+                    std::ptr::null(),
+                );
+            }
+        }
+    }
+
     fn name(&self) -> &'static str {
         self.name
     }
