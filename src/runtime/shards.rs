@@ -83,9 +83,25 @@ struct Local {
     core: ShardCore,
     pending: HashMap<u64, Waiter>,
     next_id: u64,
-    /// Deadlines of parked blocking reads, by origin.
+    /// Deadlines of blocking reads not yet parked (a read is parked, or answered at once,
+    /// in the step that receives it, unless a prepared transaction defers it), by origin.
     deadlines: HashMap<Origin, Instant>,
     jitter_state: u64,
+}
+
+impl Local {
+    /// A read answered without parking needs no deadline. (Deadlines are rare: they live
+    /// only between a blocking read's arrival and its parking, so this is one check.)
+    fn forget_deadlines(&mut self, effects: &[Effect]) {
+        if self.deadlines.is_empty() {
+            return;
+        }
+        for e in effects {
+            if let Effect::Reply { to, .. } = e {
+                self.deadlines.remove(to);
+            }
+        }
+    }
 }
 
 /// A core's handle on the shard cores: reads from any core, writes on the sequencer.
@@ -268,7 +284,12 @@ impl Shards {
     /// a spawned task, timers by spawned sleeps.
     fn receive(&self, msg: Msg) {
         let effects = match msg {
-            Msg::Stream(m) => self.local.borrow_mut().core.stream(m),
+            Msg::Stream(m) => {
+                let mut l = self.local.borrow_mut();
+                let out = l.core.stream(m);
+                l.forget_deadlines(&out);
+                out
+            }
             Msg::Read {
                 origin,
                 req,
@@ -280,6 +301,7 @@ impl Shards {
                 }
                 let mut out = Vec::new();
                 l.core.read(origin, req, &mut out);
+                l.forget_deadlines(&out);
                 out
             }
             Msg::Barrier { origin, read } => {
