@@ -386,3 +386,83 @@ fn a_prefix_watch_fires_on_a_change_under_the_prefix_only() {
     });
     assert_eq!(reply_of(out), Reply::Changed);
 }
+
+fn set(index: u64, key: &str, value: &str) -> StreamMsg {
+    StreamMsg::Apply {
+        index,
+        cmd: KvCommand::Set {
+            key: b(key),
+            value: b(value),
+            flags: 0,
+        },
+        reply: None,
+    }
+}
+
+fn blocking_get(core: &mut ShardCore, to: Origin, key: &str, min_index: u64) -> Vec<Effect> {
+    let mut out = Vec::new();
+    let read = ReadReq::Get {
+        key: b(key),
+        min_index,
+    };
+    core.read(to, read, &mut out);
+    out
+}
+
+#[test]
+fn every_parked_read_is_unparked_once_whether_a_write_answers_it_or_its_wait_runs_out() {
+    let mut core = ShardCore::default();
+    core.stream(set(3, "k", "1"));
+    let other = Origin { core: 98, id: 7 };
+    let [Effect::Parked { watch: w1, to }] = blocking_get(&mut core, ME, "k", 3)[..] else {
+        panic!()
+    };
+    assert_eq!(to, ME);
+    let [Effect::Parked { watch: w2, .. }] = blocking_get(&mut core, other, "k", 3)[..] else {
+        panic!()
+    };
+    let out = core.stream(set(4, "k", "2"));
+    let entry = |value: &str| Reply::Entry {
+        entry: Some(cairn::kv::KvEntry {
+            key: b("k"),
+            value: b(value),
+            flags: 0,
+            create_index: 3,
+            modify_index: 4,
+            lock_index: 0,
+            session: None,
+        }),
+        index: 4,
+    };
+    assert_eq!(
+        out,
+        vec![
+            Effect::Reply {
+                to: ME,
+                reply: entry("2")
+            },
+            Effect::Unparked { watch: w1 },
+            Effect::Reply {
+                to: other,
+                reply: entry("2")
+            },
+            Effect::Unparked { watch: w2 },
+        ]
+    );
+    assert!(core.timeout(w1).is_empty(), "answered twice");
+    // A wait that runs out.
+    let [Effect::Parked { watch, .. }] = blocking_get(&mut core, ME, "k", 4)[..] else {
+        panic!()
+    };
+    assert_eq!(
+        core.timeout(watch),
+        vec![
+            Effect::Reply {
+                to: ME,
+                reply: entry("2")
+            },
+            Effect::Unparked { watch },
+        ]
+    );
+    assert_eq!(core.parked_count(), 0);
+}

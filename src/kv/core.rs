@@ -113,6 +113,12 @@ pub enum Effect {
         watch: WatchId,
         to: Origin,
     },
+    /// A parked read left the parked set: a write answered it, or its wait ran out. Its
+    /// timer can go. Every `Parked` is followed by exactly one `Unparked` of the same
+    /// watch.
+    Unparked {
+        watch: WatchId,
+    },
 }
 
 #[derive(Debug)]
@@ -235,6 +241,7 @@ impl ShardCore {
         for id in woken {
             if let Some(p) = self.parked.remove(&id) {
                 self.read(p.to, p.read, &mut out);
+                out.push(Effect::Unparked { watch: id });
             }
         }
         out
@@ -312,6 +319,7 @@ impl ShardCore {
                 _ => Reply::Changed,
             };
             out.push(Effect::Reply { to: p.to, reply });
+            out.push(Effect::Unparked { watch });
         }
         out
     }

@@ -19,13 +19,14 @@ use bytes::Bytes;
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::channels::local_channel::{self, LocalSender};
+use glommio::task::JoinHandle;
 use glommio::{GlommioError, LocalExecutorPoolBuilder, PoolPlacement, ResourceType};
 
 use super::{io_memory_per_executor, RuntimeError};
 use crate::kv::core::{plan, Effect, Origin, Plan, ReadReq, Reply, ShardCore, StreamMsg};
 use crate::kv::{
     combine_txn, merge_images, outcome_of, shard_of, KvCommand, KvEntry, KvOutcome, KvShard,
-    ListResult, ShardImage, Stored,
+    ListResult, ShardImage, Stored, WatchId,
 };
 
 /// Longest blocking wait, as in Consul.
@@ -86,6 +87,10 @@ struct Local {
     /// Deadlines of blocking reads not yet parked (a read is parked, or answered at once,
     /// in the step that receives it, unless a prepared transaction defers it), by origin.
     deadlines: HashMap<Origin, Instant>,
+    /// The timer task of each parked read, cancelled when the read leaves the parked set
+    /// before its wait ran out ([`Effect::Unparked`]): a watcher answered by a write holds
+    /// no task for the rest of its wait.
+    timers: HashMap<WatchId, JoinHandle<()>>,
     jitter_state: u64,
 }
 
@@ -115,6 +120,9 @@ pub struct Shards {
     /// steps never interleave in any shard's stream and reads are not starved by writes.
     seq: Option<Rc<LocalSender<Step>>>,
     txn: Rc<RefCell<u64>>,
+    /// Blocking reads parked on every core of this runtime (a prefix read parks one
+    /// on each core): [`Shards::parked_reads`].
+    parked: Arc<AtomicUsize>,
 }
 
 /// One step of the sequencer.
@@ -169,6 +177,7 @@ where
     // How many cores finished their work; each keeps serving the others until all did.
     // An atomic, not a message: shutdown must not depend on a wake-up arriving.
     let finished = Arc::new(AtomicUsize::new(0));
+    let parked = Arc::new(AtomicUsize::new(0));
     let handles = LocalExecutorPoolBuilder::new(placement)
         .io_memory(io_memory)
         .spin_before_park(spin)
@@ -186,11 +195,13 @@ where
                     pending: HashMap::new(),
                     next_id: 1,
                     deadlines: HashMap::new(),
+                    timers: HashMap::new(),
                     jitter_state: 0x9e37_79b9_7f4a_7c15 ^ me as u64,
                 })),
                 senders: Rc::new(senders),
                 seq: None,
                 txn: Rc::new(RefCell::new(0)),
+                parked,
             };
             if me == 0 {
                 shards.seq = Some(Rc::new(seq_tx));
@@ -350,15 +361,32 @@ impl Shards {
                         .map(|d| d.saturating_duration_since(Instant::now()))
                         .unwrap_or(MAX_WAIT);
                     let s = self.clone();
-                    glommio::spawn_local(async move {
+                    let timer = glommio::spawn_local(async move {
                         glommio::timer::sleep(wait).await;
+                        // Fired: from here on this task ends by itself.
+                        s.local.borrow_mut().timers.remove(&watch);
                         let effects = s.local.borrow_mut().core.timeout(watch);
                         s.dispatch(effects);
                     })
                     .detach();
+                    self.local.borrow_mut().timers.insert(watch, timer);
+                    self.parked.fetch_add(1, Ordering::Relaxed);
+                }
+                Effect::Unparked { watch } => {
+                    let timer = self.local.borrow_mut().timers.remove(&watch);
+                    if let Some(t) = timer {
+                        t.cancel();
+                    }
+                    self.parked.fetch_sub(1, Ordering::Relaxed);
                 }
             }
         }
+    }
+
+    /// Blocking reads parked on every core of this runtime now (a prefix read parks one
+    /// on each core).
+    pub fn parked_reads(&self) -> usize {
+        self.parked.load(Ordering::Relaxed)
     }
 
     fn enqueue(&self, step: Step) {
