@@ -1478,6 +1478,12 @@ pub(crate) trait Handler: 'static {
     fn local_catalog_index(&self) -> Option<u64> {
         None
     }
+    /// Blocking KV reads parked on this agent's shard cores now (a prefix read parks one
+    /// on every core; `/v1/agent/metrics`); `None` when blocking reads park elsewhere (a
+    /// client agent's park on a server).
+    fn parked_reads(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl Handler for Server {
@@ -1497,6 +1503,10 @@ impl Handler for Server {
 
     fn local_catalog_index(&self) -> Option<u64> {
         Some(self.sm.with_catalog(|c| c.index()))
+    }
+
+    fn parked_reads(&self) -> Option<usize> {
+        Some(self.sm.with_shards(|s| s.parked_reads()))
     }
 }
 
