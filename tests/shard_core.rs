@@ -466,3 +466,77 @@ fn every_parked_read_is_unparked_once_whether_a_write_answers_it_or_its_wait_run
     );
     assert_eq!(core.parked_count(), 0);
 }
+
+#[test]
+fn a_withdrawn_read_is_dropped_unanswered() {
+    let mut core = ShardCore::default();
+    core.stream(set(3, "k", "1"));
+    let [Effect::Parked { watch, .. }] = blocking_get(&mut core, ME, "k", 3)[..] else {
+        panic!()
+    };
+    assert_eq!(core.cancel(ME), vec![Effect::Unparked { watch }]);
+    assert_eq!(core.parked_count(), 0);
+    assert_eq!(
+        core.shard().watch_count(),
+        0,
+        "withdrawn watch left registered"
+    );
+    assert!(
+        core.stream(set(4, "k", "2")).is_empty(),
+        "a withdrawn read answered"
+    );
+    assert!(core.timeout(watch).is_empty(), "a withdrawn read timed out");
+    assert!(core.cancel(ME).is_empty(), "withdrawn twice");
+    // A read already answered: nothing to withdraw.
+    assert!(matches!(
+        blocking_get(&mut core, ME, "k", 3)[..],
+        [Effect::Reply { .. }]
+    ));
+    assert!(core.cancel(ME).is_empty());
+    // A prefix watch is withdrawn the same way.
+    let mut out = Vec::new();
+    let watch_prefix = ReadReq::WatchPrefix {
+        prefix: b("svc/"),
+        min_index: 4,
+    };
+    core.read(ME, watch_prefix, &mut out);
+    let [Effect::Parked { watch, .. }] = out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(core.cancel(ME), vec![Effect::Unparked { watch }]);
+    assert!(core.stream(set(5, "svc/web", "1")).is_empty());
+    assert_eq!(core.shard().watch_count(), 0);
+}
+
+#[test]
+fn a_read_withdrawn_while_a_transaction_defers_it_is_never_answered() {
+    let mut core = ShardCore::default();
+    core.stream(set(1, "k", "old"));
+    core.stream(StreamMsg::TxnPrepare {
+        index: 2,
+        txn: 7,
+        ops: vec![(
+            0,
+            TxnOp::Set {
+                key: b("k"),
+                value: b("new"),
+                flags: 0,
+            },
+        )],
+        reply: ME,
+    });
+    let other = Origin { core: 98, id: 7 };
+    assert!(blocking_get(&mut core, ME, "k", 1).is_empty());
+    assert!(blocking_get(&mut core, other, "k", 1).is_empty());
+    assert_eq!(core.deferred_count(), 2);
+    assert!(core.cancel(ME).is_empty());
+    assert_eq!(core.deferred_count(), 1);
+    let out = core.stream(StreamMsg::TxnDecide {
+        txn: 7,
+        commit: true,
+    });
+    assert!(
+        matches!(out[..], [Effect::Reply { to, .. }] if to == other),
+        "{out:?}"
+    );
+}

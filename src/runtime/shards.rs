@@ -56,6 +56,9 @@ pub enum Msg {
     Barrier { origin: Origin, read: ReadReq },
     /// Shard → the requesting core.
     Reply { id: u64, reply: Reply },
+    /// The requesting core → the shard it sent a blocking read to: nobody waits for its
+    /// answer any more (see [`Withdraw`]).
+    Cancel { origin: Origin },
 }
 
 /// Who waits for a reply with a given id.
@@ -88,8 +91,8 @@ struct Local {
     /// in the step that receives it, unless a prepared transaction defers it), by origin.
     deadlines: HashMap<Origin, Instant>,
     /// The timer task of each parked read, cancelled when the read leaves the parked set
-    /// before its wait ran out ([`Effect::Unparked`]): a watcher answered by a write holds
-    /// no task for the rest of its wait.
+    /// before its wait ran out ([`Effect::Unparked`]): a watcher answered by a write, or
+    /// withdrawn by its caller, holds no task for the rest of its wait.
     timers: HashMap<WatchId, JoinHandle<()>>,
     jitter_state: u64,
 }
@@ -291,6 +294,24 @@ impl Shards {
         }
     }
 
+    /// Sends without awaiting: at once when the channel has room (most messages), else
+    /// from a task that waits for room.
+    fn post(&self, to: usize, msg: Msg) {
+        if to == self.me {
+            self.receive(msg);
+            return;
+        }
+        match self.senders.try_send_to(to, msg) {
+            Ok(()) => {}
+            Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => {
+                let s = self.clone();
+                glommio::spawn_local(async move { s.send(to, msg).await }).detach();
+            }
+            // Closed: only after shutdown, when nobody waits for replies.
+            Err(_) => {}
+        }
+    }
+
     /// Handles a message on this core. Never awaits: replies to other cores are sent by
     /// a spawned task, timers by spawned sleeps.
     fn receive(&self, msg: Msg) {
@@ -326,6 +347,11 @@ impl Shards {
                 }
                 Vec::new()
             }
+            Msg::Cancel { origin } => {
+                let mut l = self.local.borrow_mut();
+                l.deadlines.remove(&origin);
+                l.core.cancel(origin)
+            }
         };
         self.dispatch(effects);
     }
@@ -340,19 +366,7 @@ impl Shards {
                             w.deliver(reply);
                         }
                     } else {
-                        // Most replies fit in the channel at once; only a full channel
-                        // needs a task to wait for room.
-                        let msg = Msg::Reply { id: to.id, reply };
-                        match self.senders.try_send_to(to.core, msg) {
-                            Ok(()) => {}
-                            Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => {
-                                let s = self.clone();
-                                glommio::spawn_local(async move { s.send(to.core, msg).await })
-                                    .detach();
-                            }
-                            // Closed: only after shutdown, when nobody waits for replies.
-                            Err(_) => {}
-                        }
+                        self.post(to.core, Msg::Reply { id: to.id, reply });
                     }
                 }
                 Effect::Parked { watch, to } => {
@@ -384,7 +398,7 @@ impl Shards {
     }
 
     /// Blocking reads parked on every core of this runtime now (a prefix read parks one
-    /// on each core).
+    /// on each core); a read whose caller stopped waiting is not counted.
     pub fn parked_reads(&self) -> usize {
         self.parked.load(Ordering::Relaxed)
     }
@@ -636,6 +650,13 @@ impl Shards {
         let owner = shard_of(&key, self.n);
         let (id, mut rx) = self.new_ids(1);
         let deadline = (min_index > 0).then(|| self.jittered(wait));
+        // Only a blocking read can be left parked by a caller that stops waiting.
+        let _withdraw = deadline.map(|_| Withdraw {
+            shards: self,
+            first_id: id,
+            first_core: owner,
+            count: 1,
+        });
         let origin = Origin { core: self.me, id };
         let req = ReadReq::Get { key, min_index };
         self.send(
@@ -696,6 +717,14 @@ impl Shards {
     pub async fn wait_prefix(&self, prefix: Bytes, min_index: u64, wait: Duration) {
         let deadline = self.jittered(wait);
         let (base, rxs) = self.new_ids(self.n);
+        // Withdraws the watches still parked when the wait ends: on the other shards once
+        // one answered, or on all of them if the caller stops waiting.
+        let _withdraw = Withdraw {
+            shards: self,
+            first_id: base,
+            first_core: 0,
+            count: self.n,
+        };
         for s in 0..self.n {
             let origin = Origin {
                 core: self.me,
@@ -716,7 +745,7 @@ impl Shards {
             .await;
         }
         // The first shard to answer (a change, or its timeout) ends the wait; the others
-        // answer at their own deadlines into dropped receivers.
+        // are withdrawn then (their tasks end as their replies are forgotten).
         let (tx, rx) = oneshot::channel::<()>();
         let tx = Rc::new(RefCell::new(Some(tx)));
         for r in rxs {
@@ -730,5 +759,35 @@ impl Shards {
             .detach();
         }
         let _ = rx.await;
+    }
+}
+
+/// Takes back blocking reads nobody waits for any more, when dropped: the caller's future
+/// was dropped (its client went away) or finished without them (a prefix wait another
+/// shard answered). Each read still unanswered is forgotten here and its shard is told to
+/// drop it ([`Msg::Cancel`]), so it stops holding a watch, a timer and a pending reply
+/// for the rest of its wait (up to [`MAX_WAIT`]). Read `first_id + i` went to core
+/// `first_core + i`.
+struct Withdraw<'a> {
+    shards: &'a Shards,
+    first_id: u64,
+    first_core: usize,
+    count: usize,
+}
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        for i in 0..self.count {
+            let id = self.first_id + i as u64;
+            let waiting = self.shards.local.borrow_mut().pending.remove(&id).is_some();
+            if waiting {
+                let origin = Origin {
+                    core: self.shards.me,
+                    id,
+                };
+                self.shards
+                    .post(self.first_core + i, Msg::Cancel { origin });
+            }
+        }
     }
 }
