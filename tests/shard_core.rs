@@ -386,3 +386,157 @@ fn a_prefix_watch_fires_on_a_change_under_the_prefix_only() {
     });
     assert_eq!(reply_of(out), Reply::Changed);
 }
+
+fn set(index: u64, key: &str, value: &str) -> StreamMsg {
+    StreamMsg::Apply {
+        index,
+        cmd: KvCommand::Set {
+            key: b(key),
+            value: b(value),
+            flags: 0,
+        },
+        reply: None,
+    }
+}
+
+fn blocking_get(core: &mut ShardCore, to: Origin, key: &str, min_index: u64) -> Vec<Effect> {
+    let mut out = Vec::new();
+    let read = ReadReq::Get {
+        key: b(key),
+        min_index,
+    };
+    core.read(to, read, &mut out);
+    out
+}
+
+#[test]
+fn every_parked_read_is_unparked_once_whether_a_write_answers_it_or_its_wait_runs_out() {
+    let mut core = ShardCore::default();
+    core.stream(set(3, "k", "1"));
+    let other = Origin { core: 98, id: 7 };
+    let [Effect::Parked { watch: w1, to }] = blocking_get(&mut core, ME, "k", 3)[..] else {
+        panic!()
+    };
+    assert_eq!(to, ME);
+    let [Effect::Parked { watch: w2, .. }] = blocking_get(&mut core, other, "k", 3)[..] else {
+        panic!()
+    };
+    let out = core.stream(set(4, "k", "2"));
+    let entry = |value: &str| Reply::Entry {
+        entry: Some(cairn::kv::KvEntry {
+            key: b("k"),
+            value: b(value),
+            flags: 0,
+            create_index: 3,
+            modify_index: 4,
+            lock_index: 0,
+            session: None,
+        }),
+        index: 4,
+    };
+    assert_eq!(
+        out,
+        vec![
+            Effect::Reply {
+                to: ME,
+                reply: entry("2")
+            },
+            Effect::Unparked { watch: w1 },
+            Effect::Reply {
+                to: other,
+                reply: entry("2")
+            },
+            Effect::Unparked { watch: w2 },
+        ]
+    );
+    assert!(core.timeout(w1).is_empty(), "answered twice");
+    // A wait that runs out.
+    let [Effect::Parked { watch, .. }] = blocking_get(&mut core, ME, "k", 4)[..] else {
+        panic!()
+    };
+    assert_eq!(
+        core.timeout(watch),
+        vec![
+            Effect::Reply {
+                to: ME,
+                reply: entry("2")
+            },
+            Effect::Unparked { watch },
+        ]
+    );
+    assert_eq!(core.parked_count(), 0);
+}
+
+#[test]
+fn a_withdrawn_read_is_dropped_unanswered() {
+    let mut core = ShardCore::default();
+    core.stream(set(3, "k", "1"));
+    let [Effect::Parked { watch, .. }] = blocking_get(&mut core, ME, "k", 3)[..] else {
+        panic!()
+    };
+    assert_eq!(core.cancel(ME), vec![Effect::Unparked { watch }]);
+    assert_eq!(core.parked_count(), 0);
+    assert_eq!(
+        core.shard().watch_count(),
+        0,
+        "withdrawn watch left registered"
+    );
+    assert!(
+        core.stream(set(4, "k", "2")).is_empty(),
+        "a withdrawn read answered"
+    );
+    assert!(core.timeout(watch).is_empty(), "a withdrawn read timed out");
+    assert!(core.cancel(ME).is_empty(), "withdrawn twice");
+    // A read already answered: nothing to withdraw.
+    assert!(matches!(
+        blocking_get(&mut core, ME, "k", 3)[..],
+        [Effect::Reply { .. }]
+    ));
+    assert!(core.cancel(ME).is_empty());
+    // A prefix watch is withdrawn the same way.
+    let mut out = Vec::new();
+    let watch_prefix = ReadReq::WatchPrefix {
+        prefix: b("svc/"),
+        min_index: 4,
+    };
+    core.read(ME, watch_prefix, &mut out);
+    let [Effect::Parked { watch, .. }] = out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(core.cancel(ME), vec![Effect::Unparked { watch }]);
+    assert!(core.stream(set(5, "svc/web", "1")).is_empty());
+    assert_eq!(core.shard().watch_count(), 0);
+}
+
+#[test]
+fn a_read_withdrawn_while_a_transaction_defers_it_is_never_answered() {
+    let mut core = ShardCore::default();
+    core.stream(set(1, "k", "old"));
+    core.stream(StreamMsg::TxnPrepare {
+        index: 2,
+        txn: 7,
+        ops: vec![(
+            0,
+            TxnOp::Set {
+                key: b("k"),
+                value: b("new"),
+                flags: 0,
+            },
+        )],
+        reply: ME,
+    });
+    let other = Origin { core: 98, id: 7 };
+    assert!(blocking_get(&mut core, ME, "k", 1).is_empty());
+    assert!(blocking_get(&mut core, other, "k", 1).is_empty());
+    assert_eq!(core.deferred_count(), 2);
+    assert!(core.cancel(ME).is_empty());
+    assert_eq!(core.deferred_count(), 1);
+    let out = core.stream(StreamMsg::TxnDecide {
+        txn: 7,
+        commit: true,
+    });
+    assert!(
+        matches!(out[..], [Effect::Reply { to, .. }] if to == other),
+        "{out:?}"
+    );
+}

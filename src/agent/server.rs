@@ -375,10 +375,27 @@ async fn run(
     {
         let s = server.clone();
         glommio::spawn_local(async move {
-            while let Ok((req, tx)) = fronts.recv_async().await {
+            while let Ok((req, mut tx)) = fronts.recv_async().await {
                 let s = s.clone();
                 glommio::spawn_local(async move {
-                    let _ = tx.send(s.handle(req).await);
+                    let resp = if req.op.is_blocking() {
+                        // The other core drops its receiver when its client hangs up (see
+                        // `connection`): stop waiting then, as there.
+                        let gone = tx.cancellation();
+                        let answer = async { Some(s.handle(req).await) };
+                        match futures_lite::future::or(answer, async {
+                            gone.await;
+                            None
+                        })
+                        .await
+                        {
+                            Some(resp) => resp,
+                            None => return,
+                        }
+                    } else {
+                        s.handle(req).await
+                    };
+                    let _ = tx.send(resp);
                 })
                 .detach();
             }
@@ -593,13 +610,8 @@ pub(super) fn is_read(op: &Op) -> bool {
 
 /// How long the leader may take to answer a forwarded request.
 pub(super) fn forward_timeout(op: &Op) -> Duration {
-    match op {
-        Op::KvGet { opts, .. }
-        | Op::KvList { opts, .. }
-        | Op::CatalogRead { opts, .. }
-        | Op::SessionRead { opts, .. }
-            if opts.index > 0 =>
-        {
+    match op.read_opts() {
+        Some(opts) if op.is_blocking() => {
             Duration::from_millis(opts.wait_ms).min(MAX_WAIT) + MAX_WAIT / 16 + FORWARD_TIMEOUT
         }
         _ => FORWARD_TIMEOUT,
@@ -1478,6 +1490,12 @@ pub(crate) trait Handler: 'static {
     fn local_catalog_index(&self) -> Option<u64> {
         None
     }
+    /// Blocking KV reads parked on this agent's shard cores now (a prefix read parks one
+    /// on every core; `/v1/agent/metrics`); `None` when blocking reads park elsewhere (a
+    /// client agent's park on a server).
+    fn parked_reads(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl Handler for Server {
@@ -1498,41 +1516,104 @@ impl Handler for Server {
     fn local_catalog_index(&self) -> Option<u64> {
         Some(self.sm.with_catalog(|c| c.index()))
     }
+
+    fn parked_reads(&self) -> Option<usize> {
+        Some(self.sm.with_shards(|s| s.parked_reads()))
+    }
+}
+
+/// What a connection's reader, writer and request tasks share (one allocation per
+/// connection; a request task holds one handle).
+#[derive(Default)]
+struct Conn {
+    /// Answers encoded and not yet sent.
+    out: RefCell<BytesMut>,
+    /// Wakes the writer: answers are ready, or the connection is closing.
+    ready: Notify,
+    /// Wakes the reader: a request finished, so a slot is free.
+    slot_free: Notify,
+    /// Requests being answered by their own tasks.
+    in_flight: Cell<usize>,
+    /// The client stopped sending (EOF or a read error), the stream broke, or a write
+    /// failed: nothing more is read, and blocking reads are dropped.
+    closed: Cell<bool>,
+    /// Wakes the parked blocking reads when `closed` is set.
+    hung_up: Notify,
+}
+
+impl Conn {
+    /// Marks the connection closed and drops its parked blocking reads; the writer
+    /// still sends the answers of the other requests in flight.
+    fn close(&self) {
+        if !self.closed.replace(true) {
+            self.hung_up.notify_waiters();
+        }
+        self.ready.notify_one();
+    }
+
+    /// A request task ended; `answer` is its answer to request `id`, if it has one.
+    fn finish(&self, answer: Option<(u64, Response)>) {
+        if let Some((id, resp)) = answer {
+            encode_with(&mut self.out.borrow_mut(), FrameKind::Response, id, |b| {
+                resp.encode(b)
+            });
+        }
+        self.in_flight.set(self.in_flight.get() - 1);
+        self.ready.notify_one();
+        self.slot_free.notify_one();
+    }
+}
+
+/// Answers the blocking read `req` (frame id `id`), unless the connection closes first:
+/// then the read is dropped unanswered, with everything it holds (its place among the
+/// shard's parked reads, its timer, its reply on the way). Consul's HTTP server does the
+/// same: Go's net/http cancels a request's context when the connection's background read
+/// sees the client's EOF, and a blocking query ends with its context. Nobody is left to
+/// read the answer, and without this a client that reconnects in a loop (a restarting
+/// consul-template, a crashing app) would leave one parked read behind per connection for
+/// up to the 10-minute cap. Only blocking reads are dropped: they change nothing, while
+/// a write already accepted may be applied by Raft anyway, so it runs to its end and is
+/// answered if the socket still takes it.
+async fn blocking_read<H: Handler>(h: Rc<H>, conn: Rc<Conn>, req: Request, id: u64) {
+    let hung_up = conn.hung_up.notified();
+    let answer = if conn.closed.get() {
+        None
+    } else {
+        let answer = async { Some(h.answer(req).await) };
+        futures_lite::future::or(answer, async {
+            hung_up.await;
+            None
+        })
+        .await
+    };
+    conn.finish(answer.map(|resp| (id, resp)));
 }
 
 /// Serves one client or peer connection: requests are read and run concurrently (up
-/// to [`MAX_IN_FLIGHT_PER_CONNECTION`]) and answered in the order they finish.
+/// to [`MAX_IN_FLIGHT_PER_CONNECTION`]) and answered in the order they finish. When the
+/// client stops sending (or a write to it fails), its blocking reads are dropped
+/// ([`blocking_read`]) and the answers to its other requests are still sent.
 pub(super) async fn connection<H: Handler>(h: Rc<H>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let decoder = FrameDecoder::default();
-    let out = Rc::new(RefCell::new(BytesMut::new()));
-    // Wakes the writer (answers are ready) and the reader (a slot is free).
-    let ready = Rc::new(Notify::new());
-    let slot_free = Rc::new(Notify::new());
-    let in_flight = Rc::new(Cell::new(0usize));
-    let closed = Rc::new(Cell::new(false));
+    let conn = Rc::new(Conn::default());
     // The writer: sends whatever answers are ready, in batches; after the client
     // stopped sending, it still delivers the answers to what it sent.
     let writer_task = {
-        let (out, ready, closed, in_flight) = (
-            out.clone(),
-            ready.clone(),
-            closed.clone(),
-            in_flight.clone(),
-        );
+        let conn = conn.clone();
         glommio::spawn_local(async move {
             loop {
-                let batch = out.borrow_mut().split();
+                let batch = conn.out.borrow_mut().split();
                 if batch.is_empty() {
-                    if closed.get() && in_flight.get() == 0 {
+                    if conn.closed.get() && conn.in_flight.get() == 0 {
                         return;
                     }
-                    ready.notified().await;
+                    conn.ready.notified().await;
                     continue;
                 }
                 if writer.write_all(&batch).await.is_err() {
-                    closed.set(true);
+                    conn.close(); // the client is gone
                     return;
                 }
             }
@@ -1541,18 +1622,37 @@ pub(super) async fn connection<H: Handler>(h: Rc<H>, stream: TcpStream) {
     let mut inbuf = BytesMut::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     'read: loop {
-        // Back-pressure: stop reading while this connection has too much in flight.
-        while in_flight.get() >= MAX_IN_FLIGHT_PER_CONNECTION {
-            slot_free.notified().await;
-        }
-        let n = match reader.read(&mut chunk).await {
+        let read = if conn.in_flight.get() < MAX_IN_FLIGHT_PER_CONNECTION {
+            reader.read(&mut chunk).await
+        } else {
+            // Back-pressure: no new requests while this connection has too many in
+            // flight. The socket is still watched, so a client that hangs up while its
+            // slots hold parked blocking reads is noticed. Bytes that come instead (one
+            // read's worth: nothing more is read) wait below for a free slot, and a
+            // hang-up after them is only seen once one is free. (A read that loses the
+            // race loses no bytes: glommio's socket reads wait for readiness, then read.)
+            let slot = async {
+                conn.slot_free.notified().await;
+                None
+            };
+            match futures_lite::future::or(slot, async { Some(reader.read(&mut chunk).await) })
+                .await
+            {
+                Some(read) => read,
+                None => continue,
+            }
+        };
+        let n = match read {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if closed.get() {
+        inbuf.extend_from_slice(&chunk[..n]);
+        while conn.in_flight.get() >= MAX_IN_FLIGHT_PER_CONNECTION {
+            conn.slot_free.notified().await;
+        }
+        if conn.closed.get() {
             break; // the writer failed: the client is gone
         }
-        inbuf.extend_from_slice(&chunk[..n]);
         loop {
             match decoder.decode(&mut inbuf) {
                 Ok(Some(frame)) => {
@@ -1561,53 +1661,46 @@ pub(super) async fn connection<H: Handler>(h: Rc<H>, stream: TcpStream) {
                         Err(e) => {
                             let resp = error(decode_error_code(&e), e.to_string());
                             encode_with(
-                                &mut out.borrow_mut(),
+                                &mut conn.out.borrow_mut(),
                                 FrameKind::Response,
                                 frame.id,
                                 |b| resp.encode(b),
                             );
-                            ready.notify_one();
+                            conn.ready.notify_one();
                             continue;
                         }
                     };
-                    if h.answer_now(&req, &mut out.borrow_mut(), frame.id) {
+                    if h.answer_now(&req, &mut conn.out.borrow_mut(), frame.id) {
                         continue; // the writer is woken after this read's frames
                     }
-                    in_flight.set(in_flight.get() + 1);
-                    let (s, out, ready, slot_free, in_flight) = (
-                        h.clone(),
-                        out.clone(),
-                        ready.clone(),
-                        slot_free.clone(),
-                        in_flight.clone(),
-                    );
-                    glommio::spawn_local(async move {
-                        let resp = s.answer(req).await;
-                        encode_with(&mut out.borrow_mut(), FrameKind::Response, frame.id, |b| {
-                            resp.encode(b)
-                        });
-                        in_flight.set(in_flight.get() - 1);
-                        ready.notify_one();
-                        slot_free.notify_one();
-                    })
-                    .detach();
+                    conn.in_flight.set(conn.in_flight.get() + 1);
+                    let (s, c, id) = (h.clone(), conn.clone(), frame.id);
+                    if req.op.is_blocking() {
+                        glommio::spawn_local(blocking_read(s, c, req, id)).detach();
+                    } else {
+                        glommio::spawn_local(async move {
+                            let resp = s.answer(req).await;
+                            c.finish(Some((id, resp)));
+                        })
+                        .detach();
+                    }
                 }
                 Ok(None) => break,
                 Err(e) => {
                     // The stream is out of step: say why and close.
                     let resp = error(ErrorCode::Invalid, e.to_string());
-                    encode_with(&mut out.borrow_mut(), FrameKind::Response, 0, |b| {
+                    encode_with(&mut conn.out.borrow_mut(), FrameKind::Response, 0, |b| {
                         resp.encode(b)
                     });
                     break 'read;
                 }
             }
         }
-        ready.notify_one();
+        conn.ready.notify_one();
     }
-    // Let answers in flight finish (bounded by their own timeouts), then close.
-    closed.set(true);
-    ready.notify_one();
+    // Drop the blocking reads; let the other answers in flight finish (bounded by their
+    // own timeouts) and go out, then close.
+    conn.close();
     writer_task.await;
 }
 

@@ -51,6 +51,9 @@ pub(crate) enum Route {
     Call(Call),
     /// Read the body (at most [`NeedsBody::limit`] bytes), then [`NeedsBody::finish`].
     Body(NeedsBody),
+    /// Answer from the agent's own gauges (`/v1/agent/metrics`): nothing is asked of the
+    /// cluster, but the driver must read them ([`agent::metrics`]).
+    Metrics { pretty: bool },
 }
 
 /// One RPC and how to render its answer.
@@ -199,6 +202,7 @@ pub(crate) fn route(method: &str, path: &str, query: Option<&str>, ctx: &Ctx) ->
             status::route(method, rest, &q, ctx)
         }
         "agent/self" | "agent/members" => agent::route(method, rest, &q),
+        "agent/metrics" => agent::route_metrics(method, &q),
         _ => Route::Reply(Reply::not_found()),
     }
 }

@@ -572,6 +572,7 @@ mod tests {
             Route::Call(c) => Ok(c),
             Route::Reply(r) => Err(r),
             Route::Body(_) => panic!("{path} wants a body"),
+            Route::Metrics { .. } => panic!("{path} is the metrics"),
         }
     }
 

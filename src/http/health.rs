@@ -107,7 +107,7 @@ mod tests {
         match api::route("GET", path, query, &Ctx::for_tests()) {
             Route::Call(c) => Ok(c.request.op),
             Route::Reply(r) => Err(r.status),
-            Route::Body(_) => panic!("{path}"),
+            Route::Body(_) | Route::Metrics { .. } => panic!("{path}"),
         }
     }
 

@@ -218,6 +218,12 @@ async fn handle<H: Handler>(
     );
     let call = match route {
         Route::Reply(r) => Err(r),
+        Route::Metrics { pretty } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            Err(agent::metrics(h.parked_reads(), now, pretty))
+        }
         Route::Call(c) => Ok(c),
         Route::Body(pending) => {
             let limit = pending.limit(ctx);

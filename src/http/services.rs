@@ -273,7 +273,7 @@ mod tests {
         match api::route(method, path, q, &Ctx::for_tests()) {
             Route::Call(c) => Ok(c.request.op),
             Route::Reply(r) => Err(r.status),
-            Route::Body(_) => Err(0),
+            Route::Body(_) | Route::Metrics { .. } => Err(0),
         }
     }
 

@@ -378,7 +378,7 @@ mod tests {
         let op = |m, p| match api::route(m, p, None, &ctx) {
             Route::Call(c) => Ok(c.request.op),
             Route::Reply(r) => Err(r.status),
-            Route::Body(_) => panic!("{p}"),
+            Route::Body(_) | Route::Metrics { .. } => panic!("{p}"),
         };
         assert_eq!(
             op("PUT", "/v1/session/destroy/abc"),

@@ -113,6 +113,12 @@ pub enum Effect {
         watch: WatchId,
         to: Origin,
     },
+    /// A parked read left the parked set: a write answered it, its wait ran out, or its
+    /// caller withdrew it ([`ShardCore::cancel`]). Its timer can go. Every `Parked` is
+    /// followed by exactly one `Unparked` of the same watch.
+    Unparked {
+        watch: WatchId,
+    },
 }
 
 #[derive(Debug)]
@@ -131,6 +137,9 @@ pub struct ShardCore {
     /// Reads that arrived while a transaction was prepared.
     deferred: VecDeque<(Origin, ReadReq)>,
     parked: HashMap<WatchId, Parked>,
+    /// The parked watch of each waiting caller, so a caller that gives up can withdraw
+    /// its read ([`ShardCore::cancel`]).
+    watch_of: HashMap<Origin, WatchId>,
     next_watch: WatchId,
 }
 
@@ -234,7 +243,9 @@ impl ShardCore {
         // wait for its decision with the other deferred reads).
         for id in woken {
             if let Some(p) = self.parked.remove(&id) {
+                self.watch_of.remove(&p.to);
                 self.read(p.to, p.read, &mut out);
+                out.push(Effect::Unparked { watch: id });
             }
         }
         out
@@ -295,6 +306,7 @@ impl ShardCore {
         let id = self.next_watch;
         self.kv.watch(id, target.clone());
         self.parked.insert(id, Parked { to, read, target });
+        self.watch_of.insert(to, id);
         out.push(Effect::Parked { watch: id, to });
     }
 
@@ -303,6 +315,7 @@ impl ShardCore {
     pub fn timeout(&mut self, watch: WatchId) -> Vec<Effect> {
         let mut out = Vec::new();
         if let Some(p) = self.parked.remove(&watch) {
+            self.watch_of.remove(&p.to);
             self.kv.unwatch(watch, &p.target);
             let reply = match p.read {
                 ReadReq::Get { key, .. } => {
@@ -312,6 +325,23 @@ impl ShardCore {
                 _ => Reply::Changed,
             };
             out.push(Effect::Reply { to: p.to, reply });
+            out.push(Effect::Unparked { watch });
+        }
+        out
+    }
+
+    /// The caller of the read `to` stopped waiting for it (its client went away): the
+    /// read is dropped unanswered, whether parked (then `Unparked`) or deferred behind a
+    /// prepared transaction. Does nothing if it was already answered.
+    pub fn cancel(&mut self, to: Origin) -> Vec<Effect> {
+        let mut out = Vec::new();
+        if let Some(watch) = self.watch_of.remove(&to) {
+            if let Some(p) = self.parked.remove(&watch) {
+                self.kv.unwatch(watch, &p.target);
+            }
+            out.push(Effect::Unparked { watch });
+        } else {
+            self.deferred.retain(|(o, _)| *o != to);
         }
         out
     }

@@ -19,13 +19,14 @@ use bytes::Bytes;
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::channels::local_channel::{self, LocalSender};
+use glommio::task::JoinHandle;
 use glommio::{GlommioError, LocalExecutorPoolBuilder, PoolPlacement, ResourceType};
 
 use super::{io_memory_per_executor, RuntimeError};
 use crate::kv::core::{plan, Effect, Origin, Plan, ReadReq, Reply, ShardCore, StreamMsg};
 use crate::kv::{
     combine_txn, merge_images, outcome_of, shard_of, KvCommand, KvEntry, KvOutcome, KvShard,
-    ListResult, ShardImage, Stored,
+    ListResult, ShardImage, Stored, WatchId,
 };
 
 /// Longest blocking wait, as in Consul.
@@ -55,6 +56,9 @@ pub enum Msg {
     Barrier { origin: Origin, read: ReadReq },
     /// Shard → the requesting core.
     Reply { id: u64, reply: Reply },
+    /// The requesting core → the shard it sent a blocking read to: nobody waits for its
+    /// answer any more (see [`Withdraw`]).
+    Cancel { origin: Origin },
 }
 
 /// Who waits for a reply with a given id.
@@ -83,9 +87,29 @@ struct Local {
     core: ShardCore,
     pending: HashMap<u64, Waiter>,
     next_id: u64,
-    /// Deadlines of parked blocking reads, by origin.
+    /// Deadlines of blocking reads not yet parked (a read is parked, or answered at once,
+    /// in the step that receives it, unless a prepared transaction defers it), by origin.
     deadlines: HashMap<Origin, Instant>,
+    /// The timer task of each parked read, cancelled when the read leaves the parked set
+    /// before its wait ran out ([`Effect::Unparked`]): a watcher answered by a write, or
+    /// withdrawn by its caller, holds no task for the rest of its wait.
+    timers: HashMap<WatchId, JoinHandle<()>>,
     jitter_state: u64,
+}
+
+impl Local {
+    /// A read answered without parking needs no deadline. (Deadlines are rare: they live
+    /// only between a blocking read's arrival and its parking, so this is one check.)
+    fn forget_deadlines(&mut self, effects: &[Effect]) {
+        if self.deadlines.is_empty() {
+            return;
+        }
+        for e in effects {
+            if let Effect::Reply { to, .. } = e {
+                self.deadlines.remove(to);
+            }
+        }
+    }
 }
 
 /// A core's handle on the shard cores: reads from any core, writes on the sequencer.
@@ -99,6 +123,9 @@ pub struct Shards {
     /// steps never interleave in any shard's stream and reads are not starved by writes.
     seq: Option<Rc<LocalSender<Step>>>,
     txn: Rc<RefCell<u64>>,
+    /// Blocking reads parked on every core of this runtime (a prefix read parks one
+    /// on each core): [`Shards::parked_reads`].
+    parked: Arc<AtomicUsize>,
 }
 
 /// One step of the sequencer.
@@ -153,6 +180,7 @@ where
     // How many cores finished their work; each keeps serving the others until all did.
     // An atomic, not a message: shutdown must not depend on a wake-up arriving.
     let finished = Arc::new(AtomicUsize::new(0));
+    let parked = Arc::new(AtomicUsize::new(0));
     let handles = LocalExecutorPoolBuilder::new(placement)
         .io_memory(io_memory)
         .spin_before_park(spin)
@@ -170,11 +198,13 @@ where
                     pending: HashMap::new(),
                     next_id: 1,
                     deadlines: HashMap::new(),
+                    timers: HashMap::new(),
                     jitter_state: 0x9e37_79b9_7f4a_7c15 ^ me as u64,
                 })),
                 senders: Rc::new(senders),
                 seq: None,
                 txn: Rc::new(RefCell::new(0)),
+                parked,
             };
             if me == 0 {
                 shards.seq = Some(Rc::new(seq_tx));
@@ -264,11 +294,34 @@ impl Shards {
         }
     }
 
+    /// Sends without awaiting: at once when the channel has room (most messages), else
+    /// from a task that waits for room.
+    fn post(&self, to: usize, msg: Msg) {
+        if to == self.me {
+            self.receive(msg);
+            return;
+        }
+        match self.senders.try_send_to(to, msg) {
+            Ok(()) => {}
+            Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => {
+                let s = self.clone();
+                glommio::spawn_local(async move { s.send(to, msg).await }).detach();
+            }
+            // Closed: only after shutdown, when nobody waits for replies.
+            Err(_) => {}
+        }
+    }
+
     /// Handles a message on this core. Never awaits: replies to other cores are sent by
     /// a spawned task, timers by spawned sleeps.
     fn receive(&self, msg: Msg) {
         let effects = match msg {
-            Msg::Stream(m) => self.local.borrow_mut().core.stream(m),
+            Msg::Stream(m) => {
+                let mut l = self.local.borrow_mut();
+                let out = l.core.stream(m);
+                l.forget_deadlines(&out);
+                out
+            }
             Msg::Read {
                 origin,
                 req,
@@ -280,6 +333,7 @@ impl Shards {
                 }
                 let mut out = Vec::new();
                 l.core.read(origin, req, &mut out);
+                l.forget_deadlines(&out);
                 out
             }
             Msg::Barrier { origin, read } => {
@@ -292,6 +346,11 @@ impl Shards {
                     w.deliver(reply);
                 }
                 Vec::new()
+            }
+            Msg::Cancel { origin } => {
+                let mut l = self.local.borrow_mut();
+                l.deadlines.remove(&origin);
+                l.core.cancel(origin)
             }
         };
         self.dispatch(effects);
@@ -307,19 +366,7 @@ impl Shards {
                             w.deliver(reply);
                         }
                     } else {
-                        // Most replies fit in the channel at once; only a full channel
-                        // needs a task to wait for room.
-                        let msg = Msg::Reply { id: to.id, reply };
-                        match self.senders.try_send_to(to.core, msg) {
-                            Ok(()) => {}
-                            Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => {
-                                let s = self.clone();
-                                glommio::spawn_local(async move { s.send(to.core, msg).await })
-                                    .detach();
-                            }
-                            // Closed: only after shutdown, when nobody waits for replies.
-                            Err(_) => {}
-                        }
+                        self.post(to.core, Msg::Reply { id: to.id, reply });
                     }
                 }
                 Effect::Parked { watch, to } => {
@@ -328,15 +375,32 @@ impl Shards {
                         .map(|d| d.saturating_duration_since(Instant::now()))
                         .unwrap_or(MAX_WAIT);
                     let s = self.clone();
-                    glommio::spawn_local(async move {
+                    let timer = glommio::spawn_local(async move {
                         glommio::timer::sleep(wait).await;
+                        // Fired: from here on this task ends by itself.
+                        s.local.borrow_mut().timers.remove(&watch);
                         let effects = s.local.borrow_mut().core.timeout(watch);
                         s.dispatch(effects);
                     })
                     .detach();
+                    self.local.borrow_mut().timers.insert(watch, timer);
+                    self.parked.fetch_add(1, Ordering::Relaxed);
+                }
+                Effect::Unparked { watch } => {
+                    let timer = self.local.borrow_mut().timers.remove(&watch);
+                    if let Some(t) = timer {
+                        t.cancel();
+                    }
+                    self.parked.fetch_sub(1, Ordering::Relaxed);
                 }
             }
         }
+    }
+
+    /// Blocking reads parked on every core of this runtime now (a prefix read parks one
+    /// on each core); a read whose caller stopped waiting is not counted.
+    pub fn parked_reads(&self) -> usize {
+        self.parked.load(Ordering::Relaxed)
     }
 
     fn enqueue(&self, step: Step) {
@@ -586,6 +650,13 @@ impl Shards {
         let owner = shard_of(&key, self.n);
         let (id, mut rx) = self.new_ids(1);
         let deadline = (min_index > 0).then(|| self.jittered(wait));
+        // Only a blocking read can be left parked by a caller that stops waiting.
+        let _withdraw = deadline.map(|_| Withdraw {
+            shards: self,
+            first_id: id,
+            first_core: owner,
+            count: 1,
+        });
         let origin = Origin { core: self.me, id };
         let req = ReadReq::Get { key, min_index };
         self.send(
@@ -646,6 +717,14 @@ impl Shards {
     pub async fn wait_prefix(&self, prefix: Bytes, min_index: u64, wait: Duration) {
         let deadline = self.jittered(wait);
         let (base, rxs) = self.new_ids(self.n);
+        // Withdraws the watches still parked when the wait ends: on the other shards once
+        // one answered, or on all of them if the caller stops waiting.
+        let _withdraw = Withdraw {
+            shards: self,
+            first_id: base,
+            first_core: 0,
+            count: self.n,
+        };
         for s in 0..self.n {
             let origin = Origin {
                 core: self.me,
@@ -666,7 +745,7 @@ impl Shards {
             .await;
         }
         // The first shard to answer (a change, or its timeout) ends the wait; the others
-        // answer at their own deadlines into dropped receivers.
+        // are withdrawn then (their tasks end as their replies are forgotten).
         let (tx, rx) = oneshot::channel::<()>();
         let tx = Rc::new(RefCell::new(Some(tx)));
         for r in rxs {
@@ -680,5 +759,35 @@ impl Shards {
             .detach();
         }
         let _ = rx.await;
+    }
+}
+
+/// Takes back blocking reads nobody waits for any more, when dropped: the caller's future
+/// was dropped (its client went away) or finished without them (a prefix wait another
+/// shard answered). Each read still unanswered is forgotten here and its shard is told to
+/// drop it ([`Msg::Cancel`]), so it stops holding a watch, a timer and a pending reply
+/// for the rest of its wait (up to [`MAX_WAIT`]). Read `first_id + i` went to core
+/// `first_core + i`.
+struct Withdraw<'a> {
+    shards: &'a Shards,
+    first_id: u64,
+    first_core: usize,
+    count: usize,
+}
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        for i in 0..self.count {
+            let id = self.first_id + i as u64;
+            let waiting = self.shards.local.borrow_mut().pending.remove(&id).is_some();
+            if waiting {
+                let origin = Origin {
+                    core: self.shards.me,
+                    id,
+                };
+                self.shards
+                    .post(self.first_core + i, Msg::Cancel { origin });
+            }
+        }
     }
 }

@@ -253,6 +253,25 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// The options of a read that takes them (KV, catalog and session reads).
+    pub fn read_opts(&self) -> Option<&ReadOpts> {
+        match self {
+            Op::KvGet { opts, .. }
+            | Op::KvList { opts, .. }
+            | Op::CatalogRead { opts, .. }
+            | Op::SessionRead { opts, .. } => Some(opts),
+            _ => None,
+        }
+    }
+
+    /// A blocking read: it may wait (up to its `wait_ms`, capped by the server) for the
+    /// result's index to pass `index`.
+    pub fn is_blocking(&self) -> bool {
+        self.read_opts().is_some_and(|o| o.index > 0)
+    }
+}
+
 /// A request: where it goes, who asks, and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {

@@ -61,6 +61,10 @@ impl Handler for Front {
         )
     }
 
+    fn parked_reads(&self) -> Option<usize> {
+        Some(self.shards.parked_reads())
+    }
+
     async fn answer(self: Rc<Self>, req: Request) -> Response {
         let local_dc = req.datacenter.is_empty() || req.datacenter == self.datacenter;
         let stale = matches!(
