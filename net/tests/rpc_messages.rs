@@ -458,6 +458,22 @@ proptest! {
     }
 
     #[test]
+    fn an_encoded_request_is_a_blocking_read_exactly_when_its_op_is(
+        op in op(), dc in text(), token in text(), junk in bytes(300), cut in 0usize..80,
+    ) {
+        let blocking = op.is_blocking();
+        let req = Request { datacenter: dc, token, op };
+        let mut b = BytesMut::new();
+        req.encode(&mut b);
+        let b = b.freeze();
+        prop_assert_eq!(Request::is_blocking_read(&b, &Limits::default()), blocking);
+        if cut < b.len() {
+            prop_assert!(!Request::is_blocking_read(&b.slice(..cut), &Limits::default()));
+        }
+        let _ = Request::is_blocking_read(&junk, &Limits::default());
+    }
+
+    #[test]
     fn every_response_decodes_to_itself(resp in response()) {
         let mut b = BytesMut::new();
         resp.encode(&mut b);

@@ -5,7 +5,10 @@
 //!
 //! Many requests may be in flight (up to a limit); responses arrive in any order and are
 //! matched by request id. A request past its deadline completes with `Timeout` (a late
-//! response for it is then ignored). A stream that stops being valid RPC fails every
+//! response for it is then ignored). A request whose caller stops waiting is forgotten
+//! ([`ClientConn::forget`]), freeing its slot at once, or cancelled
+//! ([`ClientConn::cancel`]): forgotten, and a cancel frame tells the server to drop it if it
+//! is a blocking read still waiting; a late answer to either is ignored. A stream that stops being valid RPC fails every
 //! request in flight and the connection must be closed.
 
 use std::collections::{BTreeMap, HashMap};
@@ -13,7 +16,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use super::frame::{encode_with, FrameDecoder, FrameError, Kind};
+use super::frame::{encode_cancel, encode_with, FrameDecoder, FrameError, Kind};
 use super::message::{Limits, MessageError, Request, Response};
 
 /// Why a request did not get a response.
@@ -91,6 +94,29 @@ impl ClientConn {
         Ok(id)
     }
 
+    /// The caller of request `id` stopped waiting: its slot is free at once and its answer,
+    /// if one comes, is ignored. False if `id` was not in flight (answered, expired, or
+    /// the connection failed). The server is not told: see [`ClientConn::cancel`].
+    pub fn forget(&mut self, id: u64) -> bool {
+        let Some(deadline) = self.in_flight.remove(&id) else {
+            return false;
+        };
+        self.deadlines.remove(&(deadline, id));
+        true
+    }
+
+    /// [`ClientConn::forget`]s request `id` and queues a cancel frame for it, so the
+    /// server drops it if it is a blocking read still waiting (anything else runs to its
+    /// end there: a write may be applied anyway). False, and nothing queued, if `id` was
+    /// not in flight. A server from before cancel frames closes the connection on one.
+    pub fn cancel(&mut self, id: u64) -> bool {
+        if self.failed.is_some() || !self.forget(id) {
+            return false;
+        }
+        encode_cancel(&mut self.outgoing, id);
+        true
+    }
+
     /// The bytes to write; the caller writes all of them (or keeps the rest itself).
     pub fn take_outgoing(&mut self) -> BytesMut {
         self.outgoing.split()
@@ -108,11 +134,12 @@ impl ClientConn {
                 Ok(None) => break,
                 Ok(Some(frame)) => {
                     if frame.kind != Kind::Response {
-                        self.fail("server sent a request frame".into(), &mut done);
+                        let why = format!("server sent a {:?} frame", frame.kind);
+                        self.fail(why, &mut done);
                         break;
                     }
                     let Some(deadline) = self.in_flight.remove(&frame.id) else {
-                        continue; // late answer to a request that timed out
+                        continue; // late answer to a request that timed out or was cancelled
                     };
                     self.deadlines.remove(&(deadline, frame.id));
                     let result = Response::decode(&frame.payload, &self.limits)
@@ -243,6 +270,57 @@ mod tests {
         assert!(done.is_empty(), "late answer delivered");
         let done = c.receive(&respond(fast, &Response::Done));
         assert_eq!(done.len(), 1);
+    }
+
+    #[test]
+    fn a_cancelled_request_frees_its_slot_at_once_and_its_late_answer_is_ignored() {
+        let mut c = conn(1);
+        let t = Instant::now() + Duration::from_secs(600);
+        let id = c.send(&req(), t).unwrap();
+        let _ = c.take_outgoing();
+        assert!(c.cancel(id));
+        assert_eq!(c.in_flight(), 0);
+        assert_eq!(c.next_deadline(), None);
+        let mut wire = c.take_outgoing();
+        let f = FrameDecoder::default().decode(&mut wire).unwrap().unwrap();
+        assert_eq!((f.kind, f.id, f.payload.len()), (Kind::Cancel, id, 0));
+        assert!(wire.is_empty());
+        // The freed slot takes the next request; the cancelled one's answer is ignored.
+        let next = c.send(&req(), t).unwrap();
+        assert!(c.receive(&respond(id, &Response::Done)).is_empty());
+        assert!(!c.cancel(id), "cancelled twice");
+        let done = c.receive(&respond(next, &Response::Done));
+        assert_eq!(done.iter().map(|d| d.id).collect::<Vec<_>>(), vec![next]);
+    }
+
+    #[test]
+    fn only_requests_in_flight_are_cancelled_and_forgetting_sends_nothing() {
+        let mut c = conn(8);
+        let now = Instant::now();
+        let answered = c.send(&req(), now + Duration::from_secs(5)).unwrap();
+        let expired = c.send(&req(), now + Duration::from_millis(1)).unwrap();
+        let forgotten = c.send(&req(), now + Duration::from_secs(5)).unwrap();
+        let _ = c.take_outgoing();
+        assert_eq!(c.receive(&respond(answered, &Response::Done)).len(), 1);
+        assert_eq!(c.expire(now + Duration::from_millis(1)).len(), 1);
+        assert!(!c.cancel(answered));
+        assert!(!c.cancel(expired));
+        assert!(c.forget(forgotten));
+        assert!(!c.cancel(forgotten));
+        assert!(c.take_outgoing().is_empty());
+        assert_eq!(c.in_flight(), 0);
+    }
+
+    #[test]
+    fn nothing_is_cancelled_on_a_failed_connection() {
+        let mut c = conn(8);
+        let id = c
+            .send(&req(), Instant::now() + Duration::from_secs(5))
+            .unwrap();
+        let _ = c.take_outgoing();
+        assert_eq!(c.closed("gone").len(), 1);
+        assert!(!c.cancel(id));
+        assert!(c.take_outgoing().is_empty());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! offset size field
 //!      0    2 magic "CR"
 //!      2    1 protocol version (1)
-//!      3    1 kind: 0 request, 1 response
+//!      3    1 kind: 0 request, 1 response, 2 cancel
 //!      4    4 flags (reserved, 0)
 //!      8    8 request id (a response carries its request's id)
 //!     16    4 payload length
@@ -13,7 +13,12 @@
 //! ```
 //!
 //! Many requests may be in flight on one connection; responses come back in any order and
-//! are matched by id. The decoder rejects an oversize frame from its header, before
+//! are matched by id. A cancel frame (client to server, no payload: its length is 0) says
+//! the client no longer waits for the answer to request `id`: the server drops that
+//! request if it is a blocking read still waiting, and ignores the cancel otherwise (an
+//! unknown or finished id, a write already under way). Its answer may still come and is
+//! then ignored by the client. An agent from before cancel frames refuses kind 2 as any
+//! unknown kind ([`FrameError::Kind`]: an error frame and a close of that connection). The decoder rejects an oversize frame from its header, before
 //! buffering the payload, and hands payloads out as `Bytes` split off the read buffer (no
 //! copy).
 
@@ -34,6 +39,18 @@ pub const MAX_RESPONSE_PAYLOAD: usize = 128 * 1024 * 1024;
 pub enum Kind {
     Request,
     Response,
+    /// The client stopped waiting for request `id`; no payload.
+    Cancel,
+}
+
+impl Kind {
+    fn byte(self) -> u8 {
+        match self {
+            Kind::Request => 0,
+            Kind::Response => 1,
+            Kind::Cancel => 2,
+        }
+    }
 }
 
 /// One decoded frame.
@@ -58,6 +75,8 @@ pub enum FrameError {
     TooLarge { len: usize, max: usize },
     #[error("frame checksum mismatch (request id {id})")]
     Checksum { id: u64 },
+    #[error("cancel frame with a payload of {len} bytes (a cancel has none)")]
+    CancelPayload { len: usize },
 }
 
 fn crc(header: &[u8], payload: &[u8]) -> u32 {
@@ -67,16 +86,18 @@ fn crc(header: &[u8], payload: &[u8]) -> u32 {
     h.finalize()
 }
 
+/// Appends a cancel frame for request `id` to `out` (a header, no payload).
+pub fn encode_cancel(out: &mut BytesMut, id: u64) {
+    encode(out, Kind::Cancel, id, &[]);
+}
+
 /// Appends a frame to `out`.
 pub fn encode(out: &mut BytesMut, kind: Kind, id: u64, payload: &[u8]) {
     let start = out.len();
     out.reserve(HEADER_LEN + payload.len());
     out.put_slice(&MAGIC);
     out.put_u8(VERSION);
-    out.put_u8(match kind {
-        Kind::Request => 0,
-        Kind::Response => 1,
-    });
+    out.put_u8(kind.byte());
     out.put_u32_le(0);
     out.put_u64_le(id);
     out.put_u32_le(u32::try_from(payload.len()).expect("payloads are limited far below 4 GiB"));
@@ -92,10 +113,7 @@ pub fn encode_with(out: &mut BytesMut, kind: Kind, id: u64, write: impl FnOnce(&
     let start = out.len();
     out.put_slice(&MAGIC);
     out.put_u8(VERSION);
-    out.put_u8(match kind {
-        Kind::Request => 0,
-        Kind::Response => 1,
-    });
+    out.put_u8(kind.byte());
     out.put_u32_le(0);
     out.put_u64_le(id);
     out.put_u64_le(0); // length and crc, filled in below
@@ -152,10 +170,14 @@ impl FrameDecoder {
         let kind = match h[3] {
             0 => Kind::Request,
             1 => Kind::Response,
+            2 => Kind::Cancel,
             k => return Err(FrameError::Kind(k)),
         };
         let id = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
         let len = u32::from_le_bytes(h[16..20].try_into().expect("4 bytes")) as usize;
+        if kind == Kind::Cancel && len != 0 {
+            return Err(FrameError::CancelPayload { len });
+        }
         if len > self.max_payload {
             return Err(FrameError::TooLarge {
                 len,
@@ -187,9 +209,14 @@ mod tests {
             payloads in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 1..8),
             cuts in prop::collection::vec(1usize..64, 1..40),
         ) {
+            let kind = |i: usize| [Kind::Request, Kind::Response, Kind::Cancel][i % 3];
             let mut wire = BytesMut::new();
             for (i, p) in payloads.iter().enumerate() {
-                encode(&mut wire, if i % 2 == 0 { Kind::Request } else { Kind::Response }, i as u64 * 7, p);
+                if kind(i) == Kind::Cancel {
+                    encode_cancel(&mut wire, i as u64 * 7);
+                } else {
+                    encode(&mut wire, kind(i), i as u64 * 7, p);
+                }
             }
             let wire = wire.freeze();
             let dec = FrameDecoder::default();
@@ -208,7 +235,9 @@ mod tests {
             prop_assert_eq!(got.len(), payloads.len());
             for (i, f) in got.iter().enumerate() {
                 prop_assert_eq!(f.id, i as u64 * 7);
-                prop_assert_eq!(&f.payload[..], &payloads[i][..]);
+                prop_assert_eq!(f.kind, kind(i));
+                let want: &[u8] = if kind(i) == Kind::Cancel { &[] } else { &payloads[i] };
+                prop_assert_eq!(&f.payload[..], want);
             }
         }
 
@@ -273,6 +302,39 @@ mod tests {
         assert_eq!(
             FrameDecoder::default().decode(&mut b),
             Err(FrameError::Version(9))
+        );
+    }
+
+    #[test]
+    fn a_cancel_frame_is_a_bare_header_naming_its_request() {
+        let mut b = BytesMut::new();
+        encode_cancel(&mut b, 77);
+        assert_eq!(b.len(), HEADER_LEN);
+        assert_eq!(b[3], 2);
+        let f = FrameDecoder::default().decode(&mut b).unwrap().unwrap();
+        assert_eq!((f.kind, f.id, f.payload.len()), (Kind::Cancel, 77, 0));
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn a_cancel_frame_with_a_payload_is_refused_from_its_header() {
+        let mut b = BytesMut::new();
+        encode(&mut b, Kind::Cancel, 5, b"x");
+        let mut head = BytesMut::from(&b[..HEADER_LEN]);
+        assert_eq!(
+            FrameDecoder::default().decode(&mut head),
+            Err(FrameError::CancelPayload { len: 1 })
+        );
+    }
+
+    #[test]
+    fn an_unknown_kind_is_a_clear_error_not_a_frame() {
+        // What an agent from before cancel frames says to kind 2, and this one to kind 3.
+        let mut b = one();
+        b[3] = 3;
+        assert_eq!(
+            FrameDecoder::default().decode(&mut b),
+            Err(FrameError::Kind(3))
         );
     }
 

@@ -744,6 +744,23 @@ impl Request {
         }
     }
 
+    /// Whether the encoded request `data` is a blocking read ([`Op::is_blocking`]) that
+    /// decodes: a look at its op tag, and a full decode only for the four reads. For the
+    /// body of a forwarded request, whose holder sees an opaque `Op::Internal`.
+    pub fn is_blocking_read(data: &Bytes, limits: &Limits) -> bool {
+        let mut r = R {
+            data,
+            at: 0,
+            limits,
+        };
+        let tag = r
+            .raw("datacenter", limits.max_string)
+            .and_then(|_| r.raw("token", limits.max_string))
+            .and_then(|_| r.u8());
+        matches!(tag, Ok(1 | 2 | 17 | 21))
+            && Request::decode(data, limits).is_ok_and(|req| req.op.is_blocking())
+    }
+
     pub fn decode(data: &Bytes, limits: &Limits) -> Result<Request, MessageError> {
         let mut r = R {
             data,
