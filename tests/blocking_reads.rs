@@ -2,7 +2,9 @@
 //! once, on the RPC port (one core or several) and on the HTTP API, seen through the
 //! agent's `cairn.kv.parked_reads` gauge (`/v1/agent/metrics`) falling back to zero long
 //! before their 5-minute waits; and a client that stops sending still gets the answers
-//! to the writes it sent. A blocking read that is answered by a change or by its wait
+//! to the writes it sent. In a 3-server cluster, the same for blocking reads forwarded to
+//! the leader by a follower or by a client agent (through a follower or not): the
+//! forwarder's cancel frames drop them on the leader. A blocking read that is answered by a change or by its wait
 //! running out is tested in `agent.rs` and `http.rs`. Every loop is bounded in count and
 //! time; nothing asserts on timing beyond generous deadlines.
 
@@ -17,7 +19,7 @@ use bytes::BytesMut;
 use cairn::client::RpcClient;
 use cairn_net::rpc::frame::{encode, FrameDecoder, Kind};
 use cairn_net::rpc::message::{Consistency, Limits, Op, ReadOpts, Response};
-use support::{b, free_port, req, CAIRN};
+use support::{b, free_port, req, Cluster, CAIRN};
 
 /// How many hung-up clients each test leaves behind.
 const CLIENTS: usize = 200;
@@ -391,4 +393,205 @@ fn a_client_that_stops_sending_gets_its_writes_answered_and_its_blocking_reads_d
         other => panic!("the put was not applied: {other:?}"),
     }
     assert_eq!(agent.parked_reads(), Some(0));
+}
+
+#[test]
+fn a_cancel_frame_drops_its_blocking_read_and_nothing_else() {
+    let agent = dev(&[]);
+    let index = put(&agent, "watched/key");
+    let get = Op::KvGet {
+        key: b("watched/key"),
+        opts: opts(index, Consistency::Default),
+    };
+    let mut s = TcpStream::connect(&agent.rpc).unwrap();
+    let mut sent = frame_of(get.clone(), 1);
+    sent.extend(frame_of(get, 2));
+    s.write_all(&sent).unwrap();
+    agent.wait_parked(
+        2,
+        Duration::from_secs(30),
+        "the blocking reads never parked",
+    );
+    // Cancel read 1, an id never sent, and a write's id (the write runs to its end).
+    let mut cancels = BytesMut::new();
+    cairn_net::rpc::frame::encode_cancel(&mut cancels, 1);
+    cairn_net::rpc::frame::encode_cancel(&mut cancels, 99);
+    let mut sent = cancels.to_vec();
+    sent.extend(frame_of(
+        Op::KvPut {
+            key: b("other/key"),
+            value: b("yes"),
+            flags: 0,
+            cas: None,
+            acquire: None,
+            release: None,
+        },
+        3,
+    ));
+    cairn_net::rpc::frame::encode_cancel(&mut cancels, 3);
+    sent.extend_from_slice(&cancels[2 * cairn_net::rpc::frame::HEADER_LEN..]);
+    s.write_all(&sent).unwrap();
+    agent.wait_parked(
+        1,
+        RELEASE_DEADLINE,
+        "the cancelled blocking read stayed parked",
+    );
+    // The connection is still usable: a write wakes read 2, the put is answered, and
+    // read 1 never is.
+    let mut c = agent.client();
+    support::put(&mut c, "watched/key", "v2").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let decoder = FrameDecoder::for_responses();
+    let mut buf = BytesMut::new();
+    let mut answers = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while answers.len() < 2 {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(
+            n > 0,
+            "the agent closed the connection; answers: {answers:?}"
+        );
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(f) = decoder.decode(&mut buf).unwrap() {
+            let resp = Response::decode(&f.payload, &Limits::default()).unwrap();
+            answers.push((
+                f.id,
+                matches!(resp, Response::Bool(true) | Response::Entries { .. }),
+            ));
+        }
+    }
+    answers.sort();
+    assert_eq!(answers, vec![(2, true), (3, true)]);
+    assert_eq!(agent.parked_reads(), Some(0));
+}
+
+/// The `cairn.kv.parked_reads` gauges of every server of `c` with its HTTP API on, summed
+/// (`None` while one does not answer).
+fn cluster_parked(c: &Cluster) -> Option<u64> {
+    c.servers
+        .iter()
+        .filter_map(|s| s.http.as_deref())
+        .map(parked_reads)
+        .sum()
+}
+
+/// Polls [`cluster_parked`] (every 50 ms, at most `limit`) until it is `want`.
+fn wait_cluster_parked(c: &Cluster, want: u64, limit: Duration, what: &str) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let now = cluster_parked(c);
+        if now == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: cairn.kv.parked_reads summed over the servers is {now:?}, not {want}, \
+             after {limit:?}\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends [`CLIENTS`] blocking gets (default consistency: they run on the leader) on
+/// connections of their own to the agent at `rpc`, which forwards them, waits until all
+/// are parked on the servers, hangs them all up, and waits until the servers dropped every
+/// one; then a write through `rpc` still wakes the blocking read of a client that stayed.
+fn hang_up_forwarded_reads(c: &Cluster, leader: usize, rpc: &str) {
+    let mut w = c.servers[leader].client(Duration::from_secs(10)).unwrap();
+    assert!(matches!(
+        support::put(&mut w, "forwarded/key", "v"),
+        Ok(Response::Bool(true))
+    ));
+    let index = match w.call(&req(Op::KvGet {
+        key: b("forwarded/key"),
+        opts: ReadOpts::default(),
+    })) {
+        Ok(Response::Entries { meta, .. }) => meta.index,
+        other => panic!("reading back forwarded/key: {other:?}"),
+    };
+    let get = Op::KvGet {
+        key: b("forwarded/key"),
+        opts: opts(index, Consistency::Default),
+    };
+    let mut conns = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        let mut s = TcpStream::connect(rpc).unwrap();
+        s.write_all(&frame_of(get.clone(), 1)).unwrap();
+        conns.push(s);
+    }
+    wait_cluster_parked(
+        c,
+        CLIENTS as u64,
+        Duration::from_secs(30),
+        "the forwarded blocking reads never all parked",
+    );
+    let on_leader = parked_reads(c.servers[leader].http.as_deref().unwrap());
+    assert_eq!(on_leader, Some(CLIENTS as u64), "parked off the leader");
+    drop(conns);
+    wait_cluster_parked(
+        c,
+        0,
+        RELEASE_DEADLINE,
+        "the forwarded blocking reads of clients that hung up stayed parked on the leader",
+    );
+    // Forwarding still works, and a write wakes a forwarded read whose client stayed.
+    let mut stay = RpcClient::connect(rpc, Duration::from_secs(30)).unwrap();
+    let writer = {
+        let (rpc, http) = (rpc.to_string(), c.servers[leader].http.clone().unwrap());
+        std::thread::spawn(move || {
+            // Once the read below is parked (at most 200 looks, 50 ms apart).
+            for _ in 0..200 {
+                if parked_reads(&http).is_some_and(|n| n > 0) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let mut c = RpcClient::connect(&rpc, Duration::from_secs(10)).unwrap();
+            support::put(&mut c, "forwarded/key", "v2").unwrap();
+        })
+    };
+    let got = stay.call(&req(get));
+    writer.join().unwrap();
+    match got {
+        Ok(Response::Entries { entries, meta }) => {
+            assert_eq!(entries[0].value.as_ref(), b"v2");
+            assert!(meta.index > index);
+        }
+        other => panic!("the forwarded blocking read of a client that stayed: {other:?}"),
+    }
+    assert_eq!(cluster_parked(c), Some(0));
+}
+
+#[test]
+fn blocking_reads_a_follower_forwarded_are_dropped_on_the_leader_when_their_clients_hang_up() {
+    let c = Cluster::start_with_http(3, &["--spin-before-park-us", "0"]);
+    let leader = c.wait_for_leader(Duration::from_secs(30));
+    let follower = c.other_than(leader);
+    hang_up_forwarded_reads(&c, leader, &c.servers[follower].addr());
+}
+
+#[test]
+fn blocking_reads_a_client_agent_forwarded_are_dropped_on_the_servers_when_their_clients_hang_up() {
+    let mut c = Cluster::start_with_http(3, &["--spin-before-park-us", "0"]);
+    let leader = c.wait_for_leader(Duration::from_secs(30));
+    let agent = c.add_client_with(&["--spin-before-park-us", "0"]);
+    let rpc = c.servers[agent].addr();
+    // Until the client agent knows the servers from the gossip pool (at most 30 s).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let leader_seen = RpcClient::connect(&rpc, Duration::from_secs(2))
+            .ok()
+            .and_then(|mut c| c.call(&req(Op::StatusLeader)).ok());
+        if matches!(leader_seen, Some(Response::Leader(Some(_)))) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the client agent never reached a server: {}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    hang_up_forwarded_reads(&c, leader, &rpc);
 }

@@ -5,6 +5,13 @@
 //! answer; one task writes what is queued, another reads and hands answers to their
 //! callers by request id. A connection that fails fails every call in flight on it and is
 //! replaced by the next call. Everything lives on one glommio executor (`Rc`, no locks).
+//!
+//! A call whose caller stops waiting (its future is dropped: the client of a forwarded
+//! request hung up, or the call timed out) frees its slot at once; if it is a blocking
+//! read, a cancel frame also tells the peer to drop it. Without that, every forwarded
+//! blocking read of a client that went away held a slot here and a parked read on the
+//! leader until its wait ended (up to 10 minutes), and clients that reconnect in a loop
+//! filled the 8,192 slots, refusing every forwarded request, writes included.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -13,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use cairn_net::rpc::client::{CallError, ClientConn};
 use cairn_net::rpc::frame::FrameDecoder;
-use cairn_net::rpc::message::{Limits, Request, Response};
+use cairn_net::rpc::message::{Limits, Op, Request, Response};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
@@ -159,7 +166,7 @@ impl Conn {
 
     async fn call(&self, req: &Request, timeout: Duration) -> Result<Response, CallError> {
         let deadline = Instant::now() + timeout;
-        let rx = {
+        let (rx, id) = {
             let mut st = self.state.borrow_mut();
             // Forget requests whose callers gave up (their answers are ignored).
             for c in st.conn.expire(Instant::now()) {
@@ -168,9 +175,15 @@ impl Conn {
             let id = st.conn.send(req, deadline)?;
             let (tx, rx) = oneshot::channel();
             st.waiters.insert(id, tx);
-            rx
+            (rx, id)
         };
         self.queued.notify_one();
+        let mut pending = Pending {
+            conn: self,
+            id,
+            blocking: is_blocking(req),
+            answered: false,
+        };
         let answer = async {
             rx.await
                 .unwrap_or_else(|_| Err(CallError::Connection("connection dropped".into())))
@@ -179,7 +192,54 @@ impl Conn {
             glommio::timer::sleep(timeout).await;
             Err(CallError::Timeout)
         };
-        futures_lite::future::or(answer, timer).await
+        let result = futures_lite::future::or(answer, timer).await;
+        // A timeout leaves the call in flight: `pending` then cancels it as a dropped call.
+        pending.answered = !matches!(result, Err(CallError::Timeout));
+        result
+    }
+}
+
+/// Whether `req` is a blocking read, forwarded (a follower's `Kind::Forward`) or not: the
+/// calls worth a cancel frame when their caller stops waiting.
+fn is_blocking(req: &Request) -> bool {
+    match &req.op {
+        Op::Internal { body, .. } => Request::is_blocking_read(body, &Limits::default()),
+        op => op.is_blocking(),
+    }
+}
+
+/// A call in flight. Dropped before its answer came (its caller stopped waiting, or it
+/// timed out), it frees its slot and, for a blocking read, queues a cancel frame (only
+/// blocking reads are dropped by the peer; anything else runs to its end there).
+struct Pending<'a> {
+    conn: &'a Conn,
+    id: u64,
+    blocking: bool,
+    answered: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        // The state is never borrowed across an await, and this runs when the caller's
+        // task drops the call, not inside the read or write loop.
+        let mut st = self.conn.state.borrow_mut();
+        st.waiters.remove(&self.id);
+        if st.dead {
+            return;
+        }
+        let queued = if self.blocking {
+            st.conn.cancel(self.id)
+        } else {
+            st.conn.forget(self.id);
+            false
+        };
+        drop(st);
+        if queued {
+            self.conn.queued.notify_one();
+        }
     }
 }
 

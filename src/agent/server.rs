@@ -2,7 +2,7 @@
 //! answer requests, forward what only the leader may answer.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use openraft::raft::ReadPolicy;
 use openraft::type_config::alias::{SnapshotOf, WatchReceiverOf};
 use openraft::{ChangeMembers, Config, Raft, SnapshotPolicy};
 use openraft_rt::watch::WatchReceiver;
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 
 use super::cluster::Seen;
 use super::peer::Peers;
@@ -378,9 +378,9 @@ async fn run(
             while let Ok((req, mut tx)) = fronts.recv_async().await {
                 let s = s.clone();
                 glommio::spawn_local(async move {
-                    let resp = if req.op.is_blocking() {
-                        // The other core drops its receiver when its client hangs up (see
-                        // `connection`): stop waiting then, as there.
+                    let resp = if s.is_blocking(&req) {
+                        // The other core drops its receiver when its client hangs up or
+                        // cancels (see `connection`): stop waiting then, as there.
                         let gone = tx.cancellation();
                         let answer = async { Some(s.handle(req).await) };
                         match futures_lite::future::or(answer, async {
@@ -1496,6 +1496,16 @@ pub(crate) trait Handler: 'static {
     fn parked_reads(&self) -> Option<usize> {
         None
     }
+    /// Whether `req` is a blocking read ([`Op::is_blocking`]), also inside a follower's
+    /// `Kind::Forward`: the requests a hang-up or a cancel frame drops ([`blocking_read`]).
+    fn is_blocking(&self, req: &Request) -> bool {
+        match &req.op {
+            Op::Internal { kind, body } => {
+                *kind == Kind::Forward as u8 && Request::is_blocking_read(body, self.limits())
+            }
+            op => op.is_blocking(),
+        }
+    }
 }
 
 impl Handler for Server {
@@ -1539,6 +1549,13 @@ struct Conn {
     closed: Cell<bool>,
     /// Wakes the parked blocking reads when `closed` is set.
     hung_up: Notify,
+    /// The blocking reads in flight by request id, for cancel frames: each with its
+    /// number on this connection (a client may reuse an id; only its own entry is
+    /// removed when a read ends) and what ends it. Only blocking reads are entered (the
+    /// other requests are not dropped by a cancel), so the hot path pays nothing.
+    blocking: RefCell<HashMap<u64, (u64, oneshot::Sender<()>)>>,
+    /// Numbers the blocking reads (`blocking`).
+    blocking_seq: Cell<u64>,
 }
 
 impl Conn {
@@ -1549,6 +1566,14 @@ impl Conn {
             self.hung_up.notify_waiters();
         }
         self.ready.notify_one();
+    }
+
+    /// The client cancelled request `id` (a cancel frame): a blocking read of that id still
+    /// waiting is dropped as on a hang-up; anything else is left alone.
+    fn cancel(&self, id: u64) {
+        if let Some((_, stop)) = self.blocking.borrow_mut().remove(&id) {
+            let _ = stop.send(());
+        }
     }
 
     /// A request task ended; `answer` is its answer to request `id`, if it has one.
@@ -1564,8 +1589,9 @@ impl Conn {
     }
 }
 
-/// Answers the blocking read `req` (frame id `id`), unless the connection closes first:
-/// then the read is dropped unanswered, with everything it holds (its place among the
+/// Answers the blocking read `req` (frame id `id`), unless the connection closes first or
+/// the client cancels it (a cancel frame: a follower or client agent whose own client
+/// hung up): then the read is dropped unanswered, with everything it holds (its place among the
 /// shard's parked reads, its timer, its reply on the way). Consul's HTTP server does the
 /// same: Go's net/http cancels a request's context when the connection's background read
 /// sees the client's EOF, and a blocking query ends with its context. Nobody is left to
@@ -1576,16 +1602,32 @@ impl Conn {
 /// answered if the socket still takes it.
 async fn blocking_read<H: Handler>(h: Rc<H>, conn: Rc<Conn>, req: Request, id: u64) {
     let hung_up = conn.hung_up.notified();
+    let seq = conn.blocking_seq.get();
+    conn.blocking_seq.set(seq + 1);
+    let (stop, cancelled) = oneshot::channel();
+    conn.blocking.borrow_mut().insert(id, (seq, stop));
     let answer = if conn.closed.get() {
         None
     } else {
         let answer = async { Some(h.answer(req).await) };
-        futures_lite::future::or(answer, async {
-            hung_up.await;
+        let dropped = async {
+            let cancelled = async {
+                // Err: a later read with the same id took this one's entry, so only a
+                // hang-up ends this one early.
+                if cancelled.await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            futures_lite::future::or(hung_up, cancelled).await;
             None
-        })
-        .await
+        };
+        futures_lite::future::or(answer, dropped).await
     };
+    let mut blocking = conn.blocking.borrow_mut();
+    if blocking.get(&id).is_some_and(|(s, _)| *s == seq) {
+        blocking.remove(&id);
+    }
+    drop(blocking);
     conn.finish(answer.map(|resp| (id, resp)));
 }
 
@@ -1656,6 +1698,10 @@ pub(super) async fn connection<H: Handler>(h: Rc<H>, stream: TcpStream) {
         loop {
             match decoder.decode(&mut inbuf) {
                 Ok(Some(frame)) => {
+                    if frame.kind == FrameKind::Cancel {
+                        conn.cancel(frame.id);
+                        continue;
+                    }
                     let req = match Request::decode(&frame.payload, h.limits()) {
                         Ok(req) => req,
                         Err(e) => {
@@ -1675,7 +1721,7 @@ pub(super) async fn connection<H: Handler>(h: Rc<H>, stream: TcpStream) {
                     }
                     conn.in_flight.set(conn.in_flight.get() + 1);
                     let (s, c, id) = (h.clone(), conn.clone(), frame.id);
-                    if req.op.is_blocking() {
+                    if h.is_blocking(&req) {
                         glommio::spawn_local(blocking_read(s, c, req, id)).detach();
                     } else {
                         glommio::spawn_local(async move {

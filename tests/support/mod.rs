@@ -51,6 +51,8 @@ pub struct Server {
     pub log: PathBuf,
     /// Run inside this network namespace (`ip netns exec`), if any.
     pub netns: Option<String>,
+    /// Its HTTP API address, if it has one on (`Cluster::start_with_http`).
+    pub http: Option<String>,
     args: Vec<String>,
     child: Option<Child>,
 }
@@ -176,6 +178,7 @@ pub fn lone_server(root: &std::path::Path, expect: usize) -> Server {
         dir,
         log,
         netns: None,
+        http: None,
         args,
         child: None,
     };
@@ -196,8 +199,24 @@ impl Cluster {
         Cluster::start_on(&ips, None, extra)
     }
 
+    /// `n` servers on 127.0.0.1 as [`Cluster::start`], each with its HTTP API on a free
+    /// port (`Server::http`).
+    pub fn start_with_http(n: usize, extra: &[&str]) -> Cluster {
+        let ips = vec!["127.0.0.1".to_string(); n];
+        Cluster::start_on_with(&ips, None, extra, true)
+    }
+
     /// Servers at the given IPs (each in its namespace, if given).
     pub fn start_on(ips: &[String], netns: Option<&[String]>, extra: &[&str]) -> Cluster {
+        Cluster::start_on_with(ips, netns, extra, false)
+    }
+
+    fn start_on_with(
+        ips: &[String],
+        netns: Option<&[String]>,
+        extra: &[&str],
+        http: bool,
+    ) -> Cluster {
         let root = tempfile::tempdir().unwrap();
         let n = ips.len();
         let ports: Vec<u16> = ips
@@ -224,6 +243,7 @@ impl Cluster {
         for i in 0..n {
             let dir = root.path().join(format!("s{i}"));
             let log = root.path().join(format!("s{i}.log"));
+            let http_port = if http { free_port(&ips[i]) as i32 } else { -1 };
             let mut args: Vec<String> = [
                 "agent",
                 "--server",
@@ -239,7 +259,7 @@ impl Cluster {
                 &serf_ports[i].to_string(),
                 // Many agents share the host: the HTTP API is tested on its own.
                 "--http-port",
-                "-1",
+                &http_port.to_string(),
                 "--dns-port",
                 "-1",
                 "--bootstrap-expect",
@@ -258,6 +278,7 @@ impl Cluster {
                 dir,
                 log,
                 netns: netns.map(|ns| ns[i].clone()),
+                http: http.then(|| format!("{}:{http_port}", ips[i])),
                 args,
                 child: None,
             };
@@ -333,6 +354,7 @@ impl Cluster {
             dir,
             log,
             netns: None,
+            http: None,
             args,
             child: None,
         };
