@@ -243,7 +243,12 @@ struct Inner {
     /// core's table; pruned when the core reclaims tombstones.
     metas: RefCell<HashMap<SocketAddr, NodeMeta>>,
     local_meta: RefCell<NodeMeta>,
-    events: broadcast::Sender<GossipEvent>,
+    /// Made by the first [`GossipHandle::subscribe`]: tokio's broadcast channel allocates
+    /// and fills every slot when it is made (4,096 × 176 B = 708 KiB at the default
+    /// capacity), and a client agent never subscribes. Nothing is lost: a receiver only
+    /// sees what is sent after it subscribed.
+    events: RefCell<Option<broadcast::Sender<GossipEvent>>>,
+    event_capacity: usize,
     stats: RefCell<DriverStats>,
     /// Tombstones may have been reclaimed: prune `metas`.
     reclaimed: Cell<bool>,
@@ -284,7 +289,6 @@ impl GossipHandle {
         } else {
             0
         };
-        let (events, _) = broadcast::channel(cfg.event_capacity.max(1));
         let inner = Rc::new(Inner {
             core: RefCell::new(core),
             socket,
@@ -296,7 +300,8 @@ impl GossipHandle {
             max_datagram: cfg.profile.max_packet_bytes + seal,
             metas: RefCell::new(HashMap::new()),
             local_meta: RefCell::new(cfg.meta),
-            events,
+            events: RefCell::new(None),
+            event_capacity: cfg.event_capacity.max(1),
             stats: RefCell::new(DriverStats::default()),
             reclaimed: Cell::new(false),
         });
@@ -356,7 +361,12 @@ impl GossipHandle {
 
     /// Membership events from now on. Bounded: see [`GossipConfig::event_capacity`].
     pub fn subscribe(&self) -> broadcast::Receiver<GossipEvent> {
-        self.inner.events.subscribe()
+        let capacity = self.inner.event_capacity;
+        self.inner
+            .events
+            .borrow_mut()
+            .get_or_insert_with(|| broadcast::channel(capacity).0)
+            .subscribe()
     }
 
     /// The driver's counters, with the core's.
@@ -585,6 +595,10 @@ impl Inner {
             }
             MemberEvent::Left { incarnation, .. } => (EventKind::Left, *incarnation, Status::Left),
         };
+        let events = self.events.borrow();
+        let Some(events) = events.as_ref() else {
+            return;
+        };
         let meta = self.metas.borrow().get(&addr).cloned().unwrap_or_default();
         let member = Member {
             name: meta.name.clone(),
@@ -594,7 +608,7 @@ impl Inner {
             meta,
         };
         // No subscriber is not an error: events are for whoever listens.
-        let _ = self.events.send(GossipEvent { kind, member });
+        let _ = events.send(GossipEvent { kind, member });
     }
 
     fn prune_metas(&self) {
