@@ -60,9 +60,11 @@ pub fn tcp(address: &str, timeout: Duration) -> (Status, String) {
 }
 
 /// Two blocking HTTP clients: one verifying TLS certificates, one not (`tls_skip_verify`).
+/// Each is built by its first probe: a probe thread of an agent with only TCP or script
+/// checks never needs one.
 pub struct HttpClients {
-    verifying: ureq::Agent,
-    skipping: ureq::Agent,
+    verifying: std::cell::OnceCell<ureq::Agent>,
+    skipping: std::cell::OnceCell<ureq::Agent>,
 }
 
 impl Default for HttpClients {
@@ -73,7 +75,19 @@ impl Default for HttpClients {
 
 impl HttpClients {
     pub fn new() -> HttpClients {
-        let agent = |skip_verify: bool| {
+        HttpClients {
+            verifying: std::cell::OnceCell::new(),
+            skipping: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn agent(&self, skip_verify: bool) -> &ureq::Agent {
+        let cell = if skip_verify {
+            &self.skipping
+        } else {
+            &self.verifying
+        };
+        cell.get_or_init(|| {
             ureq::Agent::config_builder()
                 // 4xx and 5xx are results to report, not errors.
                 .http_status_as_error(false)
@@ -91,11 +105,7 @@ impl HttpClients {
                 )
                 .build()
                 .new_agent()
-        };
-        HttpClients {
-            verifying: agent(false),
-            skipping: agent(true),
-        }
+        })
     }
 
     /// Sends the check's request; 2xx is passing, 429 (Too Many Requests) warning, anything
@@ -103,11 +113,7 @@ impl HttpClients {
     /// Output: <start of the body>`.
     pub fn probe(&self, probe: &HttpProbe, timeout: Duration) -> (Status, String) {
         use ureq::RequestExt;
-        let agent = if probe.tls_skip_verify {
-            &self.skipping
-        } else {
-            &self.verifying
-        };
+        let agent = self.agent(probe.tls_skip_verify);
         let prefix = format!("HTTP {} {}", probe.method, probe.url);
         let mut builder = ureq::http::Request::builder()
             .method(probe.method.as_str())

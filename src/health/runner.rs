@@ -14,6 +14,12 @@
 //! the scheduler's next deadline or until something changes. A probe that cannot be queued
 //! (every thread busy and the queue full) is skipped until its next interval.
 //!
+//! The threads start with the first check that needs them: the scheduler thread with the
+//! first check of any kind, the probe threads with the first check that probes (a TTL
+//! check only needs its deadline watched). Most client agents have no checks, and five
+//! idle threads cost each of them its stacks, a malloc arena each, and the pages of code
+//! that start them (two HTTP clients with TLS set up per probe thread).
+//!
 //! Events never block the runner: they go to a bounded channel, and when it is full they
 //! wait in an outbox that keeps at most one status/output event and one deregistration
 //! event per check (a newer event for a check replaces the waiting one, carrying the latest
@@ -83,7 +89,19 @@ impl Default for RunnerOptions {
 /// Runs an agent's checks on its own threads; dropping it stops them.
 pub struct CheckRunner {
     shared: Arc<Shared>,
-    scheduler_thread: Option<JoinHandle<()>>,
+    /// Started on demand; see the module doc.
+    threads: Mutex<Threads>,
+}
+
+/// The runner's threads, and until they start, the ends of the job queue they will own.
+struct Threads {
+    /// Probe threads to start with the first check that probes.
+    workers_wanted: usize,
+    /// The job queue's only sender, until the scheduler thread takes it.
+    jobs_tx: Option<flume::Sender<RunRequest>>,
+    /// Kept to hand a clone to each probe thread.
+    jobs_rx: flume::Receiver<RunRequest>,
+    scheduler: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -121,9 +139,9 @@ impl Shared {
 }
 
 impl CheckRunner {
-    /// Starts the threads and adds `defs`. Refused (and nothing started) if a definition
-    /// is a script check and script checks are not enabled, or the state directory cannot
-    /// be created.
+    /// Adds `defs`, starting the threads they need. Refused (and nothing started) if a
+    /// definition is a script check and script checks are not enabled, or the state
+    /// directory cannot be created.
     pub fn start(
         defs: impl IntoIterator<Item = CheckDefinition>,
         options: RunnerOptions,
@@ -157,30 +175,56 @@ impl CheckRunner {
             max_checks: options.max_checks,
             checks_dir,
         });
-        let mut runner = CheckRunner {
-            shared: shared.clone(),
-            scheduler_thread: None,
-            workers: Vec::new(),
+        let runner = CheckRunner {
+            shared,
+            threads: Mutex::new(Threads {
+                workers_wanted: options.workers,
+                jobs_tx: Some(jobs_tx),
+                jobs_rx,
+                scheduler: None,
+                workers: Vec::new(),
+            }),
         };
         // From here on, an error drops `runner`, which stops the threads started so far.
         for def in defs {
             runner.add(def)?;
         }
-        for i in 0..options.workers {
-            let shared = shared.clone();
-            let jobs = jobs_rx.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("cairn-check-{i}"))
-                .spawn(move || probe_thread(&shared, &jobs))
-                .map_err(HealthError::Thread)?;
-            runner.workers.push(handle);
-        }
-        let handle = std::thread::Builder::new()
-            .name("cairn-check-scheduler".into())
-            .spawn(move || scheduler_thread(&shared, jobs_tx))
-            .map_err(HealthError::Thread)?;
-        runner.scheduler_thread = Some(handle);
         Ok((runner, events_rx))
+    }
+
+    /// Starts the scheduler thread, and the probe threads if `def` probes, unless they
+    /// run already.
+    fn start_threads_for(&self, def: &CheckDefinition) -> Result<(), HealthError> {
+        let mut threads = self
+            .threads
+            .lock()
+            .expect("check runner threads poisoned by a panic");
+        if matches!(def.kind, CheckKind::Periodic { .. }) {
+            for i in threads.workers.len()..threads.workers_wanted {
+                let shared = self.shared.clone();
+                let jobs = threads.jobs_rx.clone();
+                let handle = std::thread::Builder::new()
+                    .name(format!("cairn-check-{i}"))
+                    .spawn(move || probe_thread(&shared, &jobs))
+                    .map_err(HealthError::Thread)?;
+                threads.workers.push(handle);
+            }
+        }
+        if threads.scheduler.is_none() {
+            let shared = self.shared.clone();
+            let jobs_tx = threads
+                .jobs_tx
+                .clone()
+                .expect("the sender is kept until the scheduler thread starts");
+            let handle = std::thread::Builder::new()
+                .name("cairn-check-scheduler".into())
+                .spawn(move || scheduler_thread(&shared, jobs_tx))
+                .map_err(HealthError::Thread)?;
+            threads.scheduler = Some(handle);
+            // The scheduler thread's is now the only sender (see `scheduler_thread`).
+            threads.jobs_tx = None;
+        }
+        Ok(())
     }
 
     /// Adds a check, or replaces the one with its id (its state starts again from the new
@@ -189,6 +233,7 @@ impl CheckRunner {
     /// the runner already has `max_checks` others.
     pub fn add(&self, def: CheckDefinition) -> Result<(), HealthError> {
         refuse_disabled_script(&def, self.shared.enable_script_checks)?;
+        self.start_threads_for(&def)?;
         let saved = match (&def.kind, &self.shared.checks_dir) {
             (CheckKind::Ttl { .. }, Some(dir)) => load_ttl_state(dir, &def.id),
             _ => None,
@@ -287,14 +332,20 @@ impl Drop for CheckRunner {
             self.shared.stop.store(true, Ordering::Relaxed);
         }
         self.shared.wake.notify_all();
-        if let Some(handle) = self.scheduler_thread.take() {
+        let threads = self
+            .threads
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Without a scheduler thread the runner holds the only sender: close the queue.
+        threads.jobs_tx = None;
+        if let Some(handle) = threads.scheduler.take() {
             let _ = handle.join();
         }
         let deadline = Instant::now() + Duration::from_secs(1);
-        while Instant::now() < deadline && self.workers.iter().any(|w| !w.is_finished()) {
+        while Instant::now() < deadline && threads.workers.iter().any(|w| !w.is_finished()) {
             std::thread::sleep(Duration::from_millis(5));
         }
-        for worker in self.workers.drain(..) {
+        for worker in threads.workers.drain(..) {
             if worker.is_finished() {
                 let _ = worker.join();
             }
@@ -600,6 +651,37 @@ mod tests {
         assert!(
             !outbox.has_waiting(),
             "no agent listening: dropped, not kept"
+        );
+    }
+
+    #[test]
+    fn threads_start_with_the_first_check_that_needs_them() {
+        let threads = |runner: &CheckRunner| {
+            let t = runner.threads.lock().unwrap();
+            (t.scheduler.is_some(), t.workers.len())
+        };
+        let (runner, _events) = CheckRunner::start([], RunnerOptions::default()).unwrap();
+        assert_eq!(threads(&runner), (false, 0), "no check, no thread");
+        let ttl = crate::health::parse_check("test", br#"{"name": "t", "ttl": "1h"}"#).unwrap();
+        runner.add(ttl).unwrap();
+        assert_eq!(threads(&runner), (true, 0), "a TTL check probes nothing");
+        let tcp = crate::health::parse_check(
+            "test",
+            br#"{"name": "c", "tcp": "127.0.0.1:1", "interval": "1h", "timeout": "1s"}"#,
+        )
+        .unwrap();
+        runner.add(tcp.clone()).unwrap();
+        assert_eq!(threads(&runner), (true, 4));
+        runner.add(tcp).unwrap();
+        assert_eq!(threads(&runner), (true, 4), "started once");
+        drop(runner);
+
+        // A runner dropped before any check closes its queue and joins nothing.
+        let (runner, events) = CheckRunner::start([], RunnerOptions::default()).unwrap();
+        drop(runner);
+        assert!(
+            events.recv().is_err(),
+            "the event channel closes with the runner"
         );
     }
 
