@@ -27,8 +27,13 @@ use crate::gossip::{GossipHandle, Role, Status};
 
 /// io_uring memory for a client agent's executor. A client agent reads no files and
 /// passes few small messages; the server-sized default (6 MiB under an 8 MiB memlock
-/// limit) was half of its resident memory.
-const CLIENT_IO_MEMORY: usize = 1 << 20;
+/// limit) was half of its resident memory, and 1 MiB was still a third of its anonymous
+/// memory (registering the buffer with the rings pins every page of it). Sockets use this
+/// pool only as an allocator for the buffer of a read the kernel completes later (no
+/// fixed-buffer IO): 128 KiB holds two pending 64 KiB reads (the connection to a server
+/// and one application's), and glommio takes a buffer from the heap when the pool is
+/// used up.
+const CLIENT_IO_MEMORY: usize = 128 << 10;
 
 /// How long a request waits for a server to appear in the pool.
 const SERVER_WAIT: Duration = Duration::from_secs(5);
