@@ -1,4 +1,4 @@
-use std::sync::LazyLock;
+use std::sync::OnceLock;
 
 use super::bucket_span::BucketSpan;
 use super::log_scale_config::LogScaleConfig;
@@ -19,8 +19,11 @@ pub struct LogScale {
     small_value_buckets: Vec<u8>,
 }
 
-static LOG_SCALES: LazyLock<Vec<LogScale>> =
-    LazyLock::new(|| (LogScaleConfig::MIN_WIDTH..=LogScaleConfig::MAX_WIDTH).map(LogScale::new).collect());
+// One scale per width, each built the first time it is asked for. (Cairn: the published
+// crate built all 16 at the first use of any, about 27 MiB for the widest ones, while
+// openraft only ever uses the default width.)
+static LOG_SCALES: [OnceLock<LogScale>; LogScaleConfig::MAX_WIDTH] =
+    [const { OnceLock::new() }; LogScaleConfig::MAX_WIDTH];
 
 impl LogScale {
     pub const DEFAULT_WIDTH: usize = 3;
@@ -28,7 +31,7 @@ impl LogScale {
     /// Returns a shared `LogScale` instance for the given width (1..=16).
     pub fn get(width: usize) -> &'static LogScale {
         LogScaleConfig::validate_width(width);
-        &LOG_SCALES[width - 1]
+        LOG_SCALES[width - 1].get_or_init(|| LogScale::new(width))
     }
 
     /// Creates a new `LogScale` for the given width configuration.
