@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# Regenerates link/client-agent.order, the functions the linker lays out first in the
+# `cairn` binary (build.rs passes it to lld as --symbol-ordering-file; why: ARCHITECTURE.md,
+# "Client agents", memory).
+#
+#   link/order.sh            (needs valgrind and python3; curl and dig for the HTTP and
+#                             DNS requests, skipped without them)
+#
+# It runs, on loopback, a server and three client agents of CAIRN (default
+# target/release/cairn), plus one more client agent under valgrind's callgrind
+# (--dump-instr=yes), whose life it drives in three parts. The core of a client agent's
+# life: start (HTTP API and DNS on), join, gossip, answer `cairn members` and KV reads and
+# writes on its RPC port, see a member fail (kill -9), idle. Then what not every client
+# agent is asked: HTTP requests (agent, KV, catalog, health, a service registered with a
+# TTL and a TCP check, then deregistered) and DNS questions. Then leave on SIGTERM. Every
+# instruction address executed inside the binary is mapped to the function holding it
+# (nm); the functions of the first and last parts come first, then those only the second
+# part ran, each group in address order. So the code every client agent runs sits
+# together, and the HTTP, DNS and check code a bare agent never touches comes after it
+# instead of between it.
+#
+# The file names functions by their mangled symbols, which carry hashes of the compiler
+# version and of each crate's version and features, and ThinLTO's `.llvm.N` suffixes,
+# which change with the code of their codegen unit: after a toolchain or dependency
+# upgrade most names stop matching and the layout silently falls back to the default
+# one. This script first prints how many of the current file's names the binary still
+# has; regenerate when that falls.
+#
+# Environment (defaults): CAIRN (target/release/cairn), BASE_PORT (27000; ports
+# BASE_PORT..BASE_PORT+99, below the ephemeral range), IDLE_S (20), KEEP (1 keeps the
+# work directory).
+set -euo pipefail
+export LC_ALL=C
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+CAIRN=${CAIRN:-$ROOT/target/release/cairn}
+BASE_PORT=${BASE_PORT:-27000}
+IDLE_S=${IDLE_S:-20}
+KEEP=${KEEP:-0}
+OUT=$ROOT/link/client-agent.order
+
+die() { echo "link/order.sh: $*" >&2; exit 2; }
+[[ -x $CAIRN ]] || die "no $CAIRN: cargo build --release -p cairn"
+command -v valgrind >/dev/null && command -v callgrind_control >/dev/null ||
+    die "needs valgrind (apt-get install -y valgrind)"
+command -v python3 >/dev/null || die "needs python3"
+((BASE_PORT >= 1024 && BASE_PORT + 99 < 32768)) || die "BASE_PORT+99 must be below 32768"
+CAIRN=$(readlink -f "$CAIRN")
+
+WORK=$(mktemp -d -t cairn-order.XXXXXX)
+PIDS=()
+cleanup() {
+    local rc=$? p
+    trap - EXIT INT TERM
+    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [[ $KEEP == 1 || $rc -ne 0 ]]; then echo "work directory kept: $WORK" >&2; else rm -rf "$WORK"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+B=127.0.0.1
+rpc() { echo $((BASE_PORT + $1)); }        # RPC port of agent i (0 = server)
+gossip() { echo $((BASE_PORT + 10 + $1)); }
+http() { echo $((BASE_PORT + 20 + $1)); }
+dns() { echo $((BASE_PORT + 30 + $1)); }
+# The profiled agent is index 9.
+P=9
+
+# Symbols of the binary: address, size, name (functions only).
+nm -S --defined-only "$CAIRN" | awk 'NF == 4 && $3 ~ /^[tTwW]$/' >"$WORK/nm.txt"
+if [[ -f $OUT ]]; then
+    python3 - "$OUT" "$WORK/nm.txt" <<'EOF'
+import sys
+listed = [l.strip() for l in open(sys.argv[1]) if l.strip() and not l.startswith("#")]
+have = {l.split()[3] for l in open(sys.argv[2])}
+found = sum(1 for n in listed if n in have)
+print(f"current {sys.argv[1].split('/')[-1]}: {found} of {len(listed)} names are in this binary")
+EOF
+fi
+
+start() { # i [extra args...]: a native agent
+    local i=$1
+    shift
+    "$CAIRN" agent --node "c$i" --data-dir "$WORK/c$i" --bind $B --server-port "$(rpc "$i")" \
+        --serf-lan-port "$(gossip "$i")" --http-port -1 --dns-port -1 --spin-before-park-us 0 \
+        "$@" >"$WORK/c$i.log" 2>&1 &
+    PIDS+=($!)
+}
+start 0 --server --bootstrap-expect 1
+sleep 1
+for i in 1 2 3; do start "$i" --retry-join "$B:$(gossip 0)"; done
+valgrind --tool=callgrind --dump-instr=yes --compress-pos=no --compress-strings=no \
+    --callgrind-out-file="$WORK/callgrind.out" \
+    "$CAIRN" agent --node "c$P" --data-dir "$WORK/c$P" --bind $B --server-port "$(rpc $P)" \
+    --serf-lan-port "$(gossip $P)" --http-port "$(http $P)" --dns-port "$(dns $P)" \
+    --client $B --spin-before-park-us 0 --retry-join "$B:$(gossip 0)" \
+    >"$WORK/c$P.log" 2>&1 &
+VG=$!
+PIDS+=($VG)
+
+cli() { timeout 30 "$CAIRN" "$@" --rpc-addr "$B:$(rpc $P)" --timeout-ms 20000 >/dev/null 2>&1 || true; }
+echo "waiting for the profiled agent to see all 5 members (at most 180 s)" >&2
+for ((t = 0; t < 180; t++)); do
+    n=$(timeout 30 "$CAIRN" members --rpc-addr "$B:$(rpc $P)" --format json --timeout-ms 20000 2>/dev/null |
+        grep -o '"Status": *"alive"' | wc -l) || n=0
+    ((n >= 5)) && break
+    kill -0 $VG 2>/dev/null || die "the profiled agent exited: $(tail -n 3 "$WORK/c$P.log")"
+    sleep 1
+done
+((n >= 5)) || die "the profiled agent saw $n of 5 members alive after 180 s"
+
+# Asks callgrind for a dump of what ran since the last one: callgrind.out.N.
+dump() { # N
+    callgrind_control -d $VG >/dev/null 2>&1 || die "callgrind_control -d failed"
+    for ((t = 0; t < 600; t++)); do
+        [[ -s $WORK/callgrind.out.$1 ]] && return 0
+        sleep 0.1
+    done
+    die "callgrind wrote no dump $1 within 60 s"
+}
+
+echo "part 1: RPC requests, a member fails, idle ${IDLE_S} s" >&2
+for r in 1 2 3; do
+    cli members
+    cli members --format json
+    cli kv put "order/k$r" "v$r"
+    cli kv get "order/k$r"
+    cli kv list order/
+done
+kill -9 "${PIDS[3]}"
+sleep 10
+cli members
+sleep "$IDLE_S"
+dump 1
+
+echo "part 2: HTTP, checks, DNS" >&2
+if command -v curl >/dev/null; then
+    H="http://$B:$(http $P)"
+    c() { curl -s -m 20 -o /dev/null "$@" || true; }
+    for path in /v1/agent/self /v1/agent/members /v1/status/leader /v1/status/peers \
+        /v1/catalog/nodes /v1/catalog/services /v1/health/state/any /v1/kv/order/k1 \
+        "/v1/kv/order/?recurse=true" /v1/agent/services /v1/agent/checks; do
+        c "$H$path"
+    done
+    c -X PUT --data-binary v "$H/v1/kv/order/http"
+    c -X PUT --data-binary "{\"Name\": \"web\", \"ID\": \"web1\", \"Port\": 80, \"Checks\": [
+        {\"CheckID\": \"web-ttl\", \"TTL\": \"30s\"},
+        {\"CheckID\": \"web-tcp\", \"TCP\": \"$B:$(rpc $P)\", \"Interval\": \"1s\", \"Timeout\": \"1s\"}]}" \
+        "$H/v1/agent/service/register"
+    c -X PUT "$H/v1/agent/check/pass/web-ttl?note=up"
+    sleep 3
+    c "$H/v1/health/service/web"
+    c "$H/v1/catalog/service/web"
+    c -X PUT "$H/v1/agent/service/deregister/web1"
+    c -X DELETE "$H/v1/kv/order/http"
+fi
+if command -v dig >/dev/null; then
+    for q in "c0.node.consul A" "web.service.consul SRV" "consul.service.consul A" "nope.node.consul A"; do
+        # shellcheck disable=SC2086
+        dig +time=10 +tries=1 @$B -p "$(dns $P)" $q >/dev/null 2>&1 || true
+    done
+fi
+dump 2
+
+echo "part 3: leave (SIGTERM; callgrind writes the rest of the profile)" >&2
+kill -TERM $VG
+for ((t = 0; t < 600; t++)); do
+    kill -0 $VG 2>/dev/null || break
+    sleep 0.1
+done
+wait $VG 2>/dev/null || true
+[[ -s $WORK/callgrind.out ]] || die "callgrind wrote no profile (see $WORK/c$P.log)"
+
+(cd "$ROOT" && rustc -vV) >"$WORK/rustc-vV.txt"
+python3 - "$WORK" "$WORK/nm.txt" "$CAIRN" "$OUT" "$ROOT" <<'EOF'
+import bisect, sys
+work, nm, binary, out, root = sys.argv[1:6]
+syms = sorted((int(a, 16), int(s, 16), n) for a, s, _, n in (l.split() for l in open(nm)))
+keys = [s[0] for s in syms]
+main_sym = [s[0] for s in syms if s[2] == "main"][0]
+
+def executed(profile):
+    """The binary's instruction addresses that ran in `profile`, and main's first."""
+    ob = fn = main_at = None
+    addrs = set()
+    for line in open(profile):
+        if line.startswith("ob="):
+            ob = line[3:].strip()
+        elif line.startswith("fn="):
+            fn = line[3:].strip()
+        elif line.startswith("0x") and ob == binary:
+            a = int(line.split()[0], 16)
+            addrs.add(a)
+            if fn == "main" and main_at is None:
+                main_at = a
+    return addrs, main_at
+
+parts = [executed(f"{work}/callgrind.out.{i}") for i in (1, 2)] + [executed(f"{work}/callgrind.out")]
+# callgrind may report a PIE's addresses with its load bias; `main` runs in part 1.
+bias = parts[0][1] - main_sym if parts[0][1] is not None else 0
+
+def held(addrs):
+    """Start address -> size of the functions holding `addrs`."""
+    hit = {}
+    for a in addrs:
+        a -= bias
+        # The last symbol starting at or before `a` that holds it (aliases share an address).
+        i = bisect.bisect_right(keys, a) - 1
+        for j in range(i, max(i - 8, -1), -1):
+            if syms[j][0] <= a < syms[j][0] + syms[j][1]:
+                hit[syms[j][0]] = syms[j][1]
+                break
+    return hit
+
+first = held(parts[0][0] | parts[2][0])
+then = {a: s for a, s in held(parts[1][0]).items() if a not in first}
+# What the symbols' hashes come from, as build.rs fingerprints it (FNV-1a, 64-bit).
+h = 0xcbf29ce484222325
+for data in [open(f"{work}/rustc-vV.txt", "rb").read()] + [
+        open(f"{root}/{f}", "rb").read()
+        for f in ("Cargo.lock", "Cargo.toml", "net/Cargo.toml", "storage/Cargo.toml")]:
+    for b in data:
+        h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+with open(out, "w") as f:
+    f.write("# Functions a client agent runs, laid out first by the linker (build.rs).\n")
+    f.write("# Generated by link/order.sh; do not edit by hand.\n")
+    f.write(f"# inputs: {h:016x}\n")
+    for group in (first, then):
+        for a, _, n in syms:
+            if a in group:
+                f.write(n + "\n")
+kib = lambda g: sum(g.values()) / 1024
+print(f"{len(first)} functions ({kib(first):.0f} KiB) in every client agent's life, then "
+      f"{len(then)} ({kib(then):.0f} KiB) of HTTP, DNS and checks -> {out}")
+EOF
