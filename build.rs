@@ -12,8 +12,32 @@ fn main() {
     // independent, so the dynamic loader relocates ~18,000 pointers at every start; as
     // RELA entries (24 bytes each) that table was 430 KiB, read in full by every process
     // and so resident in each agent; as RELR bitmaps it is 5 KiB.
-    println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    // Only where the build machine's glibc has DT_RELR (2.36+): the linker then also
+    // records the GLIBC_ABI_DT_RELR version, so an older loader refuses the binary with
+    // a clear message instead of running it unrelocated; and a build on an older
+    // distribution (Ubuntu 22.04 has 2.35) must still run where it was built.
+    if glibc_has_relr() {
+        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    }
     link_order(&target);
+}
+
+/// Whether this machine's glibc is 2.36 or newer (`getconf GNU_LIBC_VERSION` prints
+/// e.g. "glibc 2.36"); false when that cannot be told.
+fn glibc_has_relr() -> bool {
+    let Ok(out) = std::process::Command::new("getconf")
+        .arg("GNU_LIBC_VERSION")
+        .output()
+    else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(version) = text.trim().strip_prefix("glibc ") else {
+        return false;
+    };
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (2, 36)
 }
 
 /// The functions a client agent runs, laid out first and together (ARCHITECTURE.md,
