@@ -383,6 +383,15 @@ done
 echo
 echo "Failure detection on loopback: kill -9 of one of N agents until every live agent lists it failed"
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -sr); serf $("$SERF" version 2>/dev/null | head -n 1); poll every ${POLL_MS} ms, $PAR queries at a time"
+# A client agent's RSS depends on the layout of its code (build.rs, link/order.sh): say how
+# much of the layout file the measured binary still matches.
+ORDER=$ROOT/link/client-agent.order
+if [[ " $SYSTEMS " == *" cairn "* && -f $ORDER ]] && command -v nm >/dev/null; then
+    listed=$(grep -vc '^#' "$ORDER")
+    found=$(nm --defined-only "$CAIRN" 2>/dev/null | awk '{ print $3 }' | sort -u |
+        comm -12 - <(grep -v '^#' "$ORDER" | sort -u) | wc -l)
+    echo "cairn binary: $found of $listed functions named in link/client-agent.order (link/order.sh regenerates it)"
+fi
 echo
 echo "| system | N | all marked failed (s) | last agent between (s) | first (s) | median (s) | RSS/agent MiB | PSS / USS per agent MiB | agents' idle CPU (% of a core, all N) | poll round ms: first / mean (rounds) | machine CPU busy while polling % | notes |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|"

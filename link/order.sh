@@ -1,30 +1,36 @@
 #!/usr/bin/env bash
 # Regenerates link/client-agent.order, the functions the linker lays out first in the
-# `cairn` binary (build.rs passes it to lld as --symbol-ordering-file; why: ARCHITECTURE.md,
-# "Client agents", memory).
+# `cairn` binary (build.rs turns it into a linker script; why: ARCHITECTURE.md, "Client
+# agents").
 #
-#   link/order.sh            (needs valgrind and python3; curl and dig for the HTTP and
+#   cargo build --release -p cairn && link/order.sh
+#                            (needs valgrind and python3; curl and dig for the HTTP and
 #                             DNS requests, skipped without them)
+#
+# The names must be those of the binary that ships: build it with `-p cairn` alone, as
+# the README does (built together with loadgen, three crates get other features, and
+# every symbol another hash).
 #
 # It runs, on loopback, a server and three client agents of CAIRN (default
 # target/release/cairn), plus one more client agent under valgrind's callgrind
-# (--dump-instr=yes), whose life it drives in three parts. The core of a client agent's
+# (--demangle=no), whose life it drives in three parts. The core of a client agent's
 # life: start (HTTP API and DNS on), join, gossip, answer `cairn members` and KV reads and
 # writes on its RPC port, see a member fail (kill -9), idle. Then what not every client
 # agent is asked: HTTP requests (agent, KV, catalog, health, a service registered with a
-# TTL and a TCP check, then deregistered) and DNS questions. Then leave on SIGTERM. Every
-# instruction address executed inside the binary is mapped to the function holding it
-# (nm); the functions of the first and last parts come first, then those only the second
-# part ran, each group in address order. So the code every client agent runs sits
+# TTL and a TCP check, then deregistered) and DNS questions. Then leave on SIGTERM.
+# callgrind names every function of the binary that ran by its symbol; the functions of
+# the first and last parts come first, then those only the second part ran, each group
+# in address order. So the code every client agent runs sits
 # together, and the HTTP, DNS and check code a bare agent never touches comes after it
 # instead of between it.
 #
 # The file names functions by their mangled symbols, which carry hashes of the compiler
 # version and of each crate's version and features, and ThinLTO's `.llvm.N` suffixes,
-# which change with the code of their codegen unit: after a toolchain or dependency
-# upgrade most names stop matching and the layout silently falls back to the default
-# one. This script first prints how many of the current file's names the binary still
-# has; regenerate when that falls.
+# which change with the code of their codegen unit. build.rs falls back to the names
+# without hashes, which also match other instantiations of the same generic functions
+# (a client agent then maps about twice the code), and warns when the compiler,
+# Cargo.lock or a manifest changed since the file was made. This script first prints how
+# many of the current file's names the binary still has; regenerate when that falls.
 #
 # Environment (defaults): CAIRN (target/release/cairn), BASE_PORT (27000; ports
 # BASE_PORT..BASE_PORT+99, below the ephemeral range), IDLE_S (20), KEEP (1 keeps the
@@ -92,7 +98,7 @@ start() { # i [extra args...]: a native agent
 start 0 --server --bootstrap-expect 1
 sleep 1
 for i in 1 2 3; do start "$i" --retry-join "$B:$(gossip 0)"; done
-valgrind --tool=callgrind --dump-instr=yes --compress-pos=no --compress-strings=no \
+valgrind --tool=callgrind --demangle=no --compress-pos=no --compress-strings=no \
     --callgrind-out-file="$WORK/callgrind.out" \
     "$CAIRN" agent --node "c$P" --data-dir "$WORK/c$P" --bind $B --server-port "$(rpc $P)" \
     --serf-lan-port "$(gossip $P)" --http-port "$(http $P)" --dns-port "$(dns $P)" \
@@ -176,47 +182,32 @@ wait $VG 2>/dev/null || true
 
 (cd "$ROOT" && rustc -vV) >"$WORK/rustc-vV.txt"
 python3 - "$WORK" "$WORK/nm.txt" "$CAIRN" "$OUT" "$ROOT" <<'EOF'
-import bisect, sys
+import sys
 work, nm, binary, out, root = sys.argv[1:6]
 syms = sorted((int(a, 16), int(s, 16), n) for a, s, _, n in (l.split() for l in open(nm)))
-keys = [s[0] for s in syms]
-main_sym = [s[0] for s in syms if s[2] == "main"][0]
+at = {n: (a, s) for a, s, n in syms}
 
-def executed(profile):
-    """The binary's instruction addresses that ran in `profile`, and main's first."""
-    ob = fn = main_at = None
-    addrs = set()
+def ran(profile):
+    """Start address -> size of the binary's functions that ran in `profile`: callgrind
+    names each function by its symbol (--demangle=no), whose address nm gives."""
+    ob = fn = None
+    hit = {}
     for line in open(profile):
         if line.startswith("ob="):
             ob = line[3:].strip()
         elif line.startswith("fn="):
             fn = line[3:].strip()
-        elif line.startswith("0x") and ob == binary:
-            a = int(line.split()[0], 16)
-            addrs.add(a)
-            if fn == "main" and main_at is None:
-                main_at = a
-    return addrs, main_at
-
-parts = [executed(f"{work}/callgrind.out.{i}") for i in (1, 2)] + [executed(f"{work}/callgrind.out")]
-# callgrind may report a PIE's addresses with its load bias; `main` runs in part 1.
-bias = parts[0][1] - main_sym if parts[0][1] is not None else 0
-
-def held(addrs):
-    """Start address -> size of the functions holding `addrs`."""
-    hit = {}
-    for a in addrs:
-        a -= bias
-        # The last symbol starting at or before `a` that holds it (aliases share an address).
-        i = bisect.bisect_right(keys, a) - 1
-        for j in range(i, max(i - 8, -1), -1):
-            if syms[j][0] <= a < syms[j][0] + syms[j][1]:
-                hit[syms[j][0]] = syms[j][1]
-                break
+        # Code the layout moved out of .text is reported under the object "???".
+        elif line[:1] in "0123456789+-*" and ob in (binary, "???") and fn in at:
+            hit[at[fn][0]] = at[fn][1]
     return hit
 
-first = held(parts[0][0] | parts[2][0])
-then = {a: s for a, s in held(parts[1][0]).items() if a not in first}
+part1, part2, part3 = (ran(f"{work}/callgrind.out{s}") for s in (".1", ".2", ""))
+first = part1 | part3
+then = {a: s for a, s in part2.items() if a not in first}
+if len(first) < 500:
+    sys.exit(f"link/order.sh: only {len(first)} functions found in part 1; the profile looks "
+             f"cut short (see {work}); the file is left as it was")
 # What the symbols' hashes come from, as build.rs fingerprints it (FNV-1a, 64-bit).
 h = 0xcbf29ce484222325
 for data in [open(f"{work}/rustc-vV.txt", "rb").read()] + [
