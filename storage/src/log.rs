@@ -9,6 +9,7 @@
 use std::fs::{self, File};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -83,11 +84,11 @@ pub struct OpenReport {
     pub removed_leftover_segments: usize,
 }
 
-/// A sync prepared by [`SegmentLog::prepare_sync`]: run it anywhere (it only needs the
-/// duplicated file handle), then hand it back to [`SegmentLog::complete_sync`].
+/// A sync prepared by [`SegmentLog::prepare_sync`]: run it anywhere (it holds the segment's
+/// file open, shared with the log), then hand it back to [`SegmentLog::complete_sync`].
 #[derive(Debug)]
 pub struct PendingSync {
-    file: Option<(File, PathBuf)>,
+    file: Option<(Arc<File>, PathBuf)>,
     end: u64,
     generation: u64,
 }
@@ -550,7 +551,7 @@ impl SegmentLog {
             return Ok(None);
         }
         seg.dirty = false;
-        let f = seg.file.try_clone().ctx("dup", &seg.path)?;
+        let f = Arc::clone(&seg.file);
         Ok(Some(PendingSync {
             file: Some((f, seg.path.clone())),
             end,

@@ -9,6 +9,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -224,7 +225,9 @@ impl SegmentHeader {
 #[derive(Debug)]
 pub(crate) struct Segment {
     pub path: PathBuf,
-    pub file: File,
+    /// Shared with the syncs in flight ([`crate::log::PendingSync`]): a sync on another
+    /// thread holds the file open without a `dup` (two system calls per sync).
+    pub file: Arc<File>,
     /// The whole file, mapped read-only; entries handed out are slices of it.
     pub map: Bytes,
     /// The same mapping, to give its pages back once they are no longer needed.
@@ -282,7 +285,7 @@ impl Segment {
             sys::map_readonly_releasable(&file, size as usize).ctx("mmap", &path)?;
         Ok(Segment {
             path,
-            file,
+            file: Arc::new(file),
             map,
             mapping,
             released_to: 0,
@@ -364,7 +367,7 @@ impl Segment {
             sys::map_readonly_releasable(&file, file_len as usize).ctx("mmap", path)?;
         let mut seg = Segment {
             path: path.to_path_buf(),
-            file,
+            file: Arc::new(file),
             map,
             mapping,
             released_to: 0,
