@@ -342,6 +342,70 @@ fn pipelined_requests_are_answered_as_they_finish_not_in_order() {
     assert_eq!(order, vec![1, 2, 3]);
 }
 
+/// A client that pipelines many stale gets of a large value and reads nothing until it
+/// has sent them all: the socket fills up, the read loop's own sends stop part-way, and
+/// the writer finishes them. Every answer arrives whole, once, with its own id, and other
+/// clients are served meanwhile.
+#[test]
+fn a_client_that_reads_late_gets_every_pipelined_answer_whole() {
+    let d = dev(&[]);
+    put_acked(&d);
+    let big = vec![b'v'; 256 * 1024];
+    let mut c = RpcClient::connect(&d.addr, Duration::from_secs(5)).unwrap();
+    let r = c.call(&req(Op::KvPut {
+        key: b("big"),
+        value: Bytes::from(big.clone()),
+        flags: 0,
+        cas: None,
+        acquire: None,
+        release: None,
+    }));
+    assert!(matches!(r, Ok(Response::Bool(true))), "{r:?}");
+    const N: u64 = 200; // 50 MiB of answers: far more than the socket buffers hold
+    let mut bytes = Vec::new();
+    for id in 1..=N {
+        bytes.extend(frame_of(
+            Op::KvGet {
+                key: b("big"),
+                opts: ReadOpts {
+                    consistency: cairn_net::rpc::message::Consistency::Stale,
+                    ..ReadOpts::default()
+                },
+            },
+            id,
+        ));
+    }
+    let mut s = TcpStream::connect(&d.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(&bytes).unwrap();
+    // The answers pile up unread while another client is served.
+    std::thread::sleep(Duration::from_millis(300));
+    still_serves(&d);
+    let dec = FrameDecoder::default();
+    let mut data = BytesMut::new();
+    let mut seen = vec![false; N as usize + 1];
+    let mut buf = vec![0u8; 1 << 16];
+    let mut answers = 0;
+    while answers < N {
+        let n = s.read(&mut buf).expect("every answer within 20 s");
+        assert!(n > 0, "closed after {answers} answers");
+        data.extend_from_slice(&buf[..n]);
+        while let Some(f) = dec.decode(&mut data).expect("whole frames") {
+            assert!(!seen[f.id as usize], "answer {} came twice", f.id);
+            seen[f.id as usize] = true;
+            match Response::decode(&f.payload, &Limits::default()).unwrap() {
+                Response::Entries { entries, .. } => {
+                    assert_eq!(entries.len(), 1);
+                    assert!(entries[0].value[..] == big[..], "a damaged value");
+                }
+                other => panic!("{other:?}"),
+            }
+            answers += 1;
+        }
+    }
+    assert!(data.is_empty(), "bytes after the last answer");
+}
+
 /// One internal (server-to-server) request on a fresh connection.
 fn internal(d: &Dev, kind: wire::Kind, body: Bytes) -> Response {
     let mut c = RpcClient::connect(&d.addr, Duration::from_secs(5)).unwrap();
