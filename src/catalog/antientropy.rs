@@ -143,14 +143,16 @@ pub fn plan(
 
 /// The full-sync period for a cluster of `nodes` agents: `base` (Consul's 1 minute) up
 /// to 128 nodes, then one more `base` for every doubling beyond, as Consul's `aeScale`,
-/// so the servers see about the same full-sync load per second at any size.
+/// so the servers see about the same full-sync load per second at any size:
+/// `base * (ceil(log2(nodes) - log2(128)) + 1)`. On integers (`ceil(log2(n))` is
+/// `ilog2(n - 1) + 1`), not `f64::log2`, which would link the C library's libm into
+/// the binary only for this (see `cairn_net::gossip::config`).
 pub fn sync_interval(base: Duration, nodes: usize) -> Duration {
-    const THRESHOLD: f64 = 128.0;
-    let n = nodes as f64;
-    if n <= THRESHOLD {
+    const THRESHOLD: usize = 128;
+    if nodes <= THRESHOLD {
         return base;
     }
-    let mult = ((n.log2() - THRESHOLD.log2()).ceil() + 1.0) as u32;
+    let mult = (nodes - 1).ilog2() + 1 - THRESHOLD.ilog2() + 1;
     base * mult
 }
 
@@ -304,5 +306,10 @@ mod tests {
         assert_eq!(sync_interval(base, 129), base * 2);
         assert_eq!(sync_interval(base, 256), base * 2);
         assert_eq!(sync_interval(base, 10_000), base * 8);
+        // As Consul's aeScale computes it, in floating point.
+        for n in 129..1_000_000usize {
+            let mult = ((n as f64).log2() - 128f64.log2()).ceil() + 1.0;
+            assert_eq!(sync_interval(base, n), base * mult as u32, "{n}");
+        }
     }
 }

@@ -4,6 +4,11 @@
 //! are starting points whose reasons are given field by field on [`Config::lan`]. Times
 //! are milliseconds. Where a default is "from memberlist" it is the value Consul has run
 //! with for years; where Cairn departs from it the reason is given.
+//!
+//! The logarithms of the formulas below come from the `libm` crate (musl's, in Rust)
+//! or are computed on integers, not from `f64::ln`/`log10`, which call the C library's
+//! libm: with no libm function left, the `cairn` binary does not load libm.so, whose
+//! pages were 0.6 MiB of every agent's RSS (ARCHITECTURE.md, "Client agents").
 
 /// Tunables of one gossip pool. See [`Config::lan`] for each default and its reason.
 #[derive(Debug, Clone, PartialEq)]
@@ -269,15 +274,16 @@ impl Config {
         }
     }
 
-    /// Times each node resends a broadcast in a cluster of `n` members.
+    /// Times each node resends a broadcast in a cluster of `n` members:
+    /// `retransmit_mult * ceil(log10(n + 1))`, at least `retransmit_mult`.
     pub fn retransmit_limit(&self, n: usize) -> u32 {
-        let scale = ((n as f64 + 1.0).log10()).ceil().max(1.0) as u32;
+        let scale = ceil_log10(n as u64 + 1).max(1);
         self.retransmit_mult * scale
     }
 
     /// (minimum, maximum) suspicion timeout in a cluster of `n` members.
     pub fn suspicion_timeouts_ms(&self, n: usize) -> (u64, u64) {
-        let scale = (n as f64 + 1.0).log10().max(1.0);
+        let scale = libm::log10(n as f64 + 1.0).max(1.0);
         let min = (self.suspicion_mult as f64 * scale * self.gossip_interval_ms as f64) as u64;
         let min = min.max(self.suspicion_min_floor_ms);
         (min, min * self.suspicion_max_timeout_mult.max(1) as u64)
@@ -290,7 +296,7 @@ impl Config {
         if expected == 0 {
             return min;
         }
-        let frac = ((confirmations as f64) + 1.0).ln() / ((expected as f64) + 1.0).ln();
+        let frac = libm::log((confirmations as f64) + 1.0) / libm::log((expected as f64) + 1.0);
         let t = max as f64 - (max - min) as f64 * frac;
         (t.floor() as u64).max(min)
     }
@@ -378,6 +384,17 @@ impl Default for Config {
     }
 }
 
+/// `ceil(log10(m))` for `m >= 1`, exactly: the least `k` with `10^k >= m`.
+fn ceil_log10(m: u64) -> u32 {
+    let mut k = 0;
+    let mut power: u64 = 1;
+    while power < m {
+        power = power.saturating_mul(10);
+        k += 1;
+    }
+    k
+}
+
 /// Why a [`Config`] was refused. Nothing was built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -393,4 +410,62 @@ pub enum ConfigError {
     DigestBuckets(usize),
     #[error("max_meta_bytes {0} leaves no room in a datagram for the member entry")]
     MetaSize(usize),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The formulas give what they gave with the C library's `log10`/`log` (std's
+    /// `f64` methods, linked in tests), for every profile and pool size up to 200,000
+    /// and every confirmation count up to 12 of up to 12 expected.
+    #[test]
+    fn formulas_match_the_c_librarys_logarithms() {
+        for cfg in [Config::lan(), Config::wan(), Config::local()] {
+            for n in 0..200_000usize {
+                let x = n as f64 + 1.0;
+                let scale = x.log10().ceil().max(1.0) as u32;
+                assert_eq!(
+                    cfg.retransmit_limit(n),
+                    cfg.retransmit_mult * scale,
+                    "n={n}"
+                );
+                let scale = x.log10().max(1.0);
+                let min =
+                    (cfg.suspicion_mult as f64 * scale * cfg.gossip_interval_ms as f64) as u64;
+                let min = min.max(cfg.suspicion_min_floor_ms);
+                let max = min * cfg.suspicion_max_timeout_mult.max(1) as u64;
+                assert_eq!(cfg.suspicion_timeouts_ms(n), (min, max), "n={n}");
+                if n % 997 != 0 {
+                    continue;
+                }
+                for expected in 1..=12usize {
+                    for c in 0..=12usize {
+                        let frac = ((c as f64) + 1.0).ln() / ((expected as f64) + 1.0).ln();
+                        let t = ((max as f64 - (max - min) as f64 * frac).floor() as u64).max(min);
+                        assert_eq!(
+                            cfg.suspicion_timeout_ms(n, c, expected),
+                            t,
+                            "{n} {c} {expected}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ceil_log10_is_exact_at_and_around_powers_of_ten() {
+        assert_eq!(ceil_log10(1), 0);
+        let mut power: u64 = 1;
+        for k in 0..=19u32 {
+            assert_eq!(ceil_log10(power), k, "10^{k}");
+            if power > 1 {
+                assert_eq!(ceil_log10(power - 1), k, "10^{k} - 1");
+            }
+            assert_eq!(ceil_log10(power + 1), k + 1, "10^{k} + 1");
+            power = power.saturating_mul(10);
+        }
+        assert_eq!(ceil_log10(u64::MAX), 20);
+    }
 }

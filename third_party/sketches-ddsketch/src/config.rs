@@ -12,8 +12,11 @@ pub struct Config {
     pub offset: i32,
 }
 
+// Logarithms from the libm crate (musl's, in Rust) instead of `f64::ln`, `ln_1p` and
+// `exp`, which call the C library's libm: Cairn's binary then does not load libm.so
+// (third_party/README.md).
 fn log_gamma(value: f64, gamma_ln: f64) -> f64 {
-    value.ln() / gamma_ln
+    libm::log(value) / gamma_ln
 }
 
 impl Config {
@@ -23,7 +26,7 @@ impl Config {
     /// `max_num_bins` is the max number of bins the DDSketch will grow to, in steps of 128 bins.
     pub fn new(alpha: f64, max_num_bins: u32, min_value: f64) -> Self {
         let gamma_ln = (2.0 * alpha) / (1.0 - alpha);
-        let gamma_ln = gamma_ln.ln_1p();
+        let gamma_ln = libm::log1p(gamma_ln);
 
         Config {
             max_num_bins,
@@ -54,6 +57,6 @@ impl Config {
     }
 
     pub fn pow_gamma(self: &Self, k: i32) -> f64 {
-        ((k as f64) * self.gamma_ln).exp()
+        libm::exp((k as f64) * self.gamma_ln)
     }
 }
