@@ -18,6 +18,11 @@
 # writes on its RPC port, see a member fail (kill -9), idle. Then what not every client
 # agent is asked: HTTP requests (agent, KV, catalog, health, a service registered with a
 # TTL and a TCP check, then deregistered) and DNS questions. Then leave on SIGTERM.
+# Beside it, a second client agent under callgrind is started as benches/gossip_vs_serf.sh
+# starts its clients (HTTP API and DNS off: `--http-port -1 --dns-port -1`, which parsing
+# runs other code for) and lives through the same three parts; what it runs counts as
+# every client agent's life too (without it, the benchmark's clients mapped a 256 KiB
+# block of code for one 171-byte clap function that parses "-1").
 # callgrind names every function of the binary that ran by its symbol; the functions of
 # the first and last parts come first, then those only the second part ran, each group
 # in address order. So the code every client agent runs sits
@@ -72,8 +77,9 @@ rpc() { echo $((BASE_PORT + $1)); }        # RPC port of agent i (0 = server)
 gossip() { echo $((BASE_PORT + 10 + $1)); }
 http() { echo $((BASE_PORT + 20 + $1)); }
 dns() { echo $((BASE_PORT + 30 + $1)); }
-# The profiled agent is index 9.
+# The profiled agent is index 9; the bare one (no HTTP API, no DNS) 8.
 P=9
+Q=8
 
 # Symbols of the binary: address, size, name (functions only).
 nm -S --defined-only "$CAIRN" | awk 'NF == 4 && $3 ~ /^[tTwW]$/' >"$WORK/nm.txt"
@@ -106,17 +112,25 @@ valgrind --tool=callgrind --demangle=no --compress-pos=no --compress-strings=no 
     >"$WORK/c$P.log" 2>&1 &
 VG=$!
 PIDS+=($VG)
+valgrind --tool=callgrind --demangle=no --compress-pos=no --compress-strings=no \
+    --callgrind-out-file="$WORK/callgrind.bare.out" \
+    "$CAIRN" agent --node "c$Q" --data-dir "$WORK/c$Q" --bind $B --server-port "$(rpc $Q)" \
+    --serf-lan-port "$(gossip $Q)" --http-port -1 --dns-port -1 --spin-before-park-us 0 \
+    --retry-join "$B:$(gossip 0)" >"$WORK/c$Q.log" 2>&1 &
+VG2=$!
+PIDS+=($VG2)
 
 cli() { timeout 30 "$CAIRN" "$@" --rpc-addr "$B:$(rpc $P)" --timeout-ms 20000 >/dev/null 2>&1 || true; }
-echo "waiting for the profiled agent to see all 5 members (at most 180 s)" >&2
+echo "waiting for the profiled agent to see all 6 members (at most 180 s)" >&2
 for ((t = 0; t < 180; t++)); do
     n=$(timeout 30 "$CAIRN" members --rpc-addr "$B:$(rpc $P)" --format json --timeout-ms 20000 2>/dev/null |
         grep -o '"Status": *"alive"' | wc -l) || n=0
-    ((n >= 5)) && break
+    ((n >= 6)) && break
     kill -0 $VG 2>/dev/null || die "the profiled agent exited: $(tail -n 3 "$WORK/c$P.log")"
+    kill -0 $VG2 2>/dev/null || die "the bare profiled agent exited: $(tail -n 3 "$WORK/c$Q.log")"
     sleep 1
 done
-((n >= 5)) || die "the profiled agent saw $n of 5 members alive after 180 s"
+((n >= 6)) || die "the profiled agent saw $n of 6 members alive after 180 s"
 
 # Asks callgrind for a dump of what ran since the last one: callgrind.out.N.
 dump() { # N
@@ -172,13 +186,14 @@ fi
 dump 2
 
 echo "part 3: leave (SIGTERM; callgrind writes the rest of the profile)" >&2
-kill -TERM $VG
+kill -TERM $VG $VG2
 for ((t = 0; t < 600; t++)); do
-    kill -0 $VG 2>/dev/null || break
+    kill -0 $VG 2>/dev/null || kill -0 $VG2 2>/dev/null || break
     sleep 0.1
 done
-wait $VG 2>/dev/null || true
+wait $VG $VG2 2>/dev/null || true
 [[ -s $WORK/callgrind.out ]] || die "callgrind wrote no profile (see $WORK/c$P.log)"
+[[ -s $WORK/callgrind.bare.out ]] || die "callgrind wrote no profile (see $WORK/c$Q.log)"
 
 (cd "$ROOT" && rustc -vV) >"$WORK/rustc-vV.txt"
 python3 - "$WORK" "$WORK/nm.txt" "$CAIRN" "$OUT" "$ROOT" <<'EOF'
@@ -203,7 +218,7 @@ def ran(profile):
     return hit
 
 part1, part2, part3 = (ran(f"{work}/callgrind.out{s}") for s in (".1", ".2", ""))
-first = part1 | part3
+first = part1 | part3 | ran(f"{work}/callgrind.bare.out")
 then = {a: s for a, s in part2.items() if a not in first}
 if len(first) < 500:
     sys.exit(f"link/order.sh: only {len(first)} functions found in part 1; the profile looks "
