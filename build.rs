@@ -175,12 +175,12 @@ fn links_with_lld(target: &str, rustc_vv: &str) -> bool {
 }
 
 /// A symbol name with ThinLTO's `.llvm.<N>` suffix, if any, as `.llvm.*`. N is a hash of
-/// the codegen unit's module, which holds the debug info's absolute paths: the same code
-/// built in another directory (a user's checkout, a git worktree) gets other suffixes
-/// (measured: all 278 such names of the committed file were stale in builds of the same
-/// commit in /work/main and in a worktree, and in the worktree a client agent's RSS was
-/// 6.5 MiB, 5.7 with this glob). The rest of the name, with its hash, still names one
-/// function.
+/// the codegen unit's module and changes between builds of the same code: in another
+/// directory (a user's checkout, a git worktree; the module holds the debug info's
+/// absolute paths) and when the link arguments change (a new layout file). Measured: all
+/// 278 such names of the committed file were stale in builds of the same commit in
+/// /work/main and in a worktree, and in the worktree a client agent's RSS was 6.5 MiB,
+/// 5.7 with this glob. The rest of the name, with its hash, still names one function.
 fn any_thinlto_suffix(name: &str) -> String {
     match name.find(".llvm.") {
         Some(i) => format!("{}.llvm.*", &name[..i]),
