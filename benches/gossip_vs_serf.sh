@@ -392,6 +392,12 @@ if [[ " $SYSTEMS " == *" cairn "* && -f $ORDER ]] && command -v nm >/dev/null; t
         comm -12 - <(grep -v '^#' "$ORDER" | sort -u) | wc -l)
     echo "cairn binary: $found of $listed functions named in link/client-agent.order (link/order.sh regenerates it)"
 fi
+# Every agent maps the code of each shared library it needs, in 64 KiB windows around what
+# runs (libm.so was 0.5 MiB of a client agent's RSS until the binary stopped needing it:
+# ARCHITECTURE.md, "Client agents").
+if [[ " $SYSTEMS " == *" cairn "* ]] && command -v readelf >/dev/null; then
+    echo "cairn binary needs: $(readelf -d "$CAIRN" 2>/dev/null | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | tr '\n' ' ')"
+fi
 echo
 echo "| system | N | all marked failed (s) | last agent between (s) | first (s) | median (s) | RSS/agent MiB | PSS / USS per agent MiB | agents' idle CPU (% of a core, all N) | poll round ms: first / mean (rounds) | machine CPU busy while polling % | notes |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
