@@ -39,8 +39,9 @@ pub struct Finding {
 
 /// The least io_uring memory glommio accepts per executor.
 pub const MIN_MEMLOCK_PER_CORE: u64 = 512 * 1024;
-/// What we want per executor: room for glommio's registered buffers.
-pub const GOOD_MEMLOCK_PER_CORE: u64 = 8 * 1024 * 1024;
+/// What we want per executor: room for the full io_uring pool an executor registers
+/// (`runtime::MAX_IO_MEMORY`, 1 MiB, taken from three quarters of the limit) and its rings.
+pub const GOOD_MEMLOCK_PER_CORE: u64 = 2 * 1024 * 1024;
 /// File descriptors for a server facing thousands of agents and clients.
 pub const GOOD_NOFILE: u64 = 65_536;
 /// Socket buffer ceiling that lets gossip and RPC sockets grow to 8 MiB.
@@ -242,13 +243,14 @@ mod tests {
     }
 
     #[test]
-    fn the_default_8_mib_memlock_warns_on_two_cores() {
-        let f = Facts {
+    fn the_default_8_mib_memlock_is_enough_for_four_cores_and_warns_on_eight() {
+        let on = |cores| Facts {
             memlock_bytes: Some(8 << 20),
-            cores: 2,
+            cores,
             ..good()
         };
-        assert_eq!(worst(&f), Level::Warn);
+        assert_eq!(worst(&on(4)), Level::Ok);
+        assert_eq!(worst(&on(8)), Level::Warn);
     }
 
     #[test]
