@@ -670,10 +670,11 @@ mod tests {
             br#"{"name": "c", "tcp": "127.0.0.1:1", "interval": "1h", "timeout": "1s"}"#,
         )
         .unwrap();
+        let workers = RunnerOptions::default().workers;
         runner.add(tcp.clone()).unwrap();
-        assert_eq!(threads(&runner), (true, 4));
+        assert_eq!(threads(&runner), (true, workers));
         runner.add(tcp).unwrap();
-        assert_eq!(threads(&runner), (true, 4), "started once");
+        assert_eq!(threads(&runner), (true, workers), "started once");
         drop(runner);
 
         // A runner dropped before any check closes its queue and joins nothing.
