@@ -11,7 +11,7 @@
 # the README does (built together with loadgen, three crates get other features, and
 # every symbol another hash).
 #
-# It runs, on loopback, a server and three client agents of CAIRN (default
+# It runs, on loopback, a server and CLIENTS client agents of CAIRN (default
 # target/release/cairn), plus one more client agent under valgrind's callgrind
 # (--demangle=no), whose life it drives in three parts. The core of a client agent's
 # life: start (HTTP API and DNS on), join, gossip, answer `cairn members` and KV reads and
@@ -37,9 +37,14 @@
 # Cargo.lock or a manifest changed since the file was made. This script first prints how
 # many of the current file's names the binary still has; regenerate when that falls.
 #
+# The pool is made as large as the benchmark's smallest (CLIENTS 40, so 43 members):
+# some code runs only in larger pools (a stable sort of more than 20 members calls
+# `driftsort_main`, which a pool of 6 never ran; every client agent of a 64-member pool
+# then mapped a 64 KiB window of .text for it).
+#
 # Environment (defaults): CAIRN (target/release/cairn), BASE_PORT (27000; ports
-# BASE_PORT..BASE_PORT+99, below the ephemeral range), IDLE_S (20), KEEP (1 keeps the
-# work directory).
+# BASE_PORT..BASE_PORT+399, below the ephemeral range), CLIENTS (40, at most 90), IDLE_S
+# (20), KEEP (1 keeps the work directory).
 set -euo pipefail
 export LC_ALL=C
 
@@ -47,6 +52,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CAIRN=${CAIRN:-$ROOT/target/release/cairn}
 BASE_PORT=${BASE_PORT:-27000}
 IDLE_S=${IDLE_S:-20}
+CLIENTS=${CLIENTS:-40}
 KEEP=${KEEP:-0}
 OUT=$ROOT/link/client-agent.order
 
@@ -55,7 +61,8 @@ die() { echo "link/order.sh: $*" >&2; exit 2; }
 command -v valgrind >/dev/null && command -v callgrind_control >/dev/null ||
     die "needs valgrind (apt-get install -y valgrind)"
 command -v python3 >/dev/null || die "needs python3"
-((BASE_PORT >= 1024 && BASE_PORT + 99 < 32768)) || die "BASE_PORT+99 must be below 32768"
+((BASE_PORT >= 1024 && BASE_PORT + 399 < 32768)) || die "BASE_PORT+399 must be below 32768"
+((CLIENTS >= 3 && CLIENTS <= 90)) || die "CLIENTS must be 3 to 90"
 CAIRN=$(readlink -f "$CAIRN")
 
 WORK=$(mktemp -d -t cairn-order.XXXXXX)
@@ -74,12 +81,13 @@ trap 'exit 143' TERM
 
 B=127.0.0.1
 rpc() { echo $((BASE_PORT + $1)); }        # RPC port of agent i (0 = server)
-gossip() { echo $((BASE_PORT + 10 + $1)); }
-http() { echo $((BASE_PORT + 20 + $1)); }
-dns() { echo $((BASE_PORT + 30 + $1)); }
-# The profiled agent is index 9; the bare one (no HTTP API, no DNS) 8.
-P=9
-Q=8
+gossip() { echo $((BASE_PORT + 100 + $1)); }
+http() { echo $((BASE_PORT + 200 + $1)); }
+dns() { echo $((BASE_PORT + 300 + $1)); }
+# The profiled agent is index 99; the bare one (no HTTP API, no DNS) 98.
+P=99
+Q=98
+MEMBERS=$((CLIENTS + 3))
 
 # Symbols of the binary: address, size, name (functions only).
 nm -S --defined-only "$CAIRN" | awk 'NF == 4 && $3 ~ /^[tTwW]$/' >"$WORK/nm.txt"
@@ -103,7 +111,7 @@ start() { # i [extra args...]: a native agent
 }
 start 0 --server --bootstrap-expect 1
 sleep 1
-for i in 1 2 3; do start "$i" --retry-join "$B:$(gossip 0)"; done
+for ((i = 1; i <= CLIENTS; i++)); do start "$i" --retry-join "$B:$(gossip 0)"; done
 valgrind --tool=callgrind --demangle=no --compress-pos=no --compress-strings=no \
     --callgrind-out-file="$WORK/callgrind.out" \
     "$CAIRN" agent --node "c$P" --data-dir "$WORK/c$P" --bind $B --server-port "$(rpc $P)" \
@@ -121,16 +129,16 @@ VG2=$!
 PIDS+=($VG2)
 
 cli() { timeout 30 "$CAIRN" "$@" --rpc-addr "$B:$(rpc $P)" --timeout-ms 20000 >/dev/null 2>&1 || true; }
-echo "waiting for the profiled agent to see all 6 members (at most 180 s)" >&2
+echo "waiting for the profiled agent to see all $MEMBERS members (at most 180 s)" >&2
 for ((t = 0; t < 180; t++)); do
     n=$(timeout 30 "$CAIRN" members --rpc-addr "$B:$(rpc $P)" --format json --timeout-ms 20000 2>/dev/null |
         grep -o '"Status": *"alive"' | wc -l) || n=0
-    ((n >= 6)) && break
+    ((n >= MEMBERS)) && break
     kill -0 $VG 2>/dev/null || die "the profiled agent exited: $(tail -n 3 "$WORK/c$P.log")"
     kill -0 $VG2 2>/dev/null || die "the bare profiled agent exited: $(tail -n 3 "$WORK/c$Q.log")"
     sleep 1
 done
-((n >= 6)) || die "the profiled agent saw $n of 6 members alive after 180 s"
+((n >= MEMBERS)) || die "the profiled agent saw $n of $MEMBERS members alive after 180 s"
 
 # Asks callgrind for a dump of what ran since the last one: callgrind.out.N.
 dump() { # N
@@ -217,9 +225,45 @@ def ran(profile):
             hit[at[fn][0]] = at[fn][1]
     return hit
 
+def path(name):
+    """A legacy-mangled name's path segments without its hash (None for other names)."""
+    if not name.startswith("_ZN"):
+        return None
+    segs, i = [], 3
+    while i < len(name) and name[i].isdigit():
+        j = i
+        while name[j].isdigit():
+            j += 1
+        n = int(name[i:j])
+        segs.append(name[j:j + n])
+        i = j + n
+    if segs and segs[-1].startswith("h") and len(segs[-1]) == 17:
+        segs.pop()
+    return tuple(segs)
+
+by_path = {}
+for a, s, n in syms:
+    p = path(n)
+    if p:
+        by_path.setdefault(p, []).append((a, s))
+
+def with_cpu_variants(hit):
+    """`hit` plus the siblings of what ran that are picked by CPU features valgrind does
+    not emulate: crc32fast's `calculate` ran under callgrind, but on a CPU with AVX-512
+    `calculate_avx512` runs instead (and a client agent mapped a 64 KiB window of .text
+    for it alone)."""
+    out = dict(hit)
+    for a, s, n in syms:
+        p = path(n)
+        if a in hit and p:
+            for suffix in ("_avx2", "_avx512"):
+                for va, vs in by_path.get(p[:-1] + (p[-1] + suffix,), []):
+                    out[va] = vs
+    return out
+
 part1, part2, part3 = (ran(f"{work}/callgrind.out{s}") for s in (".1", ".2", ""))
-first = part1 | part3 | ran(f"{work}/callgrind.bare.out")
-then = {a: s for a, s in part2.items() if a not in first}
+first = with_cpu_variants(part1 | part3 | ran(f"{work}/callgrind.bare.out"))
+then = {a: s for a, s in with_cpu_variants(part2).items() if a not in first}
 if len(first) < 500:
     sys.exit(f"link/order.sh: only {len(first)} functions found in part 1; the profile looks "
              f"cut short (see {work}); the file is left as it was")
