@@ -1344,6 +1344,11 @@ impl Reactor {
         }
 
         let source_map = Rc::new(RefCell::new(SourceMap::default()));
+        // Cairn: io_memory 0 asks for a pool that is not registered with the rings.
+        // Registering pins (and so makes resident) every page of it; without it, only
+        // the pages of buffers in use are, and DMA file IO uses plain reads and writes
+        // instead of the fixed-buffer ones (the other fallback when registering fails).
+        let register = io_memory > 0;
         // always have at least some small amount of memory for the slab
         io_memory = std::cmp::max(align_up(io_memory, 4096), 65536);
 
@@ -1356,26 +1361,28 @@ impl Reactor {
         let mut latency_ring =
             SleepableRing::new(ring_depth, "latency", allocator.clone(), source_map.clone())?;
 
-        match main_ring.registrar().register_buffers_by_ref(&registry) {
-            Err(x) => warn!("Error: registering buffers in the main ring. Skipping{x:#?}"),
-            Ok(_) => match poll_ring.registrar().register_buffers_by_ref(&registry) {
-                Err(x) => {
-                    warn!("Error: registering buffers in the poll ring. Skipping{x:#?}");
-                    main_ring.registrar().unregister_buffers().unwrap();
-                }
-                Ok(_) => {
-                    match latency_ring.registrar().register_buffers_by_ref(&registry) {
-                        Err(x) => {
-                            warn!("Error: registering buffers in the poll ring. Skipping{x:#?}");
-                            poll_ring.registrar().unregister_buffers().unwrap();
-                            main_ring.registrar().unregister_buffers().unwrap();
-                        }
-                        Ok(_) => {
-                            allocator.activate_registered_buffers(0);
-                        }
-                    };
-                }
-            },
+        if register {
+            match main_ring.registrar().register_buffers_by_ref(&registry) {
+                Err(x) => warn!("Error: registering buffers in the main ring. Skipping{x:#?}"),
+                Ok(_) => match poll_ring.registrar().register_buffers_by_ref(&registry) {
+                    Err(x) => {
+                        warn!("Error: registering buffers in the poll ring. Skipping{x:#?}");
+                        main_ring.registrar().unregister_buffers().unwrap();
+                    }
+                    Ok(_) => {
+                        match latency_ring.registrar().register_buffers_by_ref(&registry) {
+                            Err(x) => {
+                                warn!("Error: registering buffers in the poll ring. Skipping{x:#?}");
+                                poll_ring.registrar().unregister_buffers().unwrap();
+                                main_ring.registrar().unregister_buffers().unwrap();
+                            }
+                            Ok(_) => {
+                                allocator.activate_registered_buffers(0);
+                            }
+                        };
+                    }
+                },
+            }
         }
 
         let link_fd = latency_ring.ring_fd();
