@@ -25,15 +25,16 @@ use super::server::{
 use super::{AgentConfig, AgentError};
 use crate::gossip::{GossipHandle, Role, Status};
 
-/// io_uring memory for a client agent's executor. A client agent reads no files and
-/// passes few small messages; the server-sized default (6 MiB under an 8 MiB memlock
-/// limit) was half of its resident memory, and 1 MiB was still a third of its anonymous
-/// memory (registering the buffer with the rings pins every page of it). Sockets use this
-/// pool only as an allocator for the buffer of a read the kernel completes later (no
-/// fixed-buffer IO): 128 KiB holds two pending 64 KiB reads (the connection to a server
-/// and one application's), and glommio takes a buffer from the heap when the pool is
-/// used up.
-const CLIENT_IO_MEMORY: usize = 128 << 10;
+/// io_uring memory for a client agent's executor: 0, a small pool that is not registered
+/// with the rings (a change to the vendored glommio, third_party/README.md). A client
+/// agent reads no files and passes few small messages, and Cairn does no fixed-buffer IO:
+/// sockets use the pool only as an allocator for the buffer of a read the kernel
+/// completes later, and glommio takes one from the heap when the pool cannot hold it.
+/// Registering pins every page of the pool, so a registered pool is resident whether
+/// used or not: the server-sized default (6 MiB under an 8 MiB memlock limit) was half
+/// of a client agent's resident memory, and the 128 KiB it had since, 132 kB of its
+/// 4.4 MB (README, "Gossip figures").
+const CLIENT_IO_MEMORY: usize = 0;
 
 /// How long a request waits for a server to appear in the pool.
 const SERVER_WAIT: Duration = Duration::from_secs(5);
@@ -43,6 +44,7 @@ pub fn serve_client(
     cfg: AgentConfig,
     ready: impl FnOnce(&AgentConfig) + Send + 'static,
 ) -> Result<(), AgentError> {
+    // The memlock limit is still checked: glommio refuses to start under 512 KiB of it.
     let io_memory = crate::runtime::io_memory_per_executor(1)?.min(CLIENT_IO_MEMORY);
     probe_port(cfg.rpc_addr())?;
     if let Some(http) = &cfg.http {
