@@ -44,13 +44,14 @@ pub fn serve_client(
     cfg: AgentConfig,
     ready: impl FnOnce(&AgentConfig) + Send + 'static,
 ) -> Result<(), AgentError> {
-    // The memlock limit is still checked: glommio refuses to start under 512 KiB of it.
-    let io_memory = crate::runtime::io_memory_per_executor(1)?.min(CLIENT_IO_MEMORY);
+    // The memlock limit is still checked, with Cairn's message: glommio refuses to start
+    // under 512 KiB of it.
+    crate::runtime::io_memory_per_executor(1)?;
     probe_port(cfg.rpc_addr())?;
     if let Some(http) = &cfg.http {
         crate::http::probe(http.addr)?;
     }
-    executor(&cfg, io_memory, "cairn-client")?.run(async move { run(cfg, ready).await })
+    executor(&cfg, CLIENT_IO_MEMORY, "cairn-client")?.run(async move { run(cfg, ready).await })
 }
 
 struct ClientAgent {
