@@ -114,7 +114,8 @@ impl Conn {
     }
 
     async fn read_loop(self, mut reader: futures_lite::io::ReadHalf<TcpStream>) {
-        let mut buf = vec![0u8; 64 * 1024];
+        // A client agent keeps one of these for its server connection for good.
+        let mut buf = vec![0u8; super::server::READ_CHUNK];
         loop {
             let n = match reader.read(&mut buf).await {
                 Ok(0) => {
