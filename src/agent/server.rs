@@ -57,9 +57,10 @@ const MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
 /// only for frames larger than it). Every connection holds one zeroed chunk, so this is
 /// per-connection memory: at 64 KiB, 10,000 client connections held 625 MiB of chunks
 /// alone, and a client agent's heap was 60 kB larger (its server connection's chunk in
-/// `peer.rs`, and those of the connections it serves). Requests are small (a write of a 256-byte value is about 0.3 KiB on the wire; 16
-/// pipelined, about 5 KiB), and a value near the 512 KiB limit takes 32 reads instead of
-/// 8, each a copy of what loopback delivers in one piece anyway.
+/// `peer.rs`, and those of the connections it serves). Requests are small (a write of a
+/// 256-byte value is about 0.3 KiB on the wire; 16 pipelined, about 5 KiB), and a value
+/// near the 512 KiB limit takes 32 reads instead of 8, each a copy of what loopback
+/// delivers in one piece anyway.
 pub(super) const READ_CHUNK: usize = 16 * 1024;
 /// How long a request waits for a leader to be known (during an election) before it is
 /// answered with `NoLeader`.
